@@ -36,8 +36,23 @@ def regions():
 
 
 # ---------------------------------------------------------------- SIIM-ACR, Kaggle DICOM layout
+def jpeg_baseline(path: Path) -> Path:
+    "Recompress a DICOM's pixel data as JPEG Baseline (1.2.840.10008.1.2.4.50), as the Kaggle SIIM files are."
+    import io
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+    ds = pydicom.dcmread(path)
+    buf = io.BytesIO(); Image.fromarray(ds.pixel_array).save(buf, format="JPEG", quality=95)
+    ds.PixelData = encapsulate([buf.getvalue()]); ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def siim_dicom(root: Path) -> dict:
-    """dicom-images-train/<Study>/<Series>/<SOP>.dcm and train-rle.csv with header 'ImageId, EncodedPixels'.
+    """dicom-images-train/<Study>/<Series>/<SOP>.dcm (CR, MONOCHROME2, 8-bit, JPEG Baseline, PatientAge a plain integer)
+    and train-rle.csv with header 'ImageId, EncodedPixels'.
     1.2.276.0.7230010.3.1.4.1: positive, two RLE rows (union); ...4.2: negative '-1'; ...4.3: negative ' -1';
     ...4.4: no RLE row (label unknown)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -46,9 +61,10 @@ def siim_dicom(root: Path) -> dict:
     specs = [("4.1", "F", 38, "PA"), ("4.2", "M", 51, "AP"), ("4.3", "M", 64, "PA"), ("4.4", "F", 25, "PA")]
     for k, (s, sex, age, view) in enumerate(specs):
         sop = f"{base}.{s}"
-        write_dicom(root/"dicom-images-train"/f"{base}.2.{s}"/f"{base}.3.{s}"/f"{sop}.dcm", gradient(seed=k),
-                    patient_id=f"17d405a3-a0d2-4901-b33a-63906aa48d9{k}", sex=sex, age=age, view=view,
-                    study_uid=f"{base}.2.{s}", series_uid=f"{base}.3.{s}", sop_uid=sop)
+        f = write_dicom(root/"dicom-images-train"/f"{base}.2.{s}"/f"{base}.3.{s}"/f"{sop}.dcm", gradient(seed=k),
+                        patient_id=f"17d405a3-a0d2-4901-b33a-63906aa48d9{k}", sex=sex, age=age, view=view,
+                        study_uid=f"{base}.2.{s}", series_uid=f"{base}.3.{s}", sop_uid=sop)
+        if k != 3: jpeg_baseline(f)                                    # one left uncompressed: both must read
     (root/"train-rle.csv").write_text(
         "ImageId, EncodedPixels\n"
         f"{base}.4.1, {siim_rle_encode(a)}\n"
