@@ -2,7 +2,9 @@
 
 Writes a train.csv in CheXpert's exact column layout with as many rows as the published train set
 (223,414 by default; label values drawn with the published Cardiomegaly frequencies), then times
-`index_chexpert` on it. Run: `python benchmarks/bench_indexing.py [n_rows]`.
+`index_chexpert` on it, then the whole `prepare --index-only`. Also times NIH ChestX-ray14 (112,120 rows)
+and MIMIC-CXR-JPG (377,110 images, 227,835 studies) sized label files.
+Run: `python benchmarks/bench_indexing.py [n_rows]`.
 """
 from __future__ import annotations
 
@@ -41,6 +43,34 @@ def make_chexpert_csv(path: Path, n: int = N_TRAIN, seed: int = 0) -> Path:
     df.to_csv(path, index=False)
     return path
 
+def make_nih_csv(path: Path, n: int = 112_120, seed: int = 0) -> Path:
+    "Data_Entry_2017_v2020.csv with its split bracket headers."
+    rng = np.random.default_rng(seed)
+    pid = np.arange(n) // 4 + 1
+    f = rng.choice(["No Finding", "Cardiomegaly", "Pneumothorax", "Effusion|Cardiomegaly", "Infiltration"], n, p=[0.54, 0.02, 0.05, 0.01, 0.38])
+    df = pd.DataFrame({"Image Index": [f"{p:08d}_{k % 4:03d}.png" for k, p in enumerate(pid)], "Finding Labels": f,
+                       "Follow-up #": np.arange(n) % 4, "Patient ID": pid, "Patient Age": rng.integers(1, 95, n),
+                       "Patient Gender": rng.choice(["M", "F"], n), "View Position": rng.choice(["PA", "AP"], n),
+                       "OriginalImage[Width": 2500, "Height]": 2048, "OriginalImagePixelSpacing[x": 0.143, "y]": 0.143})
+    df.to_csv(path, index=False)
+    return path
+
+def make_mimic(root: Path, n_images: int = 377_110, n_studies: int = 227_835, seed: int = 0) -> Path:
+    "mimic-cxr-2.0.0-{chexpert,metadata,split}.csv.gz at MIMIC's size."
+    rng = np.random.default_rng(seed)
+    study = 50_000_000 + np.arange(n_studies); subject = 10_000_000 + np.arange(n_studies) // 3
+    lab = pd.DataFrame({"subject_id": subject, "study_id": study})
+    for o in CHEXPERT_OBSERVATIONS: lab[o] = rng.choice(["1.0", "0.0", "-1.0", ""], n_studies, p=[0.1, 0.1, 0.05, 0.75])
+    lab.to_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", index=False)
+    k = rng.integers(0, n_studies, n_images)
+    dicom = [f"{i:08x}-bde0afdd-112c0b34-7bc16630-4e384014" for i in range(n_images)]
+    meta = pd.DataFrame({"dicom_id": dicom, "subject_id": subject[k], "study_id": study[k], "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+                         "ViewPosition": rng.choice(["PA", "AP", "LATERAL", "LL", ""], n_images, p=[0.25, 0.38, 0.22, 0.1, 0.05]),
+                         "Rows": 3056, "Columns": 2544, "StudyDate": 21800506, "StudyTime": 213014.531})
+    meta.to_csv(root / "mimic-cxr-2.0.0-metadata.csv.gz", index=False)
+    meta[["dicom_id", "study_id", "subject_id"]].assign(split="train").to_csv(root / "mimic-cxr-2.0.0-split.csv.gz", index=False)
+    return root
+
 def main(n: int = N_TRAIN) -> float:
     import argparse, contextlib, io, os
     from cxr_study.data.prepare import add_prepare_arguments, run_prepare
@@ -56,6 +86,15 @@ def main(n: int = N_TRAIN) -> float:
     print(f"wrote {n:,} rows in {t_write:.1f} s")
     print(f"index_chexpert: {t_index:.2f} s -> {len(idx):,} frontal images, {idx['patient_id'].nunique():,} patients, {len(problems)} problems")
     print(f"prepare chexpert --index-only --all-views (index {n:,} rows + write parquet): {t_prepare:.2f} s, exit code {rc}")
+    from cxr_study.data.mimic import index_mimic
+    from cxr_study.data.nih import index_nih
+    with tempfile.TemporaryDirectory() as d:
+        make_nih_csv(Path(d) / "Data_Entry_2017_v2020.csv")
+        t0 = time.perf_counter(); idx, _ = index_nih(d, check_files=False); t = time.perf_counter() - t0
+        print(f"index_nih: {t:.2f} s -> {len(idx):,} images")
+        make_mimic(Path(d))
+        t0 = time.perf_counter(); idx, _ = index_mimic(d); t = time.perf_counter() - t0
+        print(f"index_mimic: {t:.2f} s -> {len(idx):,} frontal images")
     return t_index
 
 if __name__ == "__main__":
