@@ -202,5 +202,12 @@ def generic(root: Path) -> dict:
     return {"n": 3, "cardiomegaly": {"images/img0.png": 1.0, "images/img1.png": 0.0, "images/img2.png": np.nan}}
 
 
-BUILDERS = {"siim": siim_dicom, "siim-png": siim_png, "chexpert": chexpert, "mimic": mimic, "nih": nih, "csv": generic}
+def synthetic(root: Path) -> dict:
+    "The synthetic benchmark, written by its own writer (SIIM layout + CheXmask, label and tube CSVs), 8 images."
+    from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
+    make_synthetic_benchmark(root, SyntheticCfg(n_images=8, size=32))
+    return {"n": 8}
+
+
+BUILDERS = {"siim": siim_dicom, "siim-png": siim_png, "chexpert": chexpert, "mimic": mimic, "nih": nih, "csv": generic, "synthetic": synthetic}
 EXTRA_ARGS = {"csv": ["--label", "cardiomegaly=label", "--mask-col", "heart", "--mask-target", "heart"]}
