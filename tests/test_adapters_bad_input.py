@@ -142,3 +142,15 @@ def test_bad_label_values_reported_with_lines(tmp_path):
     idx, problems = index_dataset("chexpert", tmp_path/"cx")
     assert len(idx) == 5
     assert len(problems) == 1 and problems[0][0].endswith("valid.csv:line 2") and "'yes'" in problems[0][1]
+
+
+def test_siim_image_listed_as_negative_and_positive(tmp_path):
+    "An RLE file listing one image both as -1 and with regions: that image reported and unlabelled, the rest indexed."
+    e = fx.siim_dicom(tmp_path/"siim")
+    p = tmp_path/"siim"/"train-rle.csv"
+    p.write_text(p.read_text() + "1.2.276.0.7230010.3.1.4.1, -1\n")
+    idx, problems = index_dataset("siim", tmp_path/"siim")
+    i = idx.set_index("image_id")
+    assert len(idx) == 4 and np.isnan(i.loc["1.2.276.0.7230010.3.1.4.1", "pneumothorax"])
+    assert i.loc["1.2.276.0.7230010.3.1.4.2", "pneumothorax"] == 0.0
+    assert len(problems) == 1 and problems[0][0].endswith("train-rle.csv:lines 2, 4, 6") and "both -1 and region rows" in problems[0][1]

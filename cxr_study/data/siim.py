@@ -12,10 +12,35 @@ import pandas as pd
 
 from ..core import CxrStudyError, progress
 from .index import empty_index, mask_area_pct, size_quartiles, validate_index
+from .adapters import csv_lines
 from .rle import chexmask_rle_encode, read_siim_rle_csv, siim_mask
 
 # %% auto #0
-__all__ = ['read_dicom_headers', 'index_siim']
+__all__ = ['read_siim_rle_rows', 'read_dicom_headers', 'index_siim']
+
+# %% ../../nbs/api/04_data.siim.ipynb #5a1e0c02
+def read_siim_rle_rows(path:str|Path, # train-rle.csv or stage_2_train.csv
+                      ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # image_id, rles, n_rows; problems
+    "Read SIIM-ACR's RLE CSV like `read_siim_rle_csv`, leaving out and reporting contradictory or id-less rows."
+    path = Path(path)
+    if not path.exists(): raise CxrStudyError(f"{path}: SIIM RLE CSV not found")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.columns = [c.strip() for c in df.columns]
+    missing = {"ImageId", "EncodedPixels"} - set(df.columns)
+    if missing: raise CxrStudyError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)} "
+                                    "(expected SIIM's header 'ImageId, EncodedPixels')")
+    ids, enc = df["ImageId"].str.strip(), df["EncodedPixels"].str.strip()
+    problems = []
+    blank = (ids == "").values
+    if blank.any(): problems.append((csv_lines(path, blank), "no ImageId; row left out"))
+    neg = enc == "-1"
+    kinds = pd.DataFrame({"id": ids, "neg": neg})[~blank].groupby("id")["neg"].agg(["any", "all"])
+    both = kinds.index[kinds["any"] & ~kinds["all"]]
+    for i in both: problems.append((csv_lines(path, (ids == i).values), f"image {i} has both -1 and region rows; left out"))
+    keep = ~blank & ~ids.isin(both).values
+    d = pd.DataFrame({"image_id": ids[keep], "rle": enc[keep].where(~neg[keep])})
+    out = d.groupby("image_id", sort=False).agg(rles=("rle", lambda s: [r for r in s if isinstance(r, str)]), n_rows=("rle", "size"))
+    return out.reset_index(), problems
 
 # %% ../../nbs/api/04_data.siim.ipynb #9e3126ad
 _TAGS = ["SOPInstanceUID", "PatientID", "PatientSex", "PatientAge", "ViewPosition", "Rows", "Columns"]
@@ -52,7 +77,9 @@ def index_siim(root:str|Path, # the dataset folder
     dup = hdr["image_id"].duplicated(keep=False)
     for p in hdr.loc[dup, "image_path"]: problems.append((p, "SOPInstanceUID shared with another file; both left out"))
     hdr = hdr[~dup].reset_index(drop=True)
-    rle = read_siim_rle_csv(root/rle_csv).set_index("image_id")
+    rle, pr = read_siim_rle_rows(root/rle_csv)
+    problems += pr
+    rle = rle.set_index("image_id")
     idx = empty_index(len(hdr))
     for c in ("image_id", "image_path", "patient_id", "sex", "age", "view"): idx[c] = hdr[c].values
     idx["pneumothorax_mask_height"], idx["pneumothorax_mask_width"] = hdr["rows"].astype(float).values, hdr["columns"].astype(float).values
