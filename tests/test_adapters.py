@@ -136,9 +136,9 @@ def test_mimic_with_chexmask(tmp_path):
     assert Path(i.loc[e["heart_id"], "image_path"]).parts[-4:-1] == ("p10", "p10000032", "s50414267")
     assert i["split"].tolist() == ["train", "train", "test"]
     assert len(index_dataset("mimic", tmp_path, labeler="negbio", all_views=True)[0]) == 4
-    fx._gz(tmp_path/"patients.csv.gz", "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod\n10000032,F,52,2180,2014 - 2016,\n10000764,M,76,2132,2011 - 2013,\n")
+    fx._gz(tmp_path/"patients.csv.gz", "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod\n10000032,F,52,2180,2014 - 2016,\n10000764,M,76,2178,2011 - 2013,\n")
     i = index_dataset("mimic", tmp_path, mimic_patients=tmp_path/"patients.csv.gz")[0].set_index("image_id")
-    assert i["sex"].tolist() == ["F", "F", "M"] and i["age"].tolist() == [52.0, 52.0, 76.0 + 2180 - 2132]
+    assert i["sex"].tolist() == ["F", "F", "M"] and i["age"].tolist() == [52.0, 52.0, 78.0]
 
 
 def test_nih_with_chexmask(tmp_path):
