@@ -160,3 +160,13 @@ def test_prepare_help_lists_every_adapter():
     h = p.format_help()
     for name in ADAPTERS: assert name in h
     for opt in ("--uncertain", "--min-dice-rca", "--tubes", "--workers", "--verify", "--image-size"): assert opt in h
+
+
+def test_run_prepare_tolerates_extra_cli_attributes(tmp_path, monkeypatch):
+    "The CLI may add its own attributes (a handler, a subcommand name): prepare ignores them."
+    monkeypatch.setenv("CXR_STUDY_PROGRESS", "0")
+    fx.nih(tmp_path/"nih")
+    args = parse("nih", "--root", tmp_path/"nih", "--out", tmp_path/"out", "--index-only")
+    args.handler, args.subcommand = run_prepare, "prepare"
+    with contextlib.redirect_stdout(io.StringIO()): assert run_prepare(args) == 0
+    assert json.loads((tmp_path/"out"/"prepare.json").read_text())["options"]["subcommand"] == "prepare"
