@@ -7,11 +7,22 @@ os.environ.setdefault("CXR_STUDY_PROGRESS", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def prepare_synthetic(raw, out):
+    "Index a synthetic benchmark folder with the `prepare` adapters (index only: images stay DICOM)."
+    from cxr_study.cli import prepare_args
+    from cxr_study.data.prepare import prepare_dataset
+    prepare_dataset(prepare_args("synthetic", "--root", raw, "--out", out, "--index-only"), log=lambda *_: None)
+    return out
+
+
 @pytest.fixture(scope="session")
-def tiny_benchmark(tmp_path_factory):
-    "A small synthetic benchmark with its index, shared by the tests that only read it."
-    from cxr_study.data.index import write_index
-    from cxr_study.data.synthetic import SyntheticCfg, index_synthetic, make_synthetic_benchmark
-    root = make_synthetic_benchmark(tmp_path_factory.mktemp("bench") / "synthetic", SyntheticCfg(n_images=80, size=64, seed=7))
-    write_index(index_synthetic(root)[0], root / "index.parquet")
-    return root
+def tiny_raw(tmp_path_factory):
+    "A small synthetic benchmark in its raw formats (DICOM, RLE CSV, ...)."
+    from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
+    return make_synthetic_benchmark(tmp_path_factory.mktemp("bench") / "synthetic", SyntheticCfg(n_images=80, size=64, seed=7))
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tiny_raw, tmp_path_factory):
+    "The small benchmark prepared: a folder holding index.parquet, shared by the tests that only read it."
+    return prepare_synthetic(tiny_raw, tmp_path_factory.mktemp("prepared"))

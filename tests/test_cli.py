@@ -30,7 +30,7 @@ def test_demo_writes_every_output(demo):
     # prior and raw pixels x four tasks x two folds, one row each
     assert len(res) == 2 * 4 * 2
     assert set(res.task) == {"pneumothorax-cls", "cardiomegaly-cls", "pneumothorax-seg", "heart-seg"}
-    assert res.groupby(["encoder", "task"]).fold.apply(sorted).map(tuple).eq((0, 1)).all()
+    assert all(sorted(g) == [0, 1] for _, g in res.groupby(["encoder", "task"]).fold)
     pred = pd.read_parquet(out / "predictions.parquet")
     assert {"image_id", "patient_id", "chest_tube", "fold", "encoder", "task"} <= set(pred.columns)
     assert pred.groupby(["encoder", "task", "fold"]).image_id.apply(lambda s: s.is_unique).all()
@@ -54,16 +54,22 @@ def test_demo_resumes_without_recomputing(demo):
 
 
 def test_unknown_encoder_is_one_clear_line(tiny_benchmark, tmp_path):
-    r = cxr_study("run", "--encoder", "rad_dino", "--task", "heart-seg", "--data", tiny_benchmark, "--out", tmp_path)
+    r = cxr_study("run", "--encoder", "resnet_18", "--task", "heart-seg", "--data", tiny_benchmark, "--out", tmp_path)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: unknown encoder 'rad_dino'. Did you mean")
+    assert r.stderr.startswith("error: unknown encoder 'resnet_18'. Did you mean resnet18")
     assert "Traceback" not in r.stderr
 
 
-def test_missing_dicom_names_the_file_and_leaves_nothing_complete(tiny_benchmark, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_benchmark, data)
-    victim = next((data / "dicom-images-train").rglob("*.dcm"))
+def _prepared_copy(tiny_raw, tmp_path):
+    from conftest import prepare_synthetic
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    return raw, prepare_synthetic(raw, tmp_path / "prepared")
+
+
+def test_missing_dicom_names_the_file_and_leaves_nothing_complete(tiny_raw, tmp_path):
+    raw, data = _prepared_copy(tiny_raw, tmp_path)
+    victim = next((raw / "dicom-images-train").rglob("*.dcm"))
     victim.unlink()
     r = cxr_study("run", "--encoder", "raw-pixels", "--task", "cardiomegaly-cls", "--data", data, "--out", tmp_path / "out")
     assert r.returncode == 2 and victim.name in r.stderr and "not found" in r.stderr
@@ -71,10 +77,9 @@ def test_missing_dicom_names_the_file_and_leaves_nothing_complete(tiny_benchmark
     assert not list((tmp_path / "out").rglob("meta.json"))  # no feature-cache entry marked complete
 
 
-def test_corrupt_dicom_names_the_file(tiny_benchmark, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_benchmark, data)
-    victim = next((data / "dicom-images-train").rglob("*.dcm"))
+def test_corrupt_dicom_names_the_file(tiny_raw, tmp_path):
+    raw, data = _prepared_copy(tiny_raw, tmp_path)
+    victim = next((raw / "dicom-images-train").rglob("*.dcm"))
     victim.write_bytes(victim.read_bytes()[:200])
     r = cxr_study("run", "--encoder", "raw-pixels", "--task", "cardiomegaly-cls", "--data", data, "--out", tmp_path / "out")
     assert r.returncode == 2 and victim.name in r.stderr
@@ -82,29 +87,28 @@ def test_corrupt_dicom_names_the_file(tiny_benchmark, tmp_path):
 
 
 def test_label_csv_without_expected_columns(tmp_path):
-    out = tmp_path / "syn"
-    assert cxr_study("synthetic", "--out", out, "--n-images", 12, "--size", 32).returncode == 0
-    (out / "index.parquet").unlink()
-    labels = out / "cardiomegaly-labels.csv"
+    raw = tmp_path / "syn"
+    assert cxr_study("synthetic", "--out", raw, "--n-images", 12, "--size", 32).returncode == 0
+    labels = raw / "cardiomegaly-labels.csv"
     labels.write_text(labels.read_text().replace("Cardiomegaly", "Cardio", 1))
-    r = cxr_study("synthetic", "--out", out, "--n-images", 12, "--size", 32)
+    r = cxr_study("prepare", "synthetic", "--root", raw, "--out", tmp_path / "prep", "--index-only")
     assert r.returncode == 2
     assert "cardiomegaly-labels.csv" in r.stderr and "missing column(s) ['Cardiomegaly']" in r.stderr
-    assert not (out / "index.parquet").exists()
+    assert not (tmp_path / "prep" / "index.parquet").exists()
 
 
 def test_rle_that_does_not_fit_is_reported_with_its_image(tmp_path):
-    out = tmp_path / "syn"
-    assert cxr_study("synthetic", "--out", out, "--n-images", 12, "--size", 32).returncode == 0
-    (out / "index.parquet").unlink()
-    rle = out / "train-rle.csv"
+    raw = tmp_path / "syn"
+    assert cxr_study("synthetic", "--out", raw, "--n-images", 12, "--size", 32).returncode == 0
+    rle = raw / "train-rle.csv"
     lines = rle.read_text().splitlines()
     image = lines[1].split(",")[0]
     lines[1] = f"{image}, 5000 10"
     rle.write_text("\n".join(lines) + "\n")
-    r = cxr_study("synthetic", "--out", out, "--n-images", 12, "--size", 32)
-    assert r.returncode == 0
-    assert f"image {image}: RLE does not fit its image" in r.stderr and "train-rle.csv" in r.stderr
-    idx = pd.read_parquet(out / "index.parquet").set_index("image_id")
+    r = cxr_study("prepare", "synthetic", "--root", raw, "--out", tmp_path / "prep", "--index-only")
+    assert r.returncode == 0, r.stderr
+    said = r.stdout + r.stderr
+    assert f"image {image}" in said and "RLE does not fit its image" in said and "train-rle.csv" in said
+    idx = pd.read_parquet(tmp_path / "prep" / "index.parquet").set_index("image_id")
     assert pd.isna(idx.loc[image, "pneumothorax"])  # left unknown, the rest indexed
     assert idx.drop(index=image).pneumothorax.notna().all()
