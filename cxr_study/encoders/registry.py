@@ -158,9 +158,8 @@ def register_encoder(cfg:EncoderCfg, # the entry
 def _load_builtin():
     # importing the modules that hold built-in entries registers them
     import cxr_study.encoders.small  # noqa: F401
-    try: import cxr_study.encoders.zoo  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "cxr_study.encoders.zoo": raise
+    import cxr_study.encoders.zoo  # noqa: F401  (transformers-based study encoders)
+    import cxr_study.encoders.timm_zoo  # noqa: F401  (timm / open_clip-based study encoders)
 
 def list_encoders(tag:str|None=None, # only entries carrying this tag, e.g. "small"
                  ) -> list[str]:
