@@ -90,7 +90,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     with torch.no_grad():
         for p in enc.parameters(): p.add_(torch.randn_like(p) * 0.01)  # differ from any fresh init
     path = enc.save_release(tmp_path / "release")
-    loaded = create_encoder(name, reduced=True, pretrained=path)
+    loaded = _reduced(name, pretrained=path)
     assert loaded.weights_tag.startswith("pretrained:")
     a, b = enc.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
