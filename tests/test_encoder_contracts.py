@@ -102,6 +102,26 @@ def test_checkpoint_round_trip(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_pretrained_from_hf_cache(name, tmp_path, monkeypatch):
+    "pretrained=True finds a release in the Hugging Face cache layout (refs/main -> snapshots/<rev>/...)."
+    import huggingface_hub.constants as hfc
+    cfg = get_encoder_cfg(name)
+    if not cfg.weights.source: pytest.skip(f"{name}: not distributed through the hub")
+    enc = _reduced(name)
+    if not hasattr(enc, "save_release"): pytest.skip(f"{name}: no release layout to write")
+    repo = tmp_path / ("models--" + cfg.weights.source.replace("/", "--"))
+    enc.save_release(repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path))
+    loaded = _reduced(name, pretrained=True)
+    assert loaded.weights_tag == f"pretrained:{cfg.weights.source}"
+    a, b = enc.state_dict(), loaded.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_preprocess_matches_reference(name, xray):
     "The entry's contract gives the reference processor's tensor on the same image."
     cfg = get_encoder_cfg(name)
