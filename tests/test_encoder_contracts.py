@@ -82,6 +82,21 @@ def test_reduced_forward(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_gradients_reach_the_encoder(name):
+    "Fine-tuning can update the encoder: a loss on pooled and grid features has gradients at its first layer."
+    kw = {"input_size": 224} if _accepts(name, "input_size") else {}  # 224: a multiple of every study stride
+    enc = _reduced(name, **kw).train()
+    params = [p for p in enc.parameters() if p.requires_grad]
+    if not params: pytest.skip(f"{name}: no parameters")
+    s = enc.cfg.preprocess.size
+    out = enc(torch.randn(2, enc.cfg.preprocess.channels, s, s))
+    (out.pooled.square().mean() + out.grid.square().mean()).backward()
+    first = params[0]  # the patch embedding / stem: reached only if nothing cuts the graph
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params) > len(params) // 2
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_checkpoint_round_trip(name, tmp_path):
     "Random weights written in the release's own layout load through the user's code path, unchanged."
     enc = _reduced(name)
