@@ -183,7 +183,7 @@ def get_encoder_cfg(name:str) -> EncoderCfg:
 
 def create_encoder(name:str, # registry key
                    pretrained:bool|str|Path=False, # False: random init; True: the entry's weights from the HF cache; a path: a local file or folder
-                   **kwargs, # passed to the builder (e.g. input_size for a common resolution)
+                   **kwargs, # passed to the builder, e.g. input_size=448 (a common resolution), reduced=True (the family's small test member)
                   ) -> Encoder:
     "Build a registered encoder, in eval mode."
     cfg = get_encoder_cfg(name)
