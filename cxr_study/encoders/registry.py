@@ -33,12 +33,15 @@ class PreprocessCfg:
     mean:tuple=(0.485, 0.456, 0.406) # per channel, after scaling to [0, 1]
     std:tuple=(0.229, 0.224, 0.225)
     channels:int=3 # 3: the gray image replicated; 1: kept gray
+    crop_offset:str="round" # centre-crop offset of an odd margin: "round" (torchvision, timm, open_clip) or "floor" (transformers)
 
     def __post_init__(self):
         if self.resize not in ("squash", "shortest-crop"):
             raise CxrStudyError(f"PreprocessCfg.resize must be 'squash' or 'shortest-crop', got {self.resize!r}")
         if self.interpolation not in _PIL_RESAMPLE:
             raise CxrStudyError(f"PreprocessCfg.interpolation must be one of {sorted(_PIL_RESAMPLE)}, got {self.interpolation!r}")
+        if self.crop_offset not in ("round", "floor"):
+            raise CxrStudyError(f"PreprocessCfg.crop_offset must be 'round' or 'floor', got {self.crop_offset!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise CxrStudyError("PreprocessCfg: mean and std need one value per channel")
 
@@ -49,7 +52,8 @@ def _geometry(pcfg:PreprocessCfg, h:int, w:int):
     short = pcfg.resize_to or pcfg.size
     if h <= w: nh, nw = short, int(short * w / h)
     else: nw, nh = short, int(short * h / w)
-    left, top = int(round((nw - pcfg.size) / 2.0)), int(round((nh - pcfg.size) / 2.0))
+    if pcfg.crop_offset == "floor": left, top = (nw - pcfg.size) // 2, (nh - pcfg.size) // 2
+    else: left, top = int(round((nw - pcfg.size) / 2.0)), int(round((nh - pcfg.size) / 2.0))
     return (nw, nh), (left, top, left + pcfg.size, top + pcfg.size)
 
 def preprocess_image(img:np.ndarray, # float (H, W) in [0, 1], or uint8 (H, W)
@@ -158,9 +162,8 @@ def register_encoder(cfg:EncoderCfg, # the entry
 def _load_builtin():
     # importing the modules that hold built-in entries registers them
     import cxr_study.encoders.small  # noqa: F401
-    try: import cxr_study.encoders.zoo  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "cxr_study.encoders.zoo": raise
+    import cxr_study.encoders.zoo  # noqa: F401  (transformers-based study encoders)
+    import cxr_study.encoders.timm_zoo  # noqa: F401  (timm / open_clip-based study encoders)
 
 def list_encoders(tag:str|None=None, # only entries carrying this tag, e.g. "small"
                  ) -> list[str]:
@@ -180,7 +183,7 @@ def get_encoder_cfg(name:str) -> EncoderCfg:
 
 def create_encoder(name:str, # registry key
                    pretrained:bool|str|Path=False, # False: random init; True: the entry's weights from the HF cache; a path: a local file or folder
-                   **kwargs, # passed to the builder (e.g. input_size for a common resolution)
+                   **kwargs, # passed to the builder, e.g. input_size=448 (a common resolution), reduced=True (the family's small test member)
                   ) -> Encoder:
     "Build a registered encoder, in eval mode."
     cfg = get_encoder_cfg(name)

@@ -106,6 +106,8 @@ class TimmEncoder(Encoder):
         return self._run(x, list(layers or self.cfg.layers))[1]
 
 def _build_timm(cfg, pretrained=False, **kw):
+    if pretrained is True:  # fail fast, before building anything, when the weights are not in the cache
+        hf_cached_file(cfg.weights.source, cfg.weights.file or "model.safetensors", cfg.weights.how_to_obtain)
     import timm
     arch, grid_layer, extra = {
         "resnet18": ("resnet18", "layer3", dict(zero_init_last=False)),
