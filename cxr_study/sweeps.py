@@ -25,7 +25,7 @@ __all__ = ['PROTOCOLS', 'REFERENCES', 'SUBGROUP_COLUMNS', 'run_path', 'is_comple
            'run_experiment', 'experiment_template', 'grid_runs', 'run_grid', 'collect_results', 'write_slurm_array']
 
 # %% ../nbs/api/70_sweeps.ipynb #f5db8ec9
-PROTOCOLS = ("linear-probe",)
+PROTOCOLS = ("linear-probe", "multiscale-probe", "fine-tune", "e2e") # the last three run in cxr_study.train.protocols
 REFERENCES = ("prior",) # floor references scored like encoders
 
 def run_path(out_dir:str|Path, encoder:str, task:str, protocol:str) -> Path:
@@ -81,6 +81,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
                    Cs=None, # logistic-regression C grid (default: 1e-4..1e2)
                    device:str|None=None,
                    overwrite:bool=False, # rerun even if complete
+                   adapt:dict|None=None, # settings of the other protocols: FinetuneCfg fields (fine-tune, e2e), MultiscaleCfg fields (multiscale-probe)
                   ) -> dict: # results (per fold) and predictions (per image) DataFrames
     "Run one encoder x task x protocol over the folds and write its results."
     from cxr_study.data.cohorts import get_task, split_masks
@@ -91,15 +92,19 @@ def run_experiment(encoder:str, # registry name, or "prior"
     from cxr_study.heads.probes import (SegProbeCfg, fit_logistic_probe, fit_seg_probe, predict_seg, prior_masks,
                                         prior_scores)
     from cxr_study.metrics import auprc, auroc, dice_iou, sensitivity
+    from cxr_study.train import protocols as ap  # fine-tune, e2e, multiscale-probe
     t_start = time.time()
     t = get_task(task)
     if protocol not in PROTOCOLS: raise CxrStudyError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
     is_ref = encoder in REFERENCES
-    if not is_ref: get_encoder_cfg(encoder)  # unknown names fail before any work
+    if not is_ref:  # unknown names fail before any work
+        if protocol == "linear-probe": get_encoder_cfg(encoder)
+        else: ap.check_protocol(encoder, task, protocol)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     final = run_path(out_dir, encoder, task, protocol)
     params = dict(folds=list(folds), seed=seed, data_dir=str(Path(data_dir).absolute()), pretrained=str(pretrained),
                   mask_size=mask_size, probe=probe, Cs=None if Cs is None else list(Cs))
+    if protocol != "linear-probe": params["adapt"] = adapt
     if is_complete(out_dir, encoder, task, protocol, params) and not overwrite:
         return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": True}
     index = read_index(data_dir/"index.parquet")
@@ -107,15 +112,21 @@ def run_experiment(encoder:str, # registry name, or "prior"
     if task not in cohorts: raise CxrStudyError(f"{data_dir}: the index has no {task} cohort (labels or masks missing)")
     cohort = cohorts[task].reset_index(drop=True)
     weights_tag, feats = "none", None
-    if not is_ref:
-        feats = extract_features(encoder, study_images(index, seed), data_dir, cache_dir or out_dir/"cache", pretrained=pretrained, device=device)
+    if not is_ref and protocol in ("linear-probe", "multiscale-probe"):
+        layers = ap.multiscale_layers(encoder, adapt) if protocol == "multiscale-probe" else None
+        feats = extract_features(encoder, study_images(index, seed), data_dir, cache_dir or out_dir/"cache", pretrained=pretrained, device=device,
+                                 layers=layers)
         weights_tag = feats.meta["weights_tag"]
         rows = feats.rows(cohort["image_id"].tolist())
     if t.kind == "segmentation":
-        pcfg = get_encoder_cfg(encoder).preprocess if not is_ref else PreprocessCfg(size=mask_size or 224)
+        pcfg = (get_encoder_cfg(encoder).preprocess if protocol == "linear-probe" else ap.protocol_preprocess(encoder, protocol, adapt)) \
+            if not is_ref else PreprocessCfg(size=mask_size or 224)
         size = mask_size or pcfg.size
         masks = load_masks(cohort, t.label, pcfg, size)
         pcfg_probe = SegProbeCfg(**{**(probe or {}), "seed": seed})
+    if not is_ref and protocol in ap.ADAPT_PROTOCOLS:  # images (and masks) in memory once for all folds
+        data = ap.adapt_data(encoder, task, protocol, cohort, data_dir, masks if t.kind == "segmentation" else None, adapt)
+        ckpt = ap.checkpoint_dir(out_dir, encoder, task, protocol, params)
     results, preds = [], []
     for k in folds:
         s = split_masks(cohort["fold"], k)
@@ -124,6 +135,9 @@ def run_experiment(encoder:str, # registry name, or "prior"
         if t.kind == "classification":
             y = cohort["y"].values
             if is_ref: score = prior_scores(y[s["train"]], s["test"].sum())
+            elif protocol in ap.ADAPT_PROTOCOLS:
+                fit = ap.adapt_fold(encoder, task, protocol, data, s, None, adapt, seed, pretrained, device, ckpt/f"fold{k}")
+                score, weights_tag = fit["score"], fit["weights"]; row.update(fit["row"])
             else:
                 X = np.asarray(feats.pooled[rows], np.float32)
                 fit = fit_logistic_probe(X[s["train"]], y[s["train"]], X[s["val"]], y[s["val"]], **({"Cs": Cs} if Cs else {}))
@@ -133,6 +147,12 @@ def run_experiment(encoder:str, # registry name, or "prior"
             preds.append(_pred_frame(test_rows, fold=k, y_true=yt, y_score=score))
         else:
             if is_ref: pred, _ = prior_masks(masks[s["train"]], s["test"].sum())
+            elif protocol in ap.ADAPT_PROTOCOLS:
+                fit = ap.adapt_fold(encoder, task, protocol, data, s, size, adapt, seed, pretrained, device, ckpt/f"fold{k}")
+                pred, weights_tag = fit["pred"], fit["weights"]; row.update(fit["row"])
+            elif protocol == "multiscale-probe":
+                fit = ap.multiscale_fold(feats, rows, s, masks, size, t.class_weights, {**(adapt or {}), "layers": layers}, seed, device)
+                pred = fit["pred"]; row.update(fit["row"])
             else:
                 G = feats.grid[rows] if len(rows) * feats.grid[0].size < 2e9 else feats.grid
                 Gi = (lambda m: G[m]) if G is not feats.grid else (lambda m: feats.grid[rows[m]])
@@ -163,6 +183,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
                 "features": str(feats.path) if feats is not None else None, "versions": _versions()}, tmp/"run.json")
     if final.exists(): shutil.rmtree(final)
     tmp.rename(final)
+    if not is_ref and protocol in ap.ADAPT_PROTOCOLS: ap.remove_checkpoints(ckpt)  # complete: resuming no longer needed
     return {"results": res, "predictions": pr, "skipped": False}
 
 # %% ../nbs/api/70_sweeps.ipynb #41b5e420
@@ -204,6 +225,7 @@ def run_grid(encoders:list, # encoder names (and references such as "prior")
         o = options or {}
         same = dict(folds=list(folds), seed=seed, data_dir=str(data_dir), pretrained=str(o.get("pretrained", False)),
                     mask_size=o.get("mask_size"), probe=o.get("probe"), Cs=None if o.get("Cs") is None else list(o["Cs"]))
+        if p != "linear-probe": same["adapt"] = o.get("adapt")
         if is_complete(out_dir, e, t, p, same):
             status.append((e, t, p, "skipped (complete)", 0.0, "")); continue
         t0 = time.time()
