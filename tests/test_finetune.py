@@ -113,8 +113,7 @@ _SCRIPT = textwrap.dedent("""
     from cxr_study.train.finetune import fit_finetune, tiny_encoder
     from cxr_study.sweeps import run_experiment
 
-    def build(cfg, pretrained=False, **kw): return tiny_encoder("vit")
-    register_encoder(dataclasses.replace(tiny_encoder("vit").cfg, builder=build))
+    register_encoder(tiny_encoder("vit").cfg)
     kill_at, calls = int(sys.argv[3]), []
     if kill_at:  # killed by a signal in fold 1 (the second fit) after `kill_at` optimiser steps, in the middle of an epoch
         def fit(*a, **kw):
@@ -136,7 +135,7 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
                                           capture_output=True, text=True, timeout=300)
     from cxr_study.encoders import registry
     from cxr_study.sweeps import run_experiment
-    registry.register_encoder(dataclasses.replace(tiny_encoder("vit").cfg, builder=lambda cfg, pretrained=False, **kw: tiny_encoder("vit")))
+    registry.register_encoder(tiny_encoder("vit").cfg)
     try: run_experiment("tiny-vit", "pneumothorax-cls", "fine-tune", tiny_benchmark, tmp_path / "ref", folds=[0, 1], device="cpu", adapt=ADAPT)
     finally: registry._REGISTRY.pop("tiny-vit")  # the uninterrupted reference, in this process
     n_train = int(pd.read_csv(tmp_path / "ref/runs/tiny-vit/pneumothorax-cls/fine-tune/results.csv").n_train.iloc[1])
