@@ -174,3 +174,25 @@ def test_protocols_in_the_runner_and_grid(tiny_benchmark, tmp_path):
         run_experiment("resnet18", "heart-seg", "e2e", tiny_benchmark, tmp_path)
     with pytest.raises(Exception, match="is for segmentation"):
         run_experiment("resnet18", "cardiomegaly-cls", "multiscale-probe", tiny_benchmark, tmp_path)
+
+
+def _encoders_to_check():
+    from cxr_study.encoders.registry import get_encoder_cfg, list_encoders
+    every = os.environ.get("CXR_STUDY_ALL_ENCODERS") == "1"  # the full zoo: slow on a CPU, meant for a GPU machine
+    names = list_encoders() if every else list_encoders(tag="small")
+    return [n for n in names if get_encoder_cfg(n).params != 0]  # raw-pixels has nothing to train
+
+
+@pytest.mark.parametrize("name", _encoders_to_check())
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_gradients_reach_every_registered_encoder(name, kind):
+    "Contract for every registry entry: both heads back-propagate into the encoder's first layer (no no_grad inside)."
+    from cxr_study.encoders.registry import create_encoder
+    torch.manual_seed(0)
+    m = build_finetune_model(create_encoder(name), kind).train()
+    size = m.encoder.cfg.preprocess.size
+    x = torch.randn(1, m.encoder.cfg.preprocess.channels, size, size)
+    out = m(x) if kind == "classification" else m(x, size=32)
+    out.float().square().mean().backward()
+    first = next(p for p in m.encoder.parameters() if p.requires_grad)
+    assert first.grad is not None and first.grad.abs().sum() > 0, f"{name}: no gradient reaches the encoder from the {kind} head"
