@@ -197,8 +197,9 @@ def experiment_template(name:str="experiment.ipynb") -> Path:
     raise CxrStudyError(f"experiment template {name} not found (looked in {', '.join(map(str, candidates))}); reinstall cxr_study")
 
 def grid_runs(encoders, tasks, protocols=("linear-probe",)) -> list[tuple[str, str, str]]:
-    "All (encoder, task, protocol) combinations, references first."
-    return [(e, t, p) for e in encoders for t in tasks for p in protocols]
+    "All (encoder, task, protocol) combinations that apply (e2e: SegFormer only; multiscale-probe: segmentation only), references first."
+    from cxr_study.train.protocols import applies
+    return [(e, t, p) for e in encoders for t in tasks for p in protocols if applies(e, t, p) or (e in REFERENCES and p == "e2e")]
 
 def run_grid(encoders:list, # encoder names (and references such as "prior")
              tasks:list, # task names

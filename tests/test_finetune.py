@@ -157,7 +157,11 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
 
 
 def test_protocols_in_the_runner_and_grid(tiny_benchmark, tmp_path):
-    from cxr_study.sweeps import is_complete, run_experiment, run_grid
+    from cxr_study.sweeps import grid_runs, is_complete, run_experiment, run_grid
+    # a grid only holds the cells a protocol applies to
+    assert grid_runs(["resnet18", "segformer-b4"], ["cardiomegaly-cls", "heart-seg"], ["multiscale-probe", "e2e"]) == [
+        ("resnet18", "heart-seg", "multiscale-probe"), ("segformer-b4", "cardiomegaly-cls", "e2e"),
+        ("segformer-b4", "heart-seg", "multiscale-probe"), ("segformer-b4", "heart-seg", "e2e")]
     small = {"max_epochs": 1, "input_size": 64, "config": {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_hidden_size": 64}}
     st = run_grid(["segformer-b0"], ["pneumothorax-cls", "heart-seg"], tiny_benchmark, tmp_path, protocols=["e2e"], folds=[0],
                   executor="inline", options={"adapt": small, "mask_size": 64, "device": "cpu"}, show_progress=False)
