@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import random
 import tempfile
 from pathlib import Path
@@ -134,12 +135,20 @@ def get_device(device:str|None=None, # "cpu", "cuda", "cuda:1", or None for the 
     return dev
 
 # %% ../nbs/api/00_core.ipynb #17be83d7
+def _kernel_without_widgets() -> bool:
+    "True inside a notebook kernel that cannot draw tqdm's widget (it would print a warning into the notebook)."
+    if "ipykernel" not in sys.modules: return False
+    import importlib.util
+    return importlib.util.find_spec("ipywidgets") is None
+
 def progress(it:Iterable, # what to iterate over
              desc:str|None=None, # label shown
              total:int|None=None, # length when `it` has none
              disable:bool|None=None, # None: off when CXR_STUDY_PROGRESS=0
             ):
     "A tqdm progress bar that can be switched off globally with `CXR_STUDY_PROGRESS=0`."
-    from tqdm.auto import tqdm
-    if disable is None: disable = os.environ.get("CXR_STUDY_PROGRESS", "1") == "0"
+    quiet_kernel = _kernel_without_widgets()
+    if quiet_kernel: from tqdm.std import tqdm  # tqdm.auto itself warns on import there
+    else: from tqdm.auto import tqdm
+    if disable is None: disable = os.environ.get("CXR_STUDY_PROGRESS", "1") == "0" or quiet_kernel
     return tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True)

@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 
 from .core import CxrStudyError
+from .results import collect_results, main_metric, metrics_for, task_kind
 
 # %% auto #0
-__all__ = ['MAIN_METRIC', 'row_label', 'summarise', 'summary_table', 'plot_summary', 'plot_run', 'write_study_outputs']
+__all__ = ['row_label', 'summarise', 'summary_table', 'plot_summary', 'plot_run', 'write_study_outputs']
 
 # %% ../nbs/api/80_reporting.ipynb #4ba51bbd
-MAIN_METRIC = {"classification": ("auroc", "auprc"), "segmentation": ("dice", "iou")}
-
 def row_label(encoder:str, weights:str) -> str:
     "Display name of an encoder row, marking untrained encoders and references."
     from cxr_study.encoders.registry import get_encoder_cfg
@@ -31,10 +30,9 @@ def row_label(encoder:str, weights:str) -> str:
 def summarise(results:pd.DataFrame, # per-fold results (collect_results)
              ) -> pd.DataFrame: # one row per encoder x weights x task x protocol x metric
     "Median over folds with the fold range (the study's summary)."
-    from cxr_study.data.cohorts import get_task
     rows = []
     for (e, w, t, p), g in results.groupby(["encoder", "weights", "task", "protocol"], sort=False):
-        for m in MAIN_METRIC[get_task(t).kind]:
+        for m in [x.name for x in metrics_for(task_kind(t))]:
             v = g[m].dropna().to_numpy()
             rows.append(dict(encoder=e, weights=w, label=row_label(e, w), task=t, protocol=p, metric=m,
                              median=np.median(v) if len(v) else np.nan, low=v.min() if len(v) else np.nan,
@@ -46,10 +44,10 @@ def summary_table(summary:pd.DataFrame, # from summarise
                   digits:int=3,
                  ) -> pd.DataFrame: # encoders x tasks, "median [low, high]"
     "The study-style wide table: one row per encoder, one column per task."
-    from cxr_study.data.cohorts import TASKS, get_task
-    s = summary[summary.metric.isin([MAIN_METRIC[get_task(t).kind][0] for t in summary.task.unique()])] if main_only else summary
+    from cxr_study.data.cohorts import TASKS
+    s = summary[summary.metric.isin([main_metric(task_kind(t)).name for t in summary.task.unique()])] if main_only else summary
     fmt = lambda r: f"{r['median']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]" if r["n_folds"] else "n/a"
-    s = s.assign(value=s.apply(fmt, axis=1), column=s.task.map(lambda t: f"{TASKS[t].display} {MAIN_METRIC[TASKS[t].kind][0].upper()}")
+    s = s.assign(value=s.apply(fmt, axis=1), column=s.task.map(lambda t: f"{TASKS[t].display} {main_metric(TASKS[t].kind).label}")
                  + (s.metric.map(lambda m: "") if main_only else " " + s.metric))
     wide = s.pivot_table(index=["label", "protocol"], columns="column", values="value", aggfunc="first")
     order = [c for t in TASKS for c in wide.columns if c.startswith(TASKS[t].display)]
@@ -64,7 +62,7 @@ def plot_summary(results:pd.DataFrame, # per-fold results
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axs = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 0.45 * results.encoder.nunique() + 1.6), squeeze=False)
     for ax, t in zip(axs[0], tasks):
-        m = MAIN_METRIC[get_task(t).kind][0]
+        m = main_metric(get_task(t).kind).name
         g = results[results.task == t].assign(label=lambda d: [row_label(e, w) + ("" if p == "linear-probe" else f" / {p}")
                                                                 for e, w, p in zip(d.encoder, d.weights, d.protocol)])
         med = g.groupby("label")[m].median().sort_values()
@@ -99,7 +97,6 @@ def write_study_outputs(out_dir:str|Path, # the study folder (with runs/)
                        ) -> dict: # paths written
     "Collect all complete runs; write results.csv, predictions.parquet, summary.csv, summary.md and a figure."
     from cxr_study.core import atomic_path, write_table
-    from cxr_study.sweeps import collect_results
     out_dir = Path(out_dir)
     res, pred = collect_results(out_dir)
     s = summarise(res)

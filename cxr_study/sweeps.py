@@ -5,7 +5,7 @@
 # %% ../nbs/api/70_sweeps.ipynb #bc6f113a
 from __future__ import annotations
 
-import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -13,36 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, read_json, read_table, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, read_table, write_table
+from .results import EMPTY_MASK_SCORE, SUBGROUP_COLUMNS, is_complete, run_params, run_path, score_fold, write_run
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'REFERENCES', 'SUBGROUP_COLUMNS', 'run_path', 'is_complete', 'run_params', 'study_cohorts',
-           'study_images', 'run_experiment', 'experiment_template', 'grid_runs', 'run_grid', 'collect_results',
-           'write_slurm_array']
+__all__ = ['PROTOCOLS', 'REFERENCES', 'study_cohorts', 'study_images', 'run_experiment', 'experiment_template', 'grid_runs',
+           'run_grid', 'write_slurm_array']
 
 # %% ../nbs/api/70_sweeps.ipynb #159a9329
 PROTOCOLS = ("linear-probe", "multiscale-probe", "fine-tune", "e2e") # the last three run in cxr_study.train.protocols
 REFERENCES = ("prior",) # floor references scored like encoders
-
-def run_path(out_dir:str|Path, encoder:str, task:str, protocol:str) -> Path:
-    "Folder of one run."
-    return Path(out_dir)/"runs"/encoder/task/protocol
-
-def is_complete(out_dir, encoder, task, protocol,
-                params:dict|None=None, # when given, the run must also have been made with these parameters
-               ) -> bool:
-    "Whether a run has finished (its run.json exists), with the same parameters when `params` is given."
-    p = run_path(out_dir, encoder, task, protocol)/"run.json"
-    if not p.exists(): return False
-    return params is None or read_json(p).get("params") == json.loads(json.dumps(params, default=str))
-
-# %% ../nbs/api/70_sweeps.ipynb #abceba5f
-def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None, probe=None, Cs=None, adapt=None) -> dict:
-    "The parameters a run is identified by: a complete run is reused only when they are the same."
-    p = dict(folds=list(folds), seed=seed, data_dir=str(Path(data_dir).absolute()), pretrained=str(pretrained),
-             mask_size=mask_size, probe=probe, Cs=None if Cs is None else list(Cs))
-    if protocol != "linear-probe": p["adapt"] = adapt  # linear-probe runs made before other protocols existed stay valid
-    return p
 
 # %% ../nbs/api/70_sweeps.ipynb #d4a38a22
 def study_cohorts(index:pd.DataFrame, seed:int=STUDY_SEED, tasks=None, **kw) -> dict:
@@ -60,8 +40,6 @@ def study_images(index:pd.DataFrame, seed:int=STUDY_SEED) -> pd.DataFrame:
     return index[index["image_id"].isin(ids)]
 
 # %% ../nbs/api/70_sweeps.ipynb #a105df6b
-SUBGROUP_COLUMNS = ("chest_tube", "ptx_size_pct", "ptx_size_quartile", "sex", "age", "view")
-
 def _versions():
     import torch, sklearn
     return {"python": platform.python_version(), "torch": torch.__version__, "scikit-learn": sklearn.__version__,
@@ -95,7 +73,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
     from cxr_study.features.cache import extract_features, load_masks
     from cxr_study.heads.probes import (SegProbeCfg, fit_logistic_probe, fit_seg_probe, predict_seg, prior_masks,
                                         prior_scores)
-    from cxr_study.metrics import auprc, auroc, dice_iou, sensitivity
+    from cxr_study.metrics import dice_iou
     from cxr_study.train import protocols as ap  # fine-tune, e2e, multiscale-probe
     t_start = time.time()
     t = get_task(task)
@@ -145,9 +123,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
             else:
                 fit = fit_logistic_probe(X[s["train"]], y[s["train"]], X[s["val"]], y[s["val"]], **({"Cs": Cs} if Cs else {}))
                 score = fit["model"].predict_proba(X[s["test"]])[:, 1]; row["C"] = fit["C"]
-            yt = y[s["test"]]
-            row.update(auroc=auroc(yt, score), auprc=auprc(yt, score), sensitivity=sensitivity(yt, score))
-            preds.append(_pred_frame(test_rows, fold=k, y_true=yt, y_score=score))
+            fp = _pred_frame(test_rows, fold=k, y_true=y[s["test"]], y_score=score)
         else:
             if is_ref: pred, _ = prior_masks(masks[s["train"]], s["test"].sum())
             elif protocol in ap.ADAPT_PROTOCOLS:
@@ -163,23 +139,20 @@ def run_experiment(encoder:str, # registry name, or "prior"
                 pred, _ = predict_seg(pr, Gi(s["test"]), size, device=device)
                 row.update(best_epoch=hist["best_epoch"], epochs=len(hist["val_loss"]))
             gt = masks[s["test"]]
-            dice, iou = dice_iou(pred, gt)
-            row.update(dice=float(np.mean(dice)), iou=float(np.mean(iou)))
-            preds.append(_pred_frame(test_rows, fold=k, dice=dice, iou=iou, gt_area_pct=100 * gt.mean((1, 2)),
-                                     pred_area_pct=100 * np.asarray(pred).mean((1, 2)), mask_size=size,
-                                     pred_mask=[chexmask_rle_encode(p) for p in pred]))
+            dice, iou = dice_iou(pred, gt, empty_score=EMPTY_MASK_SCORE)
+            fp = _pred_frame(test_rows, fold=k, dice=dice, iou=iou, gt_area_pct=100 * gt.mean((1, 2)),
+                             pred_area_pct=100 * np.asarray(pred).mean((1, 2)), mask_size=size,
+                             pred_mask=[chexmask_rle_encode(p) for p in pred])
+        row.update(score_fold(fp, t.kind))  # the metric table's columns, from this fold's per-image predictions
+        preds.append(fp)
         row["seconds"] = round(time.time() - t0, 2)
         results.append(row)
     label = {"encoder": encoder, "weights": weights_tag, "task": task, "protocol": protocol}
-    res = pd.DataFrame(results).assign(**label)[[*label, *pd.DataFrame(results).columns]]
-    pr = pd.concat(preds, ignore_index=True).assign(**label)
-    pr = pr[[*label, *[c for c in pr.columns if c not in label]]]
-    # each file atomically; run.json, the completion mark, last
-    write_table(res, final/"results.csv"); write_table(pr, final/"predictions.parquet")
-    write_json({**label, "params": json.loads(json.dumps(params, default=str)), "seconds": round(time.time() - t_start, 2),
-                "features": str(feats.path) if feats is not None else None, "versions": _versions()}, final/"run.json")
+    write_run(out_dir, label, pd.DataFrame(results), pd.concat(preds, ignore_index=True),  # run.json, the completion mark, last
+              {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(feats.path) if feats is not None else None,
+               "versions": _versions()})
     if not is_ref and protocol in ap.ADAPT_PROTOCOLS: ap.remove_checkpoints(ckpt)  # complete: resuming no longer needed
-    return {"results": res, "predictions": pr, "skipped": False}
+    return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": False}
 
 # %% ../nbs/api/70_sweeps.ipynb #98fb49a6
 def experiment_template(name:str="experiment.ipynb") -> Path:
@@ -224,14 +197,17 @@ def run_grid(encoders:list, # encoder names (and references such as "prior")
         if is_complete(out_dir, e, t, p, same):
             status.append((e, t, p, "skipped (complete)", 0.0, "")); continue
         t0 = time.time()
-        params = dict(encoder=e, task=t, protocol=p, folds=list(folds), seed=seed, data_dir=str(data_dir),
-                      out_dir=str(out_dir), options=options or {})
+        rp = run_path(out_dir, e, t, p)
+        # the notebook runs in its run folder; paths relative to it keep the executed notebook free of machine paths
+        rel = (lambda d: os.path.relpath(d, rp)) if executor == "papermill" else str
+        params = dict(encoder=e, task=t, protocol=p, folds=list(folds), seed=seed, data_dir=rel(data_dir),
+                      out_dir=rel(out_dir), options=options or {})
         try:
             if executor == "inline":
                 run_experiment(e, t, p, data_dir, out_dir, folds=folds, seed=seed, **(options or {}))
             else:
                 import papermill as pm
-                rp = run_path(out_dir, e, t, p); rp.mkdir(parents=True, exist_ok=True)
+                rp.mkdir(parents=True, exist_ok=True)
                 pm.execute_notebook(str(experiment_template()), str(rp/"experiment.ipynb"), parameters=params,
                                     kernel_name="python3", progress_bar=False, log_output=False, cwd=str(rp),
                                     # the kernel's own start/stop chatter (not the notebook's output) stays quiet
@@ -243,16 +219,6 @@ def run_grid(encoders:list, # encoder names (and references such as "prior")
             where = run_path(out_dir, e, t, p)/"experiment.ipynb" if executor == "papermill" else ""
             status.append((e, t, p, "failed", round(time.time() - t0, 1), f"{msg} {where}".strip()))
     return pd.DataFrame(status, columns=["encoder", "task", "protocol", "status", "seconds", "message"])
-
-# %% ../nbs/api/70_sweeps.ipynb #137d25fa
-def collect_results(out_dir:str|Path) -> tuple[pd.DataFrame, pd.DataFrame]: # per-fold results, per-image predictions
-    "Gather every complete run's results and predictions under `out_dir/runs`."
-    out_dir = Path(out_dir)
-    done = sorted(p.parent for p in (out_dir/"runs").glob("*/*/*/run.json"))
-    if not done: raise CxrStudyError(f"{out_dir}: no complete runs found under runs/")
-    res = pd.concat([read_table(p/"results.csv") for p in done], ignore_index=True)
-    pred = pd.concat([read_table(p/"predictions.parquet") for p in done], ignore_index=True)
-    return res, pred
 
 # %% ../nbs/api/70_sweeps.ipynb #a6d9d2db
 def write_slurm_array(encoders, tasks, data_dir, out_dir, protocols=("linear-probe",), folds=(0, 1, 2, 3, 4),

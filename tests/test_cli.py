@@ -35,7 +35,7 @@ def test_demo_writes_every_output(demo):
     assert {"image_id", "patient_id", "chest_tube", "fold", "encoder", "task"} <= set(pred.columns)
     assert pred.groupby(["encoder", "task", "fold"]).image_id.apply(lambda s: s.is_unique).all()
     summary = (out / "summary.md").read_text()
-    for col in ["Pneumothorax (cls) AUROC", "Cardiomegaly (cls) AUROC", "Pneumothorax (seg) DICE", "Heart (seg) DICE"]:
+    for col in ["Pneumothorax (cls) AUROC", "Cardiomegaly (cls) AUROC", "Pneumothorax (seg) Dice", "Heart (seg) Dice"]:
         assert col in summary
     assert "prior (reference)" in summary and "raw pixels (reference)" in summary
     assert (out / "figures" / "summary.png").stat().st_size > 1000
@@ -43,6 +43,19 @@ def test_demo_writes_every_output(demo):
     nbs = list((out / "runs").glob("*/*/*/experiment.ipynb"))
     assert len(nbs) == 8
     assert "Pneumothorax (cls) AUROC" in r.stdout
+
+
+def test_demo_ends_with_the_report_and_its_site(demo):
+    from site_browser import browse_site
+    out, r = demo
+    rep = out / "report"
+    for name in ["friedman", "nemenyi", "paired_vs_best", "shortcut", "tube_models", "subgroups", "main_results"]:
+        assert (rep / "tables" / f"{name}.csv").exists(), name
+    assert (rep / "_quarto.yml").exists() and (rep / "html" / "index.html").exists()
+    # the executed experiment notebooks are pages of the site, linked from the runs page
+    assert len(list((rep / "html" / "runs").glob("*/*/*/experiment.html"))) == 8
+    assert "report:" in r.stdout and "quarto render" in r.stdout
+    assert browse_site(rep / "html") == []
 
 
 def test_demo_resumes_without_recomputing(demo):

@@ -109,11 +109,12 @@ def split_masks(folds:pd.Series, k:int, n_folds:int=5) -> dict:
     return {"train": folds.isin(r["train"]).values, "val": (folds == r["val"]).values, "test": (folds == r["test"]).values}
 
 def make_cohort(index:pd.DataFrame, task:str, seed:int=STUDY_SEED, n_folds:int=5, **kw) -> pd.DataFrame:
-    "Cohort with folds: `build_cohort` then `assign_folds` (size quartiles as strata for segmentation)."
+    "Cohort with folds: `build_cohort` then `assign_folds`; pneumothorax cohorts get size quartiles (strata for segmentation)."
+    from cxr_study.data.index import size_quartiles
     t = get_task(task)
     c = build_cohort(index, t, seed=seed, **kw)
+    if t.label == "pneumothorax" and "ptx_size_pct" in c:  # the subgroups of the shortcut analysis, for both task kinds
+        c = c.assign(ptx_size_quartile=size_quartiles(c["ptx_size_pct"].where(c["y"] == 1)))
     if t.kind == "segmentation" and t.label == "pneumothorax":
-        from cxr_study.data.index import size_quartiles
-        c = c.assign(ptx_size_quartile=size_quartiles(c["ptx_size_pct"]))
         return c.assign(fold=assign_folds(c, n_folds, seed, stratify="ptx_size_quartile"))
     return c.assign(fold=assign_folds(c, n_folds, seed, stratify="y" if t.kind == "classification" else None))

@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
-from .tables import RUN_KEYS, require_columns
+from ..results import METRIC_TABLE, RUN_KEYS, require_columns
 
 # %% auto #0
 __all__ = ['METRICS', 'LABEL_METRICS', 'per_image_values', 'weighted_metric', 'compute_metric', 'cluster_bootstrap_weights',
@@ -21,8 +21,8 @@ __all__ = ['METRICS', 'LABEL_METRICS', 'per_image_values', 'weighted_metric', 'c
            'bootstrap_table']
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #76323254
-METRICS = ("auroc", "auprc", "sensitivity", "specificity", "dice", "iou", "detection")
-LABEL_METRICS = ("auroc", "auprc")  # need both classes
+METRICS = tuple(METRIC_TABLE)  # every metric of the one metric table (cxr_study.results)
+LABEL_METRICS = tuple(m.name for m in METRIC_TABLE.values() if m.per_image is None)  # rank metrics: need both classes
 
 def _auroc_w(y:np.ndarray, s:np.ndarray, W:np.ndarray) -> np.ndarray:
     order = np.argsort(s, kind="stable")

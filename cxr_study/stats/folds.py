@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from typing import Sequence
 
@@ -14,7 +15,8 @@ import pandas as pd
 from scipy import stats
 
 from ..core import CxrStudyError
-from .tables import RUN_KEYS, require_columns, is_classification
+from ..results import RUN_KEYS, require_columns
+from .tables import is_classification
 
 # %% auto #0
 __all__ = ['fold_metrics', 'median_ci', 'summarise_folds', 'friedman_from_ranks', 'friedman_test', 'critical_difference',
@@ -147,14 +149,36 @@ def friedman_two_conditions(a:Sequence[float], # per-block values of condition A
     return {**out, "statistic": float(chi2), "p": float(stats.chi2.sf(chi2, 1)), "reason": ""}
 
 # %% ../../nbs/api/61_stats.folds.ipynb #8be6ccbd
+def _u_of_x(x:np.ndarray, y:np.ndarray) -> float:
+    "Mann-Whitney U of `x` from the midranks of the pooled values."
+    return float(stats.rankdata(np.r_[x, y])[:x.size].sum() - x.size * (x.size + 1) / 2)
+
+def _exact_u_pvalue(x:np.ndarray, y:np.ndarray, alternative:str) -> float:
+    "p-value of U over every split of the pooled values into groups of |x| and |y| (midranks: valid with ties)."
+    r = stats.rankdata(np.r_[x, y]); nx = x.size
+    u_all = r[np.array(list(itertools.combinations(range(r.size), nx)))].sum(1) - nx * (nx + 1) / 2
+    u, eps = _u_of_x(x, y), 1e-9
+    greater, less = np.mean(u_all >= u - eps), np.mean(u_all <= u + eps)
+    return {"greater": greater, "less": less, "two-sided": min(1.0, 2 * min(greater, less))}[alternative]
+
 def mannwhitney_folds(x:Sequence[float], # per-fold values in one group (e.g. with tube)
                       y:Sequence[float], # per-fold values in the other (without tube)
                       alternative:str="two-sided", # or "greater" (x > y), "less"
-                     ) -> dict: # statistic (U of x), p, n_x, n_y, reason
-    "Mann-Whitney U test of per-fold values in two groups."
+                      max_exact:int=200_000, # enumerate all splits up to this many; above, normal approximation
+                     ) -> dict: # statistic (U of x), p, n_x, n_y, method, reason
+    "Mann-Whitney U test of per-fold values in two groups, exact with ties (all splits enumerated)."
+    if alternative not in ("two-sided", "greater", "less"):
+        raise CxrStudyError(f"alternative {alternative!r}: use 'two-sided', 'greater' or 'less'")
     x = np.asarray(x, float); y = np.asarray(y, float)
     x, y = x[~np.isnan(x)], y[~np.isnan(y)]
     out = dict(n_x=x.size, n_y=y.size)
-    if x.size == 0 or y.size == 0: return {**out, "statistic": np.nan, "p": np.nan, "reason": "a group has no values"}
-    res = stats.mannwhitneyu(x, y, alternative=alternative, method="auto")
-    return {**out, "statistic": float(res.statistic), "p": float(res.pvalue), "reason": ""}
+    if x.size == 0 or y.size == 0: return {**out, "statistic": np.nan, "p": np.nan, "method": "", "reason": "a group has no values"}
+    n_splits = math.comb(x.size + y.size, x.size)
+    if n_splits <= max_exact:
+        stat, p = _u_of_x(x, y), _exact_u_pvalue(x, y, alternative)  # also for a group of one fold, which scipy refuses
+        method = f"exact permutation ({n_splits} splits, midranks)"
+    else:
+        res = stats.mannwhitneyu(x, y, alternative=alternative, method="asymptotic")
+        stat, p = float(res.statistic), float(res.pvalue)
+        method = f"asymptotic (normal, tie-corrected; {n_splits} splits is over max_exact={max_exact})"
+    return {**out, "statistic": stat, "p": float(min(p, 1.0)), "method": method, "reason": ""}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError
-from .tables import require_columns
+from ..results import require_columns
 
 # %% auto #0
 __all__ = ['fit_dice_model', 'model_table', 'fit_tube_logit']

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, STUDY_SEED
-from .tables import RUN_KEYS, require_columns, is_classification
+from ..results import RUN_KEYS, require_columns
+from .tables import is_classification
 from .paired import delong_test, paired_bootstrap_test, paired_permutation_test
 
 # %% auto #0
@@ -71,14 +72,23 @@ def _model_label(df:pd.DataFrame) -> pd.Series:
     multi = df.groupby("encoder").weights.transform("nunique") > 1
     return df.encoder.where(~multi, df.encoder + " (" + df.weights + ")")
 
+def _cls_test(cls_metric:str, cls_test:str|None) -> str:
+    if cls_metric not in ("auroc", "auprc"): raise CxrStudyError(f"cls_metric {cls_metric!r}: use 'auroc' or 'auprc'")
+    test = cls_test or ("delong" if cls_metric == "auroc" else "permutation")
+    if test not in ("delong", "bootstrap", "permutation"): raise CxrStudyError(f"cls_test {cls_test!r}: use 'delong', 'bootstrap' or 'permutation'")
+    if test == "delong" and cls_metric != "auroc": raise CxrStudyError("DeLong's test compares AUROCs only; use cls_test='permutation' for AUPRC")
+    return test
+
 def compare_encoders(preds:pd.DataFrame, # per-image predictions
-                     cls_test:str="delong", # "delong" or "bootstrap" (patient-clustered) for AUROC
+                     cls_test:str|None=None, # "delong" (AUROC, patient-clustered), "permutation" or "bootstrap"; None = delong for AUROC, permutation for AUPRC
                      seg_metric:str="dice", # per-image metric for segmentation tasks
                      n_resamples:int=2000, # bootstrap/permutation resamples
                      family:Sequence[str]|None=None, # columns whose groups are separate families; None = all one family
                      seed:int=STUDY_SEED, # random seed
-                    ) -> pd.DataFrame: # one row per pair: task, protocol, a, b, estimate_a/b, diff, lo, hi, p, p_holm, p_bh, n, reason
-    "All pairwise encoder comparisons per task x protocol, with Holm and BH adjusted p-values."
+                     cls_metric:str="auroc", # metric compared on classification tasks: "auroc" or "auprc"
+                    ) -> pd.DataFrame: # one row per pair: task, protocol, a, b, n, metric, test, estimate_a/b, diff, lo, hi, p, p_holm, p_bh, reason
+    "All pairwise encoder comparisons per task x protocol, patient-clustered, with Holm and BH adjusted p-values."
+    test = _cls_test(cls_metric, cls_test)
     require_columns(preds, RUN_KEYS + ("image_id", "patient_id"), "predictions")
     df = preds.assign(model=_model_label(preds))
     rows = []
@@ -89,17 +99,19 @@ def compare_encoders(preds:pd.DataFrame, # per-image predictions
         y = g.groupby("image_id").y_true.first().reindex(wide.index.get_level_values(0)).to_numpy(float) if cls else None
         pids = wide.index.get_level_values(1).to_numpy()
         for a, b in itertools.combinations(sorted(wide.columns), 2):
-            ok = wide[[a, b]].notna().all(1).to_numpy() if cls else np.ones(len(wide), bool)
+            ok = wide[[a, b]].notna().all(axis=1).to_numpy() if cls else np.ones(len(wide), bool)
             va, vb = wide[a].to_numpy()[ok], wide[b].to_numpy()[ok]
-            base = dict(task=task, protocol=protocol, a=a, b=b, n=int(ok.sum()))
-            if cls and cls_test == "delong":
-                r = delong_test(y[ok], va, vb)
-                rows.append({**base, "metric": "auroc", "test": "delong", "estimate_a": r.auc_a, "estimate_b": r.auc_b,
-                             "diff": r.diff, "lo": r.lo, "hi": r.hi, "p": r.p, "reason": r.reason})
+            base = dict(task=task, protocol=protocol, a=a, b=b)
+            if cls and test == "delong":
+                r = delong_test(y[ok], va, vb, clusters=pids[ok])
+                rows.append({**base, "n": r.n_pos + r.n_neg, "metric": "auroc", "test": "clustered delong", "estimate_a": r.auc_a,
+                             "estimate_b": r.auc_b, "diff": r.diff, "lo": r.lo, "hi": r.hi, "p": r.p, "reason": r.reason})
                 continue
-            if cls: r = paired_bootstrap_test("auroc", va, vb, y[ok], pids[ok], n_resamples, seed=seed)
+            if cls:
+                f = paired_bootstrap_test if test == "bootstrap" else paired_permutation_test
+                r = f(cls_metric, va, vb, y[ok], pids[ok], n_resamples, seed=seed)
             else: r = paired_permutation_test(seg_metric, va, vb, None, pids[ok], n_resamples, seed=seed)
-            rows.append({**base, "metric": r.metric, "test": r.method, "estimate_a": r.estimate_a, "estimate_b": r.estimate_b,
+            rows.append({**base, "n": r.n, "metric": r.metric, "test": r.method, "estimate_a": r.estimate_a, "estimate_b": r.estimate_b,
                          "diff": r.diff, "lo": r.lo, "hi": r.hi, "p": r.p, "reason": r.reason})
     out = pd.DataFrame(rows)
     return adjust_pvalues(out, "p", family) if len(out) else out

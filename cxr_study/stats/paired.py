@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
-from .bootstrap import LABEL_METRICS, bootstrap_replicates, compute_metric, per_image_values
+from .bootstrap import LABEL_METRICS, METRICS, bootstrap_replicates, compute_metric, per_image_values
 
 # %% auto #0
 __all__ = ['DeLongResult', 'delong_test', 'delong_test_direct', 'PairedResult', 'paired_bootstrap_test',
@@ -35,14 +35,17 @@ class DeLongResult:
     reason:str=""
     def to_dict(self): return asdict(self)
 
-def _prep_pair(y_true, score_a, score_b):
+def _prep_pair(y_true, score_a, score_b, clusters=None):
     y = np.asarray(y_true, float); a = np.asarray(score_a, float); b = np.asarray(score_b, float)
     if not (y.shape == a.shape == b.shape) or y.ndim != 1:
         raise CxrStudyError(f"y_true, score_a, score_b must be 1-d and the same length, got {y.shape}, {a.shape}, {b.shape}")
+    if clusters is not None and np.shape(clusters) != y.shape:
+        raise CxrStudyError(f"clusters must be 1-d and as long as y_true, got {np.shape(clusters)} and {y.shape}")
     ok = ~(np.isnan(y) | np.isnan(a) | np.isnan(b))
     y, a, b = y[ok], a[ok], b[ok]
     if not np.isin(y, (0, 1)).all(): raise CxrStudyError("y_true must be 0/1")
-    return y == 1, a, b
+    inv = None if clusters is None else np.unique(np.asarray(clusters)[ok], return_inverse=True)[1].ravel()
+    return y == 1, a, b, inv
 
 def _delong_result(aucs, cov, m, n, level):
     diff = aucs[0] - aucs[1]
@@ -58,15 +61,40 @@ def _delong_result(aucs, cov, m, n, level):
 def _nan_delong(why, m, n):
     return DeLongResult(*(np.nan,) * 8, n_pos=int(m), n_neg=int(n), reason=why)
 
+def _too_few(pos, inv):
+    "Why the (clustered) DeLong variance is undefined, or ''."
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m < 2 or n < 2: return f"needs at least 2 positives and 2 negatives (n_pos={m}, n_neg={n})"
+    if inv is None: return ""
+    i10, i01 = np.unique(inv[pos]).size, np.unique(inv[~pos]).size
+    if i10 < 2 or i01 < 2: return f"needs positives and negatives each in at least 2 clusters (I_10={i10}, I_01={i01})"
+    return ""
+
+def _component_cov(aucs, v10, v01, pos, inv):
+    "Covariance of the AUROCs from the structural components: DeLong, or Obuchowski (1997) summed per cluster."
+    m, n = v10.shape[1], v01.shape[1]
+    if inv is None: return np.cov(v10) / m + np.cov(v01) / n
+    G = int(inv.max()) + 1
+    ip, ineg = inv[pos], inv[~pos]
+    mi, ni = np.bincount(ip, minlength=G), np.bincount(ineg, minlength=G)  # positives, negatives per cluster
+    dX = np.stack([np.bincount(ip, w, G) for w in v10]) - mi * aucs[:, None]  # V10(X_i.) - m_i theta
+    dY = np.stack([np.bincount(ineg, w, G) for w in v01]) - ni * aucs[:, None]  # V01(Y_i.) - n_i theta
+    i10, i01 = int((mi > 0).sum()), int((ni > 0).sum())
+    s10 = i10 / ((i10 - 1) * m) * dX @ dX.T
+    s01 = i01 / ((i01 - 1) * n) * dY @ dY.T
+    s11 = G / (G - 1) * dX @ dY.T  # only clusters with both positives and negatives add to it
+    return s10 / m + s01 / n + (s11 + s11.T) / (m * n)
+
 def delong_test(y_true:np.ndarray, # (N,) 0/1 labels
                 score_a:np.ndarray, # (N,) scores of model A (higher = more likely positive)
                 score_b:np.ndarray, # (N,) scores of model B on the same cases
                 level:float=0.95, # coverage of the CI of the difference
+                clusters:Sequence|None=None, # (N,) patient ids: Obuchowski's clustered variance; None = cases independent
                ) -> DeLongResult:
-    "Paired DeLong test of two AUROCs on the same cases, O(N log N) (Sun & Xu 2014)."
-    pos, a, b = _prep_pair(y_true, score_a, score_b)
+    "Paired DeLong test of two AUROCs on the same cases, O(N log N) (Sun & Xu 2014); clustered by Obuchowski (1997)."
+    pos, a, b, inv = _prep_pair(y_true, score_a, score_b, clusters)
     m, n = int(pos.sum()), int((~pos).sum())
-    if m < 2 or n < 2: return _nan_delong(f"needs at least 2 positives and 2 negatives (n_pos={m}, n_neg={n})", m, n)
+    if why := _too_few(pos, inv): return _nan_delong(why, m, n)
     s = np.stack([a, b])  # (2, N)
     x, y_ = s[:, pos], s[:, ~pos]
     tx, ty, tz = (stats.rankdata(v, axis=1) for v in (x, y_, s))
@@ -74,19 +102,19 @@ def delong_test(y_true:np.ndarray, # (N,) 0/1 labels
     aucs = (tzx.sum(1) - m * (m + 1) / 2) / (m * n)
     v10 = (tzx - tx) / n  # per positive
     v01 = 1 - (tzy - ty) / m  # per negative
-    cov = np.cov(v10) / m + np.cov(v01) / n
-    return _delong_result(aucs, cov, m, n, level)
+    return _delong_result(aucs, _component_cov(aucs, v10, v01, pos, inv), m, n, level)
 
 def delong_test_direct(y_true:np.ndarray, # (N,) 0/1 labels
                        score_a:np.ndarray, # (N,) scores of model A
                        score_b:np.ndarray, # (N,) scores of model B
                        level:float=0.95, # coverage of the CI of the difference
                        chunk:int=2048, # positives per block of the m x n pair matrix
+                       clusters:Sequence|None=None, # (N,) patient ids, as in `delong_test`
                       ) -> DeLongResult:
     "Reference DeLong test from the structural components over all m x n pairs, O(N^2)."
-    pos, a, b = _prep_pair(y_true, score_a, score_b)
+    pos, a, b, inv = _prep_pair(y_true, score_a, score_b, clusters)
     m, n = int(pos.sum()), int((~pos).sum())
-    if m < 2 or n < 2: return _nan_delong(f"needs at least 2 positives and 2 negatives (n_pos={m}, n_neg={n})", m, n)
+    if why := _too_few(pos, inv): return _nan_delong(why, m, n)
     v10 = np.empty((2, m)); v01 = np.zeros((2, n))
     for k, sc in enumerate((a, b)):
         X, Y = sc[pos], sc[~pos]
@@ -96,15 +124,14 @@ def delong_test_direct(y_true:np.ndarray, # (N,) 0/1 labels
             v01[k] += psi.sum(0)
     v01 /= m
     aucs = v10.mean(1)
-    cov = np.cov(v10) / m + np.cov(v01) / n
-    return _delong_result(aucs, cov, m, n, level)
+    return _delong_result(aucs, _component_cov(aucs, v10, v01, pos, inv), m, n, level)
 
 # %% ../../nbs/api/63_stats.paired.ipynb #6d26aed4
 @dataclass(frozen=True)
 class PairedResult:
     "Paired comparison of a metric between two models on the same images."
     metric:str
-    estimate_a:float
+    estimate_a:float # on the images both models have a value for
     estimate_b:float
     diff:float # a - b
     lo:float # CI of the difference (bootstrap; NaN for permutation)
@@ -113,12 +140,35 @@ class PairedResult:
     method:str
     n_resamples:int
     reason:str=""
+    n:int=0 # images used: those where both models (and the label) are defined
     def to_dict(self): return asdict(self)
+
+def _common_images(metric, values_a, values_b, y_true, clusters, threshold):
+    "Both models' values, labels and clusters on the images where both are defined."
+    if metric not in METRICS: raise CxrStudyError(f"unknown metric {metric!r}; choose from {METRICS}")
+    a = np.asarray(values_a, float); b = np.asarray(values_b, float)
+    if a.shape != b.shape or a.ndim != 1: raise CxrStudyError(f"values_a and values_b must be 1-d and the same length, got {a.shape}, {b.shape}")
+    y = None if y_true is None else np.asarray(y_true, float)
+    if y is not None and y.shape != a.shape: raise CxrStudyError(f"y_true must be as long as the values, got {y.shape} and {a.shape}")
+    if clusters is not None and np.shape(clusters) != a.shape: raise CxrStudyError(f"clusters must be as long as the values, got {np.shape(clusters)} and {a.shape}")
+    if metric in LABEL_METRICS:
+        if y is None: raise CxrStudyError(f"{metric} needs y_true")
+        ok = ~(np.isnan(a) | np.isnan(b) | np.isnan(y))
+    else:
+        ok = ~(np.isnan(per_image_values(metric, y, a, threshold)) | np.isnan(per_image_values(metric, y, b, threshold)))
+    return a[ok], b[ok], None if y is None else y[ok], None if clusters is None else np.asarray(clusters)[ok]
 
 def _metric_pair(metric, a, b, y_true, threshold):
     ea, wa = compute_metric(metric, y_true, a, threshold)
     eb, wb = compute_metric(metric, y_true, b, threshold)
     return ea, eb, wa or wb
+
+def _paired_estimates(metric, a, b, y, threshold, values_a, values_b, y_true):
+    "Both estimates on the common images, and why they are undefined (a model's own data first)."
+    ea, eb, why = _metric_pair(metric, a, b, y, threshold)
+    if why: why = (_metric_pair(metric, values_a, values_b, y_true, threshold)[2]
+                   or (f"{why} on the {a.size} images both models have" if a.size else "no image where both models have a value"))
+    return ea, eb, why
 
 def paired_bootstrap_test(metric:str, # one of stats.bootstrap.METRICS
                           values_a:np.ndarray, # (n,) model A's scores or per-image values
@@ -130,18 +180,34 @@ def paired_bootstrap_test(metric:str, # one of stats.bootstrap.METRICS
                           seed:int=STUDY_SEED, # random seed
                           threshold:float=0.5, # for sensitivity/specificity
                          ) -> PairedResult:
-    "Paired, patient-clustered bootstrap CI and p-value for a difference in a metric."
-    ea, eb, why = _metric_pair(metric, values_a, values_b, y_true, threshold)
-    if why: return PairedResult(metric, ea, eb, np.nan, np.nan, np.nan, np.nan, "bootstrap", n_boot, why)
-    reps = bootstrap_replicates(metric, np.column_stack([values_a, values_b]), y_true, clusters, True, n_boot, seed, threshold)
+    "Paired, patient-clustered bootstrap CI and p-value for a difference in a metric, on the images both models have (can be anticonservative for AUPRC at small n: test AUPRC with the permutation test)."
+    a, b, y, cl = _common_images(metric, values_a, values_b, y_true, clusters, threshold)
+    ea, eb, why = _paired_estimates(metric, a, b, y, threshold, values_a, values_b, y_true)
+    if why: return PairedResult(metric, ea, eb, np.nan, np.nan, np.nan, np.nan, "bootstrap", n_boot, why, a.size)
+    reps = bootstrap_replicates(metric, np.column_stack([a, b]), y, cl, True, n_boot, seed, threshold)
     d = reps[:, 0] - reps[:, 1]
     d = d[~np.isnan(d)]
     diff = ea - eb
     if d.size < max(10, 0.5 * n_boot):
-        return PairedResult(metric, ea, eb, diff, np.nan, np.nan, np.nan, "bootstrap", n_boot, f"only {d.size} of {n_boot} replicates defined")
+        return PairedResult(metric, ea, eb, diff, np.nan, np.nan, np.nan, "bootstrap", n_boot, f"only {d.size} of {n_boot} replicates defined", a.size)
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
     p = (1 + np.sum(np.abs(d - diff) >= abs(diff) - 1e-12)) / (d.size + 1)
-    return PairedResult(metric, ea, eb, diff, float(lo), float(hi), float(min(p, 1.0)), "bootstrap", n_boot)
+    return PairedResult(metric, ea, eb, diff, float(lo), float(hi), float(min(p, 1.0)), "bootstrap", n_boot, "", a.size)
+
+def _auroc_rows(S:np.ndarray, y:np.ndarray) -> np.ndarray:
+    "AUROC of each row of scores S (B, n) against labels y (n,) bool, midranks for ties."
+    m, n = y.sum(), (~y).sum()
+    return (stats.rankdata(S, axis=1)[:, y].sum(1) - m * (m + 1) / 2) / (m * n)
+
+def _auprc_rows(S:np.ndarray, y:np.ndarray) -> np.ndarray:
+    "Average precision of each row of scores S (B, n), tied scores as one threshold (as `weighted_metric`)."
+    o = np.argsort(-S, axis=1, kind="stable")
+    ss, yy = np.take_along_axis(S, o, 1), y[o]
+    k = np.arange(1, S.shape[1] + 1)
+    prec = np.cumsum(yy, 1) / k
+    last = np.ones(ss.shape, bool); last[:, :-1] = ss[:, :-1] != ss[:, 1:]  # last image of a run of ties
+    end = np.minimum.accumulate(np.where(last, k - 1, S.shape[1])[:, ::-1], axis=1)[:, ::-1]
+    return (yy * np.take_along_axis(prec, end, 1)).sum(1) / y.sum()
 
 def paired_permutation_test(metric:str, # one of stats.bootstrap.METRICS
                             values_a:np.ndarray, # (n,) model A's scores or per-image values
@@ -152,43 +218,26 @@ def paired_permutation_test(metric:str, # one of stats.bootstrap.METRICS
                             seed:int=STUDY_SEED, # random seed
                             threshold:float=0.5, # for sensitivity/specificity
                            ) -> PairedResult:
-    "Paired permutation (swap) test of a difference in a metric, patients swapped as units."
-    a = np.asarray(values_a, float); b = np.asarray(values_b, float)
-    ea, eb, why = _metric_pair(metric, a, b, y_true, threshold)
-    if why: return PairedResult(metric, ea, eb, np.nan, np.nan, np.nan, np.nan, "permutation", n_perm, why)
+    "Paired permutation (swap) test of a difference in a metric on the images both models have, patients swapped as units."
+    a, b, y, cl = _common_images(metric, values_a, values_b, y_true, clusters, threshold)
+    ea, eb, why = _paired_estimates(metric, a, b, y, threshold, values_a, values_b, y_true)
+    if why: return PairedResult(metric, ea, eb, np.nan, np.nan, np.nan, np.nan, "permutation", n_perm, why, a.size)
     rng = np.random.default_rng(seed)
-    if metric in LABEL_METRICS:
-        y = np.asarray(y_true, float)
-        ok = ~(np.isnan(a) | np.isnan(b) | np.isnan(y))
-        a, b, y = stats.rankdata(a[ok]) / ok.sum(), stats.rankdata(b[ok]) / ok.sum(), y[ok] == 1
-        cl = None if clusters is None else np.asarray(clusters)[ok]
-    else:
-        va, vb = per_image_values(metric, y_true, a, threshold), per_image_values(metric, y_true, b, threshold)
-        ok = ~(np.isnan(va) | np.isnan(vb))
-        dvals = (va - vb)[ok]
-        cl = None if clusters is None else np.asarray(clusters)[ok]
-    inv = np.arange(ok.sum()) if cl is None else np.unique(cl, return_inverse=True)[1].ravel()
+    inv = np.arange(a.size) if cl is None else np.unique(cl, return_inverse=True)[1].ravel()
     G = inv.max() + 1
     flips = rng.random((n_perm, G)) < 0.5
-    if metric == "auroc":
-        m, n = y.sum(), (~y).sum()
-        def auc_rows(S): return (stats.rankdata(S, axis=1)[:, y].sum(1) - m * (m + 1) / 2) / (m * n)
-        obs = auc_rows(np.stack([a, b]))
-        obs = obs[0] - obs[1]
+    if metric in LABEL_METRICS:
+        f = _auroc_rows if metric == "auroc" else _auprc_rows
+        ra, rb, pos = stats.rankdata(a) / a.size, stats.rankdata(b) / b.size, y == 1
+        fa, fb = f(np.stack([ra, rb]), pos); obs = fa - fb
         null = np.empty(n_perm)
         for i in range(0, n_perm, 256):
             F = flips[i:i + 256][:, inv]
-            A, B = np.where(F, b, a), np.where(F, a, b)
-            null[i:i + 256] = auc_rows(A) - auc_rows(B)
-    elif metric == "auprc":
-        from cxr_study.stats.bootstrap import weighted_metric
-        obs = ea - eb
-        null = np.empty(n_perm)
-        for i, f in enumerate(flips[:, inv]):
-            null[i] = weighted_metric("auprc", y, np.where(f, b, a)) - weighted_metric("auprc", y, np.where(f, a, b))
+            null[i:i + 256] = f(np.where(F, rb, ra), pos) - f(np.where(F, ra, rb), pos)
     else:
+        dvals = per_image_values(metric, y, a, threshold) - per_image_values(metric, y, b, threshold)
         obs = dvals.mean()
         sums = np.bincount(inv, weights=dvals, minlength=G)
         null = (np.where(flips, -1.0, 1.0) @ sums) / dvals.size
     p = (1 + np.sum(np.abs(null) >= abs(obs) - 1e-12)) / (n_perm + 1)
-    return PairedResult(metric, ea, eb, ea - eb, np.nan, np.nan, float(p), "permutation", n_perm)
+    return PairedResult(metric, ea, eb, ea - eb, np.nan, np.nan, float(p), "permutation", n_perm, "", a.size)

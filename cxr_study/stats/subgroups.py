@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
-from .tables import RUN_KEYS, require_columns, is_classification
+from ..results import RUN_KEYS, require_columns
+from .tables import is_classification
 from .bootstrap import LABEL_METRICS, bootstrap_ci, compute_metric, _metric_columns
 from .folds import mannwhitney_folds
 

@@ -5,36 +5,22 @@
 # %% ../../nbs/api/60_stats.tables.ipynb #87d4e477
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..core import CxrStudyError, STUDY_SEED
+from ..core import STUDY_SEED
+from ..results import CLS_COLUMNS, SEG_COLUMNS, task_kind
 
 # %% auto #0
-__all__ = ['RUN_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'require_columns', 'is_classification', 'simulate_predictions']
+__all__ = ['is_classification', 'simulate_predictions']
 
 # %% ../../nbs/api/60_stats.tables.ipynb #347510f8
-RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
-CLS_COLUMNS = ("y_true", "y_score")
-SEG_COLUMNS = ("dice", "iou", "gt_area_pct", "pred_area_pct")
-
-def require_columns(df:pd.DataFrame, # the table to check
-                    cols:Iterable[str], # columns that must be present
-                    where:str="table", # what the table is, for the message
-                   ) -> pd.DataFrame:
-    "Return `df` unchanged, or raise `CxrStudyError` naming the missing columns."
-    missing = [c for c in cols if c not in df.columns]
-    if missing: raise CxrStudyError(f"{where} lacks column(s) {missing}; it has {list(df.columns)}")
-    return df
-
 def is_classification(task:str, # a task name such as "pneumothorax-cls"
                      ) -> bool:
     "True for classification tasks (`*-cls`), False for segmentation (`*-seg`)."
-    if task.endswith("-cls"): return True
-    if task.endswith("-seg"): return False
-    raise CxrStudyError(f"task {task!r}: expected a name ending in -cls or -seg")
+    return task_kind(task) == "classification"
 
 # %% ../../nbs/api/60_stats.tables.ipynb #e4cab33b
 def simulate_predictions(encoders:dict|None=None, # encoder name -> strength (logit separation); default three encoders
