@@ -44,22 +44,33 @@ def plot_critical_difference(mean_ranks:pd.Series, # mean rank per treatment (fr
     k = len(mean_ranks)
     cd = critical_difference(k, n_blocks, alpha)
     r = mean_ranks.sort_values()
-    fig = _figure((7, 1.2 + 0.3 * k))
+    labels = [f"{name} ({rank:.2f})" for name, rank in r.items()]
+    half = (k + 1) // 2  # the better half is named on the left, the rest on the right
+    cliques = cd_cliques(mean_ranks, cd)
+    width = 7 + 0.35 * k
+    # margins (in rank units) wide enough for the longest name at 8 pt (about 4.6 pt a character)
+    L = 4.6 * max(len(t) for t in labels) + 8
+    W = width * 72 * 0.95
+    margin = max(0.4, L * (k - 1) / max(W - 2 * L, W / 4))
+    y_clique = [-0.22 - 0.16 * j for j in range(len(cliques))]
+    y0 = (y_clique[-1] if cliques else 0) - 0.35  # names start below the clique bars
+    rows = max(half, k - half)
+    fig = _figure((width, 1.5 + 0.32 * (rows + len(cliques))))
     ax = fig.add_subplot()
-    ax.set_xlim(0.5, k + 0.5); ax.set_ylim(-k / 2 - 1.5, 1.5)
+    ax.set_xlim(1 - margin, k + margin); ax.set_ylim(y0 - 0.3 * rows - 0.2, 1.35)
     ax.hlines(0, 1, k, color="k", lw=1)
-    for t in range(1, k + 1): ax.vlines(t, 0, 0.15, color="k", lw=1); ax.text(t, 0.3, str(t), ha="center", fontsize=8)
-    half = (k + 1) // 2
-    for i, (name, rank) in enumerate(r.items()):
+    for t in range(1, k + 1): ax.vlines(t, 0, 0.12, color="k", lw=1); ax.text(t, 0.2, str(t), ha="center", fontsize=8)
+    for i, ((name, rank), label) in enumerate(zip(r.items(), labels)):
         left = i < half
-        y = -0.6 - 0.45 * (i if left else k - 1 - i)
-        x_text = 0.6 if left else k + 0.4
-        ax.plot([rank, rank, x_text], [0, y, y], color="0.3", lw=0.8)
-        ax.text(x_text, y, f"{name} ({rank:.2f})", ha="left" if left else "right", va="bottom", fontsize=8)
-    for j, g in enumerate(cd_cliques(mean_ranks, cd)):
-        ax.hlines(-0.25 - 0.12 * j, r[g[0]] - 0.03, r[g[-1]] + 0.03, color="k", lw=3)
-    ax.hlines(1.0, 1, 1 + cd, color="firebrick", lw=2)
-    ax.text(1 + cd / 2, 1.1, f"CD = {cd:.2f}", ha="center", fontsize=8, color="firebrick")
+        y = y0 - 0.3 * (i if left else k - 1 - i)
+        x_end = 1 - margin * 0.08 if left else k + margin * 0.08
+        ax.plot([rank, rank, x_end], [0, y, y], color="0.35", lw=0.8)
+        ax.text(x_end - 0.03 if left else x_end + 0.03, y, label, ha="right" if left else "left", va="center", fontsize=8)
+    for yc, g in zip(y_clique, cliques):
+        ax.hlines(yc, r[g[0]] - 0.04, r[g[-1]] + 0.04, color="k", lw=3.5)
+    ax.hlines(0.85, 1, 1 + cd, color="firebrick", lw=2)
+    ax.vlines([1, 1 + cd], 0.8, 0.9, color="firebrick", lw=1.5)
+    ax.text(1 + cd / 2, 0.95, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8, color="firebrick")
     ax.axis("off")
     if title: ax.set_title(title, fontsize=10)
     return fig
