@@ -19,7 +19,7 @@ from .bootstrap import LABEL_METRICS, bootstrap_ci, compute_metric, _metric_colu
 from .folds import mannwhitney_folds
 
 # %% auto #0
-__all__ = ['subgroup_metrics', 'subgroup_gaps', 'shortcut_analysis']
+__all__ = ['subgroup_metrics', 'subgroup_gaps', 'shortcut_analysis', 'tube_effects']
 
 # %% ../../nbs/api/66_stats.subgroups.ipynb #b9444308
 def _support(metric, n, npos, nneg, min_n, min_pos, min_neg) -> str:
@@ -88,20 +88,29 @@ def subgroup_gaps(table:pd.DataFrame, # output of `subgroup_metrics`
     return pd.DataFrame(rows)[[*run_keys, "worst_group", "worst", "best_group", "best", "gap", "n_groups", "n_unsupported"]]
 
 # %% ../../nbs/api/66_stats.subgroups.ipynb #5792ee1c
-def _gee_logit(g:pd.DataFrame, outcome:str) -> tuple[float, float, str]:
+def _gee_tube(g:pd.DataFrame, outcome:str,
+              family:str="logit", # "logit" (binary outcome) or "linear"
+              cov_struct:str="independence", # GEE working correlation: "independence" or "exchangeable"
+              level:float=0.95,
+             ) -> tuple[float, float, float, float, str]: # coef, lo, hi, p, reason
+    "Coefficient of `chest_tube` in a patient-clustered GEE of `outcome` on tube and size, with its CI and p."
     import statsmodels.api as sm
     import statsmodels.formula.api as smf
-    if g[outcome].nunique() < 2 or g.chest_tube.nunique() < 2: return np.nan, np.nan, "outcome or tube constant"
+    nan = (np.nan,) * 4
+    if g[outcome].nunique() < 2 or g.chest_tube.nunique() < 2: return (*nan, "outcome or tube constant")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = smf.gee(f"{outcome} ~ chest_tube + ptx_size_pct", groups="patient_id", data=g,
-                          family=sm.families.Binomial()).fit()
+            fam = sm.families.Binomial() if family == "logit" else sm.families.Gaussian()
+            cs = {"independence": sm.cov_struct.Independence, "exchangeable": sm.cov_struct.Exchangeable}[cov_struct]()
+            res = smf.gee(f"{outcome} ~ chest_tube + ptx_size_pct", groups="patient_id", data=g, family=fam, cov_struct=cs).fit()
         coef, p = float(res.params["chest_tube"]), float(res.pvalues["chest_tube"])
-        if not np.isfinite(coef) or not np.isfinite(p) or abs(coef) > 15: return coef, np.nan, "(quasi-)separation: no finite estimate"
-        return coef, p, ""
+        lo, hi = (float(v) for v in res.conf_int(1 - level).loc["chest_tube"])
     except Exception as e:  # statsmodels raises on perfect separation and singular designs
-        return np.nan, np.nan, f"model failed: {type(e).__name__}"
+        return (*nan, f"model failed: {type(e).__name__}")
+    if not (np.isfinite(coef) and np.isfinite(p) and np.isfinite(lo) and np.isfinite(hi)) or (family == "logit" and abs(coef) > 15):
+        return coef, np.nan, np.nan, np.nan, "(quasi-)separation: no finite estimate" if family == "logit" else "no finite estimate"
+    return coef, lo, hi, p, ""
 
 def shortcut_analysis(preds:pd.DataFrame, # per-image predictions with chest_tube and ptx_size_quartile
                       quartile:int=1, # size quartile to analyse (1 = smallest)
@@ -132,8 +141,29 @@ def shortcut_analysis(preds:pd.DataFrame, # per-image predictions with chest_tub
         table = [[t.detected.sum(), len(t) - t.detected.sum()], [nt.detected.sum(), len(nt) - nt.detected.sum()]]
         p_fisher = float(stats.fisher_exact(table)[1])
         p_mwu = np.nan if cls else float(stats.mannwhitneyu(t.outcome, nt.outcome).pvalue)
-        coef, p_gee, why = _gee_logit(g, "detected") if (cls and model) else (np.nan, np.nan, "")
+        coef, _, _, p_gee, why = _gee_tube(g, "detected") if (cls and model) else (np.nan, np.nan, np.nan, np.nan, "")
         p_flag = p_fisher if cls else p_mwu
         rows.append({**row, "p_study": study["p"], "p_fisher": p_fisher, "p_mwu_images": p_mwu, "gee_coef": coef, "p_gee": p_gee,
                      "flagged": bool(p_flag < alpha and row["diff"] > 0), "reason": "; ".join(r for r in (study["reason"], why) if r)})
     return pd.DataFrame(rows)
+
+# %% ../../nbs/api/66_stats.subgroups.ipynb #d53be64a
+def tube_effects(preds:pd.DataFrame, # per-image predictions of pneumothorax runs, with chest_tube and ptx_size_pct
+                 threshold:float=0.5, # classification: detected when the score is at or above it
+                 level:float=0.95, # CI coverage
+                 run_keys:Sequence[str]=RUN_KEYS, # columns identifying a run
+                ) -> pd.DataFrame: # per run: outcome, effect, n, n_tube, estimate, lo, hi, p, reason
+    "Size-adjusted, patient-clustered chest-tube effect per run: odds ratio of detection, or difference in Dice."
+    require_columns(preds, [*run_keys, "patient_id", "chest_tube", "ptx_size_pct"], "predictions")
+    rows = []
+    for keys, g in preds.groupby(list(run_keys), sort=True):
+        cls = is_classification(keys[list(run_keys).index("task")])
+        g = g[g.chest_tube.notna() & g.ptx_size_pct.notna()]
+        g = g[g.y_true == 1].assign(outcome=(g.y_score >= threshold).astype(float)) if cls else \
+            g.assign(outcome=g.dice.astype(float)).dropna(subset=["outcome"])
+        coef, lo, hi, p, why = _gee_tube(g, "outcome", "logit" if cls else "linear", "exchangeable", level)
+        f = np.exp if cls else (lambda x: x)
+        rows.append({**dict(zip(run_keys, keys)), "outcome": "detected (sensitivity)" if cls else "Dice",
+                     "effect": "odds ratio" if cls else "difference", "n": len(g), "n_tube": int((g.chest_tube == 1).sum()),
+                     "estimate": np.nan if why else f(coef), "lo": f(lo), "hi": f(hi), "p": p, "reason": why})
+    return pd.DataFrame(rows, columns=[*run_keys, "outcome", "effect", "n", "n_tube", "estimate", "lo", "hi", "p", "reason"])
