@@ -40,11 +40,12 @@ setuptools.setup(
         "Topic :: Scientific/Engineering :: Medical Science Apps.",
     ] + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
     python_requires=">=" + min_python,
-    packages=setuptools.find_packages(include=["cxr_study", "cxr_study.*"]) + ["cxr_study.experiments", "cxr_study.reports"],
-    # The experiment and report templates are notebooks in nbs/experiments and nbs/reports; they ship
-    # inside the package so that an installed cxr-study can run them with papermill.
-    package_dir={"cxr_study.experiments": "nbs/experiments", "cxr_study.reports": "nbs/reports"},
-    package_data={"cxr_study.experiments": ["*.ipynb"], "cxr_study.reports": ["*.ipynb"], "cxr_study": ["reference/*.csv"]},
+    packages=setuptools.find_packages(include=["cxr_study", "cxr_study.*"]) + ["cxr_study.experiments", "cxr_study.reports", "cxr_study.studies"],
+    # The experiment and report templates are notebooks in nbs/experiments and nbs/reports, and the study
+    # files are in studies/; they ship inside the package so that an installed cxr-study can run them.
+    package_dir={"cxr_study.experiments": "nbs/experiments", "cxr_study.reports": "nbs/reports", "cxr_study.studies": "studies"},
+    package_data={"cxr_study.experiments": ["*.ipynb"], "cxr_study.reports": ["*.ipynb"], "cxr_study.studies": ["*.yaml"],
+                  "cxr_study": ["reference/*.csv"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={"dev": dev_requirements},

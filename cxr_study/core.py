@@ -6,12 +6,16 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
+import gzip
 import hashlib
 import json
 import os
 import sys
 import random
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,7 +23,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['STUDY_SEED', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest', 'atomic_path', 'write_json',
-           'read_json', 'write_table', 'read_table', 'csv_lines', 'get_device', 'progress']
+           'read_json', 'write_table', 'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'get_device',
+           'progress']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -112,15 +117,91 @@ def read_table(path:str|Path):
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 # %% ../nbs/api/00_core.ipynb #e6de10ac
+def _open_text(path:Path):
+    "A CSV (or .csv.gz) as text, the way pandas reads it (UTF-8, a leading BOM ignored)."
+    if path.suffix == ".gz": return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+def _blank_row(row:list) -> bool: return not row or (len(row) == 1 and not row[0].strip())  # pandas skips these lines
+
+@functools.lru_cache(maxsize=8)
+def _csv_records(path:str, mtime_ns:int, size:int):
+    starts, fields = [], []
+    with _open_text(Path(path)) as f:
+        r = csv.reader(f)
+        head = next((row for row in r if not _blank_row(row)), None)
+        if head is None: return None
+        prev = r.line_num
+        for row in r:
+            start, prev = prev + 1, r.line_num
+            if _blank_row(row): continue
+            starts.append(start); fields.append(len(row))
+    return len(head), np.asarray(starts, dtype=np.int64), np.asarray(fields, dtype=np.int64)
+
+def csv_records(path:str|Path, # a CSV (or .csv.gz)
+               ) -> tuple[int, np.ndarray, np.ndarray]|None: # header fields; per data row: first line (1-based), fields
+    "Where each data row of a CSV starts in the file and how many fields it has, as pandas counts rows; None when unreadable."
+    path = Path(path)
+    try:
+        st = path.stat()
+        return _csv_records(str(path), st.st_mtime_ns, st.st_size)
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error, csv.Error): return None
+
 def csv_lines(path:str|Path, # the CSV
               rows, # 0-based data-row positions (ints or a boolean mask)
               limit:int=10, # list at most this many line numbers
              ) -> str:
-    "`file:line a, b, c` for data rows of a CSV (header = line 1), shortened after `limit`."
+    "`file:line a, b, c`: the file's own line numbers of data rows of a CSV, shortened after `limit`."
     pos = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=int)
-    lines = [str(int(p) + 2) for p in pos[:limit]]
+    rec = csv_records(path) if len(pos) else None
+    if rec is not None and len(pos) and pos.max() < len(rec[1]): nums = rec[1][pos[:limit]]
+    else: nums = pos[:limit] + 2
+    lines = [str(int(n)) for n in nums]
     more = f" and {len(pos) - limit} more" if len(pos) > limit else ""
     return f"{path}:line{'s' if len(pos) > 1 else ''} {', '.join(lines)}{more}"
+
+def _first_line_where(path:Path, bad) -> int|None:
+    "The first line (1-based) of the first CSV record for which `bad(record, header)` holds."
+    try:
+        with _open_text(path) as f:
+            r = csv.reader(f); head = None; prev = 0
+            for row in r:
+                start, prev = prev + 1, r.line_num
+                if _blank_row(row): continue
+                if head is None: head = row; continue
+                if bad(row, head): return start
+    except Exception: return None
+    return None
+
+def _first_undecodable_line(path:Path) -> int|None:
+    "The first line (1-based) that is not UTF-8 text."
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            for k, line in enumerate(f, 1):
+                try: line.decode("utf-8")
+                except UnicodeDecodeError: return k
+    except Exception: return None
+    return None
+
+def read_csv_text(path:str|Path, # a CSV (or .csv.gz)
+                  what:str="CSV", # what the file is, for messages
+                  **kw, # more pandas.read_csv arguments (usecols, nrows, ...)
+                 ):
+    "Read a CSV as strings (no NA guessing); a missing, empty, malformed, binary or damaged file is a `CxrStudyError` naming it (and its line)."
+    import pandas as pd
+    path = Path(path)
+    if not path.exists(): raise CxrStudyError(f"{path}: {what} not found")
+    try: return pd.read_csv(path, dtype=str, keep_default_na=False, **kw)
+    except pd.errors.EmptyDataError: raise CxrStudyError(f"{path}: {what} is empty (not even a header line)") from None
+    except UnicodeDecodeError:
+        k = _first_undecodable_line(path)
+        raise CxrStudyError(f"{path}{f':line {k}' if k else ''}: not a readable {what}: not UTF-8 text (a binary file, or another encoding)") from None
+    except pd.errors.ParserError as e:
+        k = _first_line_where(path, lambda row, head: len(row) > len(head))
+        why = "a row has more fields than the header" if k else str(e).strip()
+        raise CxrStudyError(f"{path}{f':line {k}' if k else ''}: not a readable {what}: {why}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CxrStudyError(f"{path}: not a readable {what}: the gzip file is damaged or truncated ({e})") from None
 
 # %% ../nbs/api/00_core.ipynb #4a94df45
 def get_device(device:str|None=None, # "cpu", "cuda", "cuda:1", or None for the best available

@@ -21,7 +21,8 @@ def row_label(encoder:str, weights:str) -> str:
     "Display name of an encoder row, marking untrained encoders and references."
     from cxr_study.encoders.registry import get_encoder_cfg
     if encoder == "prior": return "prior (reference)"
-    try: name = get_encoder_cfg(encoder).label
+    base, _, size = encoder.partition("@")  # "rad-dino@448": the encoder at a common input size
+    try: name = get_encoder_cfg(base).label + (f" @ {size} px" if size else "")
     except CxrStudyError: name = encoder
     if weights == "none": return f"{name} (reference)"
     if str(weights).startswith("random-init"): return f"{name} (untrained)"

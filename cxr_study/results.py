@@ -19,9 +19,9 @@ from .metrics import auprc, auroc, sensitivity
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLUMNS', 'EMPTY_MASK_SCORE', 'METRIC_TABLE',
-           'RUN_FILES', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric', 'get_metric',
-           'score_fold', 'check_predictions', 'check_results', 'run_path', 'run_params', 'read_run_meta', 'is_complete',
-           'write_run', 'list_runs', 'collect_results']
+           'RUN_FILES', 'LOGISTIC_CS', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric',
+           'get_metric', 'score_fold', 'check_predictions', 'check_results', 'run_path', 'run_name', 'run_params',
+           'read_run_meta', 'is_complete', 'write_run', 'list_runs', 'collect_results']
 
 # %% ../nbs/api/00a_results.ipynb #31224c8f
 RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
@@ -127,16 +127,24 @@ def check_results(df:pd.DataFrame, # per-fold results of one or more runs
 
 # %% ../nbs/api/00a_results.ipynb #f43d5cbd
 RUN_FILES = ("results.csv", "predictions.parquet", "run.json")  # run.json last: the completion mark
+LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))  # the classification probe's default C grid, 1e-4..1e2, part of a run's identity
 
 def run_path(out_dir:str|Path, encoder:str, task:str, protocol:str) -> Path:
     "Folder of one run."
     return Path(out_dir)/"runs"/encoder/task/protocol
 
-def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None, probe=None, Cs=None, adapt=None) -> dict:
+def run_name(encoder:str, # registry name
+             input_size:int|None=None, # a common input size instead of the encoder's own
+            ) -> str: # the run's `encoder` key and folder name
+    "The name a run of `encoder` is filed under: `rad-dino`, or `rad-dino@448` at a common input size."
+    return encoder if input_size is None else f"{encoder}@{int(input_size)}"
+
+def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None, probe=None, Cs=None, adapt=None, input_size=None) -> dict:
     "The parameters a run is identified by: a complete run is reused only when they are the same."
     p = dict(folds=list(folds), seed=seed, data_dir=os.path.normpath(Path(data_dir).absolute()), pretrained=str(pretrained),
-             mask_size=mask_size, probe=probe, Cs=None if Cs is None else list(Cs))
+             mask_size=mask_size, probe=probe, Cs=[float(c) for c in (LOGISTIC_CS if Cs is None else Cs)])
     if protocol != "linear-probe": p["adapt"] = adapt  # linear-probe runs made before other protocols existed stay valid
+    if input_size is not None: p["input_size"] = int(input_size)  # runs at the encoder's own size keep their parameters
     return p
 
 def _jsonable(params): return json.loads(json.dumps(params, default=str))

@@ -131,7 +131,7 @@ def test_pretrained_from_hf_cache(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path))
     loaded = _reduced(name, pretrained=True)
-    assert loaded.weights_tag == f"pretrained:{cfg.weights.source}"
+    assert loaded.weights_tag == f"pretrained:{cfg.weights.source}@0123abcd"  # the release and its cached commit
     a, b = enc.state_dict(), loaded.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -157,7 +157,8 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
 
 
 def test_protocols_in_the_runner_and_grid(tiny_benchmark, tmp_path):
-    from cxr_study.sweeps import grid_runs, is_complete, run_experiment, run_grid
+    from cxr_study.executors import run_grid
+    from cxr_study.sweeps import grid_runs, is_complete, run_experiment
     # a grid only holds the cells a protocol applies to
     assert grid_runs(["resnet18", "segformer-b4"], ["cardiomegaly-cls", "heart-seg"], ["multiscale-probe", "e2e"]) == [
         ("resnet18", "heart-seg", "multiscale-probe"), ("segformer-b4", "cardiomegaly-cls", "e2e"),

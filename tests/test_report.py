@@ -21,7 +21,7 @@ def study(tiny_benchmark, tmp_path_factory):
     "Three models on the four tasks over the five folds, then its report with the HTML site."
     from cxr_study.cli import DEMO_PROBE
     from cxr_study.report import build_report
-    from cxr_study.sweeps import run_grid
+    from cxr_study.executors import run_grid
     out = tmp_path_factory.mktemp("study")
     st = run_grid(["prior", "raw-pixels", "resnet18"], TASKS, tiny_benchmark, out, executor="inline",
                   options={"probe": {**DEMO_PROBE, "max_epochs": 15}}, show_progress=False)

@@ -5,6 +5,7 @@
 # %% ../../nbs/api/08_data.adapters.ipynb #34ab0dde
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -12,14 +13,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..core import CxrStudyError, csv_lines
+from ..core import CxrStudyError, csv_lines, csv_records, read_csv_text
 from .index import LABELS, mask_area_pct, size_quartiles
 from .rle import chexmask_rle_encode
 
 # %% auto #0
-__all__ = ['UNCERTAIN_POLICIES', 'BLANK_POLICIES', 'CHEXMASK_ID_COLUMNS', 'problems_frame', 'format_problems', 'read_csv_checked',
-           'find_file', 'map_observation', 'map_binary', 'drop_conflicting_duplicates', 'default_key', 'identity_key',
-           'join_tube_labels', 'join_heart_masks', 'read_mask_file', 'image_size', 'encode_mask_files', 'finish_index',
+__all__ = ['UNCERTAIN_POLICIES', 'BLANK_POLICIES', 'NO_FINDING_POLICIES', 'CHEXMASK_ID_COLUMNS', 'problems_frame',
+           'format_problems', 'read_csv_checked', 'short_rows', 'find_file', 'healthy_rows', 'map_observation',
+           'map_binary', 'drop_conflicting_duplicates', 'default_key', 'identity_key', 'join_tube_labels',
+           'join_heart_masks', 'read_mask_file', 'image_size', 'encode_mask_files', 'outside_root', 'finish_index',
            'label_counts']
 
 # %% ../../nbs/api/08_data.adapters.ipynb #3c91fe73
@@ -43,19 +45,22 @@ def read_csv_checked(path:str|Path, # a CSV (or .csv.gz)
                     ) -> pd.DataFrame:
     "Read a CSV as strings, failing clearly when the file or a required column is missing."
     path = Path(path)
-    if not path.exists(): raise CxrStudyError(f"{path}: {what} not found")
     want = None if usecols is None else set(usecols) | set(required)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False,
-                         usecols=None if want is None else (lambda c: c.strip() in want))
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise CxrStudyError(f"{path}: not a readable {what} ({e})") from None
+    df = read_csv_text(path, what, usecols=None if want is None else (lambda c: c.strip() in want))
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        head = list(pd.read_csv(path, nrows=0).columns)
+        head = list(read_csv_text(path, what, nrows=0).columns)
         raise CxrStudyError(f"{path}: {what} is missing column(s) {missing}; its header has {head}")
     return df
+
+def short_rows(path:str|Path, # the CSV that `df` was read from
+               n:int, # its number of data rows (len(df))
+              ) -> np.ndarray: # bool per data row
+    "Rows with fewer fields than the header (a cut-off line); all False when the file cannot be re-read."
+    rec = csv_records(path)
+    if rec is None or len(rec[2]) != n: return np.zeros(n, bool)
+    return rec[2] < rec[0]
 
 def find_file(root:str|Path, # folder to look in
               names:list[str], # candidate file names, first match wins (a .gz twin is also tried)
@@ -71,11 +76,21 @@ def find_file(root:str|Path, # folder to look in
 # %% ../../nbs/api/08_data.adapters.ipynb #fbd8d295
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
 BLANK_POLICIES = ("unknown", "zeros")
+NO_FINDING_POLICIES = ("unknown", "negative")
+
+def healthy_rows(no_finding:pd.Series, # the raw `No Finding` column
+                 policy:str="unknown", # one of NO_FINDING_POLICIES
+                ) -> np.ndarray|None: # bool per row under "negative"; None under "unknown"
+    "Rows whose `No Finding` is 1, when blanks there are to count as negatives."
+    if policy not in NO_FINDING_POLICIES: raise CxrStudyError(f"no_finding={policy!r}: choose one of {NO_FINDING_POLICIES}")
+    return no_finding.astype(str).str.strip().isin(["1", "1.0"]).values if policy == "negative" else None
 
 def map_observation(s:pd.Series, # raw strings: 1, 0, -1, blank (1.0/0.0/-1.0 accepted)
                     path:str|Path, col:str, # the file and column, for problems
                     uncertain:str="zeros", # one of UNCERTAIN_POLICIES
                     blank:str="unknown", # one of BLANK_POLICIES
+                    lines=None, # 0-based positions of these rows in the file (default 0..n-1)
+                    healthy:np.ndarray|None=None, # rows whose No Finding is 1: a blank there becomes 0 (see `healthy_rows`)
                    ) -> tuple[pd.Series, list[tuple[str, str]]]: # float 1/0/NaN, problems
     "Map a 1/0/-1/blank label column to 1/0/NaN under an uncertainty policy, vectorised."
     if uncertain not in UNCERTAIN_POLICIES: raise CxrStudyError(f"uncertain={uncertain!r}: choose one of {UNCERTAIN_POLICIES}")
@@ -84,13 +99,18 @@ def map_observation(s:pd.Series, # raw strings: 1, 0, -1, blank (1.0/0.0/-1.0 ac
     u = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
     b = 0.0 if blank == "zeros" else np.nan
     m = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": u, "-1.0": u, "": b, "nan": b}
-    out = t.map(m)
+    out = t.map(m).astype(float)
+    if healthy is not None: out[np.asarray(healthy, bool) & t.isin(["", "nan"]).values] = 0.0
     bad = ~t.isin(list(m))
     problems = []
     if bad.any():
         vals = sorted(set(t[bad]))[:5]
-        problems.append((csv_lines(path, bad.values), f"column {col}: unreadable value(s) {vals} (expected 1, 0, -1 or blank); left unknown"))
-    return out.astype(float), problems
+        problems.append((csv_lines(path, _at(lines, bad.values)), f"column {col}: unreadable value(s) {vals} (expected 1, 0, -1 or blank); left unknown"))
+    return out, problems
+
+def _at(lines, mask:np.ndarray) -> np.ndarray:
+    "File positions of the rows selected by `mask`."
+    return np.flatnonzero(mask) if lines is None else np.asarray(lines)[mask]
 
 _BINARY = {"1": 1.0, "1.0": 1.0, "true": 1.0, "yes": 1.0, "y": 1.0, "present": 1.0, "positive": 1.0,
            "0": 0.0, "0.0": 0.0, "false": 0.0, "no": 0.0, "n": 0.0, "absent": 0.0, "negative": 0.0,
@@ -98,6 +118,7 @@ _BINARY = {"1": 1.0, "1.0": 1.0, "true": 1.0, "yes": 1.0, "y": 1.0, "present": 1
 
 def map_binary(s:pd.Series, # raw strings: 1/0, true/false, yes/no, present/absent, blank/unknown
                path:str|Path, col:str,
+               lines=None, # 0-based positions of these rows in the file (default 0..n-1)
               ) -> tuple[pd.Series, list[tuple[str, str]]]:
     "Map a present/absent/unknown column (many spellings) to 1/0/NaN, reporting unreadable values."
     t = s.astype(str).str.strip().str.lower()
@@ -105,7 +126,7 @@ def map_binary(s:pd.Series, # raw strings: 1/0, true/false, yes/no, present/abse
     problems = []
     if bad.any():
         vals = sorted(set(s[bad].astype(str)))[:5]
-        problems.append((csv_lines(path, bad.values), f"column {col}: unreadable value(s) {vals} (expected present/absent/unknown or 1/0/blank); left unknown"))
+        problems.append((csv_lines(path, _at(lines, bad.values)), f"column {col}: unreadable value(s) {vals} (expected present/absent/unknown or 1/0/blank); left unknown"))
     return t.map(_BINARY).astype(float), problems
 
 # %% ../../nbs/api/08_data.adapters.ipynb #b6324879
@@ -189,7 +210,7 @@ def join_heart_masks(index:pd.DataFrame, # canonical index
     "Add CheXmask heart masks of sufficient estimated quality, reporting bad rows."
     path = Path(path)
     if not path.exists(): raise CxrStudyError(f"{path}: CheXmask CSV not found")
-    head = [c.strip() for c in pd.read_csv(path, nrows=0).columns]
+    head = [c.strip() for c in read_csv_text(path, "CheXmask CSV", nrows=0).columns]
     if id_col is None:
         id_col = next((c for c in CHEXMASK_ID_COLUMNS if c in head), None)
         if id_col is None: raise CxrStudyError(f"{path}: no image-id column among {list(CHEXMASK_ID_COLUMNS)}; its header has {head} (pass the id column)")
@@ -270,6 +291,21 @@ def encode_mask_files(mask_paths:list, # mask files (None/NaN: no mask)
     with ThreadPoolExecutor(max(1, workers)) as ex:
         for k, r in zip(todo, progress(ex.map(_encode_one, [tasks[k] for k in todo]), desc=desc, total=len(todo))): res[k] = r
     return pd.DataFrame(res, columns=["rle", "height", "width", "problem"])
+
+# %% ../../nbs/api/08_data.adapters.ipynb #99556d12
+def outside_root(paths:pd.Series, # image or mask paths: relative to `root`, or absolute
+                 root:str|Path, # the dataset folder
+                ) -> np.ndarray: # bool per path: it leaves `root`
+    "Which paths point outside `root` (`..` components, or an absolute path elsewhere)."
+    p = paths.astype(str).str.strip()
+    suspect = (p.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)") | p.str.match(r"(?:[/\\]|[A-Za-z]:)")).to_numpy(bool)
+    out = np.zeros(len(p), bool)
+    if suspect.any():
+        homes = {os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.realpath(root))}
+        for k in np.flatnonzero(suspect):
+            full = os.path.normpath(p.iloc[k] if os.path.isabs(p.iloc[k]) else os.path.join(os.path.abspath(root), p.iloc[k]))
+            out[k] = not any(full == h or full.startswith(h.rstrip(os.sep) + os.sep) for h in homes)
+    return out
 
 # %% ../../nbs/api/08_data.adapters.ipynb #930576a5
 def finish_index(idx:pd.DataFrame, # canonical index with masks and labels filled

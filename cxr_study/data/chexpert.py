@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError
-from .adapters import csv_lines, drop_conflicting_duplicates, finish_index, map_observation, read_csv_checked
+from .adapters import (NO_FINDING_POLICIES, csv_lines, drop_conflicting_duplicates, finish_index, healthy_rows,
+                                     map_observation, outside_root, read_csv_checked, short_rows)
 from .index import empty_index, validate_index
 
 # %% auto #0
@@ -39,25 +40,33 @@ def _view(fl:pd.Series, appa:pd.Series) -> pd.Series:
     return v.where(~lateral | v.isin(["LL", "RL"]), "LATERAL")
 
 def index_chexpert(root:str|Path, # the CheXpert-v1.0(-small) folder, holding train.csv and valid.csv
-                   csvs:tuple=("train.csv", "valid.csv"), # label files to read (missing ones are skipped)
+                   csvs:tuple=("train.csv", "valid.csv"), # label files to read (each also as .gz; missing ones are skipped)
                    uncertain:str="zeros", # -1 labels: zeros (U-Zeros, default), ones (U-Ones) or ignore (NaN)
                    blank:str="unknown", # not-mentioned labels: unknown (NaN, default) or zeros
                    frontal_only:bool=True, # keep frontal views only (the study's task)
                    labels:dict=CHEXPERT_LABELS, # CheXpert observation -> canonical label
+                   no_finding:str="unknown", # blank labels where No Finding = 1: unknown (default) or negative (torchxrayvision)
                   ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # canonical index, problems
     "Index CheXpert from its CSVs: path-derived patient and study, labels under an uncertainty policy."
     root = Path(root)
-    paths = [root/c for c in csvs if (root/c).exists()]
-    if not paths: raise CxrStudyError(f"{root}: none of {list(csvs)} found (is this the CheXpert-v1.0 or -small folder?)")
+    if no_finding not in NO_FINDING_POLICIES: raise CxrStudyError(f"no_finding={no_finding!r}: choose one of {NO_FINDING_POLICIES}")
+    paths = [next((f for f in (root/c, root/f"{c}.gz") if f.exists()), None) for c in csvs]
+    paths = [p for p in paths if p is not None]
+    if not paths: raise CxrStudyError(f"{root}: none of {list(csvs)} found, also gzipped (is this the CheXpert-v1.0 or -small folder?)")
     frames, problems = [], []
     for p in paths:
-        df = read_csv_checked(p, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *labels], "CheXpert CSV")
+        df = read_csv_checked(p, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *labels, *(["No Finding"] if no_finding == "negative" else [])], "CheXpert CSV")
+        short = short_rows(p, len(df))
+        if short.any(): problems.append((csv_lines(p, short), f"row has fewer fields than the header ({len(df.columns)}): a cut-off line; row left out"))
         df["Path"] = df["Path"].str.strip().str.replace("\\", "/", regex=False)
         parts = df["Path"].str.extract(r"^(?:(?P<release>[^/]+)/)?(?P<rel>(?P<split>[^/]+)/(?P<patient>patient\d+)/(?P<study>study\d+)/[^/]+)$")
-        bad = parts["rel"].isna()
+        bad = parts["rel"].isna().values & ~short
         if bad.any():
-            problems.append((csv_lines(p, bad.values), "Path is not <release>/<split>/patientN/studyM/<view>.jpg; row left out"))
-        df, parts = df[~bad.values], parts[~bad.values]
+            problems.append((csv_lines(p, bad), "Path is not <release>/<split>/patientN/studyM/<view>.jpg; row left out"))
+        escapes = ~short & ~bad & outside_root(parts["rel"].fillna(""), root)
+        if escapes.any(): problems.append((csv_lines(p, escapes), f"Path leads out of the dataset folder {root}; row left out"))
+        keep = ~(short | bad | escapes)
+        df, parts, lines = df[keep], parts[keep], np.flatnonzero(keep)
         out = pd.DataFrame({"image_id": parts["rel"].values, "image_path": parts["rel"].values,
                             "patient_id": parts["patient"].values, "study_id": (parts["patient"] + "/" + parts["study"]).values,
                             "split": parts["split"].values,
@@ -65,10 +74,13 @@ def index_chexpert(root:str|Path, # the CheXpert-v1.0(-small) folder, holding tr
                             "age": pd.to_numeric(df["Age"], errors="coerce").values,
                             "view": _view(df["Frontal/Lateral"], df["AP/PA"]).values,
                             "_frontal": (df["Frontal/Lateral"].str.strip().str.lower() == "frontal").values,
-                            "_line": np.flatnonzero(~bad.values), "_file": str(p)})
+                            "_line": lines, "_file": str(p)})
+        nf = healthy_rows(df["No Finding"], "negative") if "No Finding" in df else np.zeros(len(df), bool)
+        healthy = nf if no_finding == "negative" else None
         for src, dst in labels.items():
-            v, pr = map_observation(df[src], p, src, uncertain, blank)
+            v, pr = map_observation(df[src], p, src, uncertain, blank, lines=lines, healthy=healthy)
             out[dst] = v.values; problems += pr
+            out[f"_nf_blank_{dst}"] = nf & df[src].str.strip().isin(["", "nan"]).values  # what the No Finding rule concerns
         frames.append(out)
     df = pd.concat(frames, ignore_index=True)
     kept = []
@@ -84,4 +96,7 @@ def index_chexpert(root:str|Path, # the CheXpert-v1.0(-small) folder, holding tr
     idx = empty_index(len(df))
     for c in ("image_id", "image_path", "patient_id", "sex", "age", "view", *labels.values()): idx[c] = df[c].values
     idx["study_id"], idx["split"] = df["study_id"].values, df["split"].values
-    return validate_index(finish_index(idx), where=str(root)), problems
+    idx = validate_index(finish_index(idx), where=str(root))
+    idx.attrs["label_rules"] = {"uncertain": uncertain, "blank": blank, "no_finding": no_finding,
+                                "no_finding_blank_rows": {dst: int(df[f"_nf_blank_{dst}"].sum()) for dst in labels.values()}}
+    return idx, problems

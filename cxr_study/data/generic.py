@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError
-from .adapters import csv_lines, drop_conflicting_duplicates, encode_mask_files, finish_index, map_binary, read_csv_checked
+from .adapters import (csv_lines, drop_conflicting_duplicates, encode_mask_files, finish_index, map_binary, outside_root,
+                                     read_csv_checked, short_rows)
 from .index import LABELS, MASK_TARGETS, empty_index, validate_index
 
 # %% auto #0
@@ -41,13 +42,17 @@ def index_csv(csv:str|Path, # the CSV
     df = read_csv_checked(csv, [image_col, patient_col, *labels, *opt], "image CSV")
     df = df.assign(_line=np.arange(len(df)))
     problems = []
-    blank = (df[image_col].str.strip() == "") | (df[patient_col].str.strip() == "")
-    if blank.any(): problems.append((csv_lines(csv, blank.values), f"blank {image_col} or {patient_col}; row left out"))
-    df = df[~blank]
+    short = short_rows(csv, len(df))
+    if short.any(): problems.append((csv_lines(csv, short), f"row has fewer fields than the header: a cut-off line; row left out"))
+    blank = ~short & ((df[image_col].str.strip() == "") | (df[patient_col].str.strip() == "")).values
+    if blank.any(): problems.append((csv_lines(csv, blank), f"blank {image_col} or {patient_col}; row left out"))
+    escapes = ~short & ~blank & outside_root(df[image_col], root)
+    if escapes.any(): problems.append((csv_lines(csv, escapes), f"{image_col} leads out of the dataset folder {root}; row left out"))
+    df = df[~(short | blank | escapes)]
     for src, dst in labels.items():
-        v, pr = map_binary(df[src], csv, src); df[f"_y_{dst}"] = v.values; problems += pr
+        v, pr = map_binary(df[src], csv, src, lines=df["_line"].values); df[f"_y_{dst}"] = v.values; problems += pr
     if tube_col:
-        v, pr = map_binary(df[tube_col], csv, tube_col); df["_tube"] = v.values; problems += pr
+        v, pr = map_binary(df[tube_col], csv, tube_col, lines=df["_line"].values); df["_tube"] = v.values; problems += pr
     df["_id"] = (df[id_col] if id_col else df[image_col]).str.strip()
     vals = [f"_y_{d}" for d in labels.values()] + (["_tube"] if tube_col else []) + [patient_col]
     df, pr = drop_conflicting_duplicates(df, "_id", vals, csv, id_col or image_col, "labels or patient", "_line")
@@ -65,7 +70,9 @@ def index_csv(csv:str|Path, # the CSV
     for src, dst in extra.items(): idx[dst] = df[src].values
     if mask_col:
         mcol = df[mask_col].str.strip()
-        mpaths = [None if m == "" else str(Path(m) if Path(m).is_absolute() else root/m) for m in mcol]
+        out_m = outside_root(mcol, root) & (mcol != "").values
+        if out_m.any(): problems.append((csv_lines(csv, df["_line"].values[out_m]), f"{mask_col} leads out of the dataset folder {root}; mask not read"))
+        mpaths = [None if m == "" or o else str(Path(m) if Path(m).is_absolute() else root/m) for m, o in zip(mcol, out_m)]
         enc = encode_mask_files(mpaths, abs_img, workers=workers)
         for line, p in zip(df["_line"], enc["problem"]):
             if isinstance(p, str): problems.append((csv_lines(csv, [line]), p))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import CxrStudyError
+from ..core import CxrStudyError, read_csv_text
 from .rle import chexmask_rle_decode, chexmask_rle_encode, is_empty_rle
 
 # %% auto #0
@@ -99,7 +99,7 @@ def join_labels(index:pd.DataFrame, # canonical index
     "Add binary labels from a CSV keyed by image id."
     path = Path(path)
     if not path.exists(): raise CxrStudyError(f"{path}: label CSV not found")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv_text(path, "label CSV")
     _check_cols(df, [id_col, *columns], path)
     dup = df[id_col][df[id_col].duplicated()]
     if len(dup): raise CxrStudyError(f"{path}: image {dup.iloc[0]} appears in more than one row")
@@ -122,8 +122,7 @@ def join_chexmask(index:pd.DataFrame, # canonical index
     "Add heart masks from a CheXmask CSV, keeping only rows of sufficient estimated quality."
     path = Path(path)
     if not path.exists(): raise CxrStudyError(f"{path}: CheXmask CSV not found")
-    df = pd.read_csv(path, usecols=lambda c: c in ("ImageID", "Dice RCA (Mean)", "Heart", "Height", "Width"),
-                     dtype={"ImageID": str, "Heart": str}, keep_default_na=False)
+    df = read_csv_text(path, "CheXmask CSV", usecols=lambda c: c in ("ImageID", "Dice RCA (Mean)", "Heart", "Height", "Width"))
     _check_cols(df, ["ImageID", "Dice RCA (Mean)", "Heart", "Height", "Width"], path, " (a CheXmask CSV)")
     df = df[pd.to_numeric(df["Dice RCA (Mean)"], errors="coerce") >= min_dice_rca]
     ids = df["ImageID"].map(id_map) if id_map else df["ImageID"]

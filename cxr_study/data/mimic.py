@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError
-from .adapters import (UNCERTAIN_POLICIES, csv_lines, drop_conflicting_duplicates, find_file, finish_index,
+from .adapters import (NO_FINDING_POLICIES, UNCERTAIN_POLICIES, healthy_rows, csv_lines, drop_conflicting_duplicates, find_file, finish_index,
                                      map_observation, read_csv_checked)
 from .chexpert import CHEXPERT_LABELS, CHEXPERT_OBSERVATIONS
 from .index import empty_index, validate_index
@@ -34,10 +34,12 @@ def index_mimic(root:str|Path, # the MIMIC-CXR-JPG version folder (holding the C
                 frontal_only:bool=True, # keep ViewPosition PA/AP only
                 labels:dict=CHEXPERT_LABELS, # observation -> canonical label
                 patients:str|Path|None=None, # MIMIC-IV patients.csv(.gz) for sex and age (None: use ROOT/patients.csv(.gz) if there)
+                no_finding:str="unknown", # blank labels where No Finding = 1: unknown (default) or negative (torchxrayvision)
                ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     "Index MIMIC-CXR-JPG from its label, metadata and split CSVs (and MIMIC-IV patients for sex and age)."
     root = Path(root)
     if labeler not in ("chexpert", "negbio"): raise CxrStudyError(f"labeler={labeler!r}: choose chexpert or negbio")
+    if no_finding not in NO_FINDING_POLICIES: raise CxrStudyError(f"no_finding={no_finding!r}: choose one of {NO_FINDING_POLICIES}")
     lab_p = find_file(root, [f"mimic-cxr-2.1.0-{labeler}.csv", f"mimic-cxr-2.0.0-{labeler}.csv"], f"MIMIC {labeler} label CSV")
     meta_p = find_file(root, ["mimic-cxr-2.1.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv"], "MIMIC metadata CSV")
     problems = []
@@ -49,16 +51,19 @@ def index_mimic(root:str|Path, # the MIMIC-CXR-JPG version folder (holding the C
     meta = meta[ids_ok]
     meta, pr = drop_conflicting_duplicates(meta, "dicom_id", ["subject_id", "study_id", "ViewPosition"], meta_p, "dicom_id", "metadata", "_line")
     problems += pr
-    lab = read_csv_checked(lab_p, ["subject_id", "study_id", *labels], f"MIMIC {labeler} CSV")
+    lab = read_csv_checked(lab_p, ["subject_id", "study_id", *labels, *(["No Finding"] if no_finding == "negative" else [])], f"MIMIC {labeler} CSV")
     lab = lab.assign(_line=np.arange(len(lab)))
+    nf = healthy_rows(lab["No Finding"], "negative") if "No Finding" in lab else np.zeros(len(lab), bool)
     for src, dst in labels.items():
-        v, pr = map_observation(lab[src], lab_p, src, uncertain, blank); lab[dst] = v.values; problems += pr
+        v, pr = map_observation(lab[src], lab_p, src, uncertain, blank, healthy=nf if no_finding == "negative" else None)
+        lab[dst] = v.values; problems += pr
+        lab[f"_nf_blank_{dst}"] = nf & lab[src].str.strip().isin(["", "nan"]).values
     lab, pr = drop_conflicting_duplicates(lab, "study_id", list(labels.values()), lab_p, "study_id", "labels", "_line")
     problems += pr
     view = meta["ViewPosition"].str.strip().str.upper()
     n_all = len(meta)
     if frontal_only: meta, view = meta[view.isin(MIMIC_FRONTAL)], view[view.isin(MIMIC_FRONTAL)]
-    m = meta.merge(lab[["study_id", "subject_id", *labels.values()]].rename(columns={"subject_id": "_lab_subject"}), on="study_id", how="left")
+    m = meta.merge(lab[["study_id", "subject_id", *labels.values(), *[f"_nf_blank_{d}" for d in labels.values()]]].rename(columns={"subject_id": "_lab_subject"}), on="study_id", how="left")
     clash = m["_lab_subject"].notna() & (m["_lab_subject"] != m["subject_id"])
     if clash.any():
         problems.append((csv_lines(meta_p, m["_line"].values[clash.values]), f"study_id belongs to another subject_id in {lab_p.name}; labels left unknown"))
@@ -88,4 +93,7 @@ def index_mimic(root:str|Path, # the MIMIC-CXR-JPG version folder (holding the C
         idx["age"] = (pd.to_numeric(sub.map(pat["anchor_age"]), errors="coerce") + year - pd.to_numeric(sub.map(pat["anchor_year"]), errors="coerce")).values
     idx.attrs["mimic"] = {"images": n_all, "non_frontal_left_out": n_all - len(meta) if frontal_only else 0,
                           "images_without_labels": int(m["_lab_subject"].isna().sum())}
-    return validate_index(finish_index(idx), where=str(root)), problems
+    idx = validate_index(finish_index(idx), where=str(root))
+    idx.attrs["label_rules"] = {"uncertain": uncertain, "blank": blank, "no_finding": no_finding,
+                                "no_finding_blank_rows": {d: int(m[f"_nf_blank_{d}"].fillna(False).astype(bool).sum()) for d in labels.values()}}
+    return idx, problems

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import CxrStudyError
+from ..core import CxrStudyError, read_csv_text
 from .adapters import csv_lines, drop_conflicting_duplicates, find_file, finish_index, read_csv_checked
 from .index import empty_index, validate_index
 
@@ -41,7 +41,7 @@ def index_nih(root:str|Path, # the ChestX-ray14 folder
     "Index NIH ChestX-ray14 from Data_Entry_2017 and the image folders."
     root = Path(root)
     p = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], "Data_Entry_2017 CSV")
-    head = [c.strip() for c in pd.read_csv(p, nrows=0).columns]
+    head = [c.strip() for c in read_csv_text(p, "Data_Entry_2017 CSV", nrows=0).columns]
     sex_col = "Patient Gender" if "Patient Gender" in head else "Patient Sex"
     df = read_csv_checked(p, ["Image Index", "Finding Labels", "Patient ID", "Patient Age", sex_col, "View Position"], "Data_Entry_2017 CSV")
     df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed")])  # the older file's trailing comma

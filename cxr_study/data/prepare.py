@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, fingerprint, progress, write_json, write_table
-from .adapters import (BLANK_POLICIES, UNCERTAIN_POLICIES, default_key, format_problems, identity_key,
+from .adapters import (BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, outside_root, default_key, format_problems, identity_key,
                                      join_heart_masks, join_tube_labels, label_counts, problems_frame)
 from .index import MASK_TARGETS, validate_index, write_index
 from .rle import chexmask_rle_decode, chexmask_rle_encode
@@ -55,11 +55,12 @@ def get_adapter(name:str) -> AdapterCfg:
     return ADAPTERS[name]
 
 # %% ../../nbs/api/08f_data.prepare.ipynb #95147307
-@register_adapter("siim", description="SIIM-ACR, Kaggle DICOM layout (dicom-images-train/ + train-rle.csv)", options=("rle_csv", "images_dir"))
+@register_adapter("siim", description="SIIM-ACR, Kaggle DICOM layout (dicom-images-train/ + train-rle.csv)", options=("rle_csv", "images_dir", "workers"))
 def _siim(root, opts):
     from cxr_study.data.siim import index_siim
-    rle = opts.get("rle_csv") or next((n for n in ("train-rle.csv", "stage_2_train.csv") if (Path(root)/n).exists()), "train-rle.csv")
-    return index_siim(root, rle_csv=rle, images_dir=opts.get("images_dir") or "dicom-images-train")
+    rle = opts.get("rle_csv") or next((n for n in ("train-rle.csv", "stage_2_train.csv", "train-rle.csv.gz", "stage_2_train.csv.gz")
+                                       if (Path(root)/n).exists()), "train-rle.csv")
+    return index_siim(root, rle_csv=rle, images_dir=opts.get("images_dir") or "dicom-images-train", workers=opts.get("workers"))
 
 @register_adapter("siim-png", description="SIIM-ACR PNG conversion with mask PNGs (train/ + masks/, or png_images/ + png_masks/)", options=("workers",))
 def _siim_png(root, opts):
@@ -70,16 +71,18 @@ def _chexpert_key(ids):
     from cxr_study.data.chexpert import chexpert_key
     return chexpert_key(ids)
 
-@register_adapter("chexpert", key=_chexpert_key, description="CheXpert v1.0 / -small (train.csv, valid.csv)", options=("uncertain", "blank", "all_views"))
+@register_adapter("chexpert", key=_chexpert_key, description="CheXpert v1.0 / -small (train.csv, valid.csv, either gzipped)", options=("uncertain", "blank", "no_finding", "all_views"))
 def _chexpert(root, opts):
     from cxr_study.data.chexpert import index_chexpert
-    return index_chexpert(root, uncertain=opts.get("uncertain") or "zeros", blank=opts.get("blank") or "unknown", frontal_only=not opts.get("all_views"))
+    return index_chexpert(root, uncertain=opts.get("uncertain") or "zeros", blank=opts.get("blank") or "unknown",
+                          no_finding=opts.get("no_finding") or "unknown", frontal_only=not opts.get("all_views"))
 
-@register_adapter("mimic", description="MIMIC-CXR-JPG (label, metadata and split CSVs; files/pNN/...)", options=("labeler", "uncertain", "blank", "all_views", "mimic_patients"))
+@register_adapter("mimic", description="MIMIC-CXR-JPG (label, metadata and split CSVs; files/pNN/...)", options=("labeler", "uncertain", "blank", "no_finding", "all_views", "mimic_patients"))
 def _mimic(root, opts):
     from cxr_study.data.mimic import index_mimic
     return index_mimic(root, labeler=opts.get("labeler") or "chexpert", uncertain=opts.get("uncertain") or "zeros",
-                       blank=opts.get("blank") or "unknown", frontal_only=not opts.get("all_views"), patients=opts.get("mimic_patients"))
+                       blank=opts.get("blank") or "unknown", no_finding=opts.get("no_finding") or "unknown",
+                       frontal_only=not opts.get("all_views"), patients=opts.get("mimic_patients"))
 
 @register_adapter("nih", description="NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/)")
 def _nih(root, opts):
@@ -128,6 +131,10 @@ def index_dataset(name:str, # a registered adapter
     if not root.is_dir(): raise CxrStudyError(f"{root}: dataset folder not found")
     idx, problems = cfg.index(root, opts)
     problems = list(problems)
+    escapes = outside_root(idx["image_path"], root)
+    if escapes.any():
+        problems += [(p, f"image path leads out of the dataset folder {root}; left out") for p in idx["image_path"][escapes]]
+        idx = idx[~escapes].reset_index(drop=True)
     if tubes:
         idx, pr = join_tube_labels(idx, tubes, id_col=tube_id_col, tube_col=tube_col, key=cfg.key); problems += pr
     if chexmask:
@@ -256,11 +263,13 @@ def add_prepare_arguments(parser:argparse.ArgumentParser) -> None:
     a("--verify", action="store_true", help="open every image and mask, report the unreadable ones and leave them out (building the cache always does this)")
     a("--index-only", action="store_true", help="write the index without building the image cache")
     a("--image-size", type=int, default=1024, help="side of the square cached images in pixels (default 1024); 0 keeps each image's size")
-    a("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)), help="parallel processes for the image pass")
+    a("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)), help="parallel processes for the image pass (and for SIIM's DICOM headers)")
     a("--strict", action="store_true", help="exit with 1 when any problem was found")
     g = parser.add_argument_group("labels (chexpert, mimic)")
     g.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="zeros", help="uncertain (-1) labels become 0 (zeros, default), 1 (ones) or unknown (ignore)")
     g.add_argument("--blank", choices=BLANK_POLICIES, default="unknown", help="not-mentioned (blank) labels: unknown (default) or zeros")
+    g.add_argument("--no-finding", choices=NO_FINDING_POLICIES, default="unknown",
+                   help="blank labels on rows whose 'No Finding' is 1: unknown (default) or negative (torchxrayvision's rule)")
     g.add_argument("--all-views", action="store_true", help="keep lateral views too (default: frontal only)")
     g.add_argument("--labeler", choices=("chexpert", "negbio"), default="chexpert", help="MIMIC label file")
     g.add_argument("--mimic-patients", help="MIMIC-IV patients.csv(.gz) for sex and age (default: ROOT/patients.csv(.gz) if present)")
@@ -291,6 +300,15 @@ def _edges(s):
     if len(e) != 3: raise CxrStudyError(f"--quartile-edges {s!r}: give three comma-separated percentages, e.g. 0.37,0.78,1.66")
     return e
 
+def _refuse_empty(args, out, problems, what):
+    "Stop with an error instead of writing an empty index; the problems found so far go to problems.csv."
+    out = Path(out)
+    if problems: write_table(problems_frame(problems), out/"problems.csv")
+    first = f" (first problem: {problems[0][0]}: {problems[0][1]}; all {len(problems)} in {out/'problems.csv'})" if problems else ""
+    hint = ("is --root the folder that holds the images the label files name? To write the label index "
+            "without the images, add --index-only") if not args.index_only else "is --root the dataset folder, holding its label files?"
+    raise CxrStudyError(f"{what}{first}; {hint}")
+
 def prepare_dataset(args:argparse.Namespace, # parsed `prepare` arguments
                     log=print, # where progress lines go
                    ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # the written index, problems
@@ -301,6 +319,11 @@ def prepare_dataset(args:argparse.Namespace, # parsed `prepare` arguments
     out = Path(args.out)
     idx, problems = index_dataset(args.dataset, args.root, quartile_edges=_edges(getattr(args, "quartile_edges", None)), **opts)
     log(f"indexed {len(idx)} images from {args.root} ({args.dataset}) in {time.time() - t0:.1f} s")
+    if not len(idx): _refuse_empty(args, out, problems, f"no image was indexed from {args.root} ({args.dataset})")
+    rules = idx.attrs.get("label_rules")
+    if rules and "no_finding" in rules:
+        n = ", ".join(f"{v} {k}" for k, v in rules["no_finding_blank_rows"].items())
+        log(f"'No Finding' = 1 with a blank label ({n} image(s)): {'negative' if rules['no_finding'] == 'negative' else 'left unknown'} (--no-finding {rules['no_finding']})")
     if "chexmask" in idx.attrs:
         c = idx.attrs["chexmask"]
         log(f"CheXmask: {c['rows']} rows, {c['below_threshold']} below Dice RCA (Mean) {args.min_dice_rca}, heart masks for {c['matched']} indexed images")
@@ -309,9 +332,11 @@ def prepare_dataset(args:argparse.Namespace, # parsed `prepare` arguments
             bad, pr = verify_index(idx, workers=args.workers); problems += pr
             idx = idx[~bad].reset_index(drop=True)
             log(f"verified: {int(bad.sum())} unreadable image(s) left out")
+            if not len(idx): _refuse_empty(args, out, problems, f"none of the indexed images under {args.root} could be read")
         final = idx
     else:  # the cache pass opens every image and mask anyway: it is the verify pass
         final, pr = build_image_cache(idx, out, image_size=args.image_size or None, workers=args.workers); problems += pr
+        if not len(final): _refuse_empty(args, out, problems, f"none of the {len(idx)} indexed images could be read under {args.root}")
         idx = idx[idx["image_id"].isin(set(final["image_id"]))].reset_index(drop=True)
         log(f"image cache: {final.attrs['cache']['written']} written, {final.attrs['cache']['skipped']} already done; "
             f"{len(pr)} problem(s) with images or masks")
@@ -322,7 +347,8 @@ def prepare_dataset(args:argparse.Namespace, # parsed `prepare` arguments
     write_json({"dataset": args.dataset, "root": str(Path(args.root).resolve()), "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items() if isinstance(v, (str, int, float, bool, list, Path))},
                 "verify": bool(args.verify), "image_size": None if args.index_only else (args.image_size or None),
                 "images": len(final), "patients": int(final["patient_id"].nunique()), "problems": len(problems),
-                "label_counts": counts.to_dict("index"), "seconds": round(time.time() - t0, 2)}, out/"prepare.json")
+                "label_counts": counts.to_dict("index"), "label_rules": idx.attrs.get("label_rules"),
+                "seconds": round(time.time() - t0, 2)}, out/"prepare.json")
     return final, problems
 
 def run_prepare(args:argparse.Namespace) -> int:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import CxrStudyError, csv_lines
+from ..core import CxrStudyError, csv_lines, csv_records, read_csv_text
 
 # %% auto #0
 __all__ = ['is_empty_rle', 'siim_rle_decode', 'siim_rle_encode', 'chexmask_rle_decode', 'chexmask_rle_encode',
-           'read_siim_rle_rows', 'read_siim_rle_csv', 'siim_mask']
+           'read_siim_rle_rows', 'read_siim_rle_csv', 'siim_mask', 'siim_index_rle']
 
 # %% ../../nbs/api/02_data.rle.ipynb #a7fe9b47
 def _parse_runs(rle:str, where:str) -> np.ndarray:
@@ -23,12 +23,16 @@ def _parse_runs(rle:str, where:str) -> np.ndarray:
     if runs.size % 2: raise CxrStudyError(f"{where}: RLE has an odd number of values ({runs.size}); expected (start, length) pairs")
     return runs.reshape(-1, 2)
 
-def _runs_to_flat(starts:np.ndarray, lengths:np.ndarray, n:int, where:str, shape) -> np.ndarray:
+def _check_runs(starts:np.ndarray, lengths:np.ndarray, n:int, where:str, shape) -> np.ndarray: # run ends
     if (lengths < 0).any() or (starts < 0).any(): raise CxrStudyError(f"{where}: RLE has negative starts or lengths")
     ends = starts + lengths
     if ends.size and ends.max() > n:
         raise CxrStudyError(f"{where}: RLE does not fit its image: a run ends at pixel {int(ends.max())} "
                             f"but a {shape[0]}x{shape[1]} mask has {n} pixels")
+    return ends
+
+def _runs_to_flat(starts:np.ndarray, lengths:np.ndarray, n:int, where:str, shape) -> np.ndarray:
+    ends = _check_runs(starts, lengths, n, where, shape)
     diff = np.zeros(n + 1, dtype=np.int32)
     np.add.at(diff, starts, 1); np.add.at(diff, ends, -1)
     return np.cumsum(diff[:-1]) > 0
@@ -81,12 +85,11 @@ def chexmask_rle_encode(mask:np.ndarray, # (H, W) bool or 0/1
     return " ".join(f"{s + 1} {l}" for s, l in zip(starts, lengths))
 
 # %% ../../nbs/api/02_data.rle.ipynb #b39496c9
-def read_siim_rle_rows(path:str|Path, # train-rle.csv or stage_2_train.csv
+def read_siim_rle_rows(path:str|Path, # train-rle.csv or stage_2_train.csv (or .gz)
                       ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # image_id, rles, n_rows; problems
-    "Read SIIM-ACR's RLE CSV: one row per image, its region RLEs gathered; contradictory or id-less rows are left out and reported."
+    "Read SIIM-ACR's RLE CSV: one row per image, its region RLEs gathered; contradictory, blank or id-less rows are left out and reported."
     path = Path(path)
-    if not path.exists(): raise CxrStudyError(f"{path}: SIIM RLE CSV not found")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv_text(path, "SIIM RLE CSV")
     df.columns = [c.strip() for c in df.columns]
     missing = {"ImageId", "EncodedPixels"} - set(df.columns)
     if missing: raise CxrStudyError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)} "
@@ -95,11 +98,23 @@ def read_siim_rle_rows(path:str|Path, # train-rle.csv or stage_2_train.csv
     problems = []
     blank = (ids == "").values
     if blank.any(): problems.append((csv_lines(path, blank), "no ImageId; row left out"))
+    # `-1` is SIIM's "no pneumothorax"; an empty field is not: it is a damaged row (a cut-off last line
+    # holds only an ImageId), so the image's label is unknown rather than positive with an empty mask
+    rec = csv_records(path)
+    short = (rec[2] < rec[0]) if rec is not None and len(rec[2]) == len(df) else np.zeros(len(df), bool)
+    empty = ~blank & (enc == "").values
+    for bad, why in ((empty & short, "the line holds only an ImageId (cut off?)"), (empty & ~short, "EncodedPixels is blank")):
+        if bad.any():
+            bad_ids = list(dict.fromkeys(ids[bad]))
+            problems.append((csv_lines(path, bad), f"{why}: neither -1 (no pneumothorax) nor a mask; "
+                             f"{len(bad_ids)} image(s) (first {bad_ids[0]}) left out, label unknown"))
+    gone = ids.isin(set(ids[empty])).values
     neg = enc == "-1"
-    kinds = pd.DataFrame({"id": ids, "neg": neg})[~blank].groupby("id")["neg"].agg(["any", "all"])
+    ok = ~blank & ~gone
+    kinds = pd.DataFrame({"id": ids, "neg": neg})[ok].groupby("id")["neg"].agg(["any", "all"])
     both = kinds.index[kinds["any"] & ~kinds["all"]]
     for i in both: problems.append((csv_lines(path, (ids == i).values), f"image {i} has both -1 and region rows; left out"))
-    keep = ~blank & ~ids.isin(both).values
+    keep = ok & ~ids.isin(both).values
     d = pd.DataFrame({"image_id": ids[keep], "rle": enc[keep].where(~neg[keep])})
     out = d.groupby("image_id", sort=False).agg(rles=("rle", lambda s: [r for r in s if isinstance(r, str)]), n_rows=("rle", "size"))
     return out.reset_index(), problems
@@ -119,3 +134,28 @@ def siim_mask(rles:list[str], # one image's region RLEs (empty list for a negati
     m = np.zeros((height, width), bool)
     for i, r in enumerate(rles): m |= siim_rle_decode(r, height, width, where=f"{where} region {i + 1}")
     return m
+
+def siim_index_rle(rles:list[str], # one image's region RLEs (empty list for a negative)
+                   height:int=1024, width:int=1024,
+                   where:str="RLE",
+                  ) -> str: # CheXmask RLE of the union ("" when empty)
+    "`chexmask_rle_encode(siim_mask(rles, height, width))` without building the mask: only the set pixels are touched."
+    n, parts = height * width, []
+    for i, r in enumerate(rles):
+        if is_empty_rle(r): continue
+        runs = _parse_runs(str(r), f"{where} region {i + 1}")
+        lengths = runs[:, 1]
+        starts = np.cumsum(runs[:, 0] + lengths) - lengths
+        _check_runs(starts, lengths, n, f"{where} region {i + 1}", (height, width))
+        keep = lengths > 0
+        s, l = starts[keep], lengths[keep]
+        if s.size: parts.append(np.repeat(s - np.concatenate([[0], np.cumsum(l)[:-1]]), l) + np.arange(l.sum()))
+    if not parts: return ""
+    k = np.concatenate(parts)                                  # set pixels, column-major (sorted within a region)
+    if len(parts) > 1: k = np.sort(k); k = k[np.concatenate([[True], k[1:] != k[:-1]])]  # regions united
+    r, c = k % height, k // height
+    o = np.argsort(r, kind="stable")                           # row-major: by row, then (already) by column
+    p = r[o] * width + c[o]
+    brk = np.concatenate([[0], np.flatnonzero(np.diff(p) != 1) + 1])
+    n = np.diff(np.concatenate([brk, [p.size]]))
+    return " ".join(map(str, np.column_stack([p[brk] + 1, n]).ravel().tolist()))

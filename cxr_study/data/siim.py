@@ -5,6 +5,8 @@
 # %% ../../nbs/api/04_data.siim.ipynb #7c34ed43
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +14,14 @@ import pandas as pd
 
 from ..core import CxrStudyError, progress
 from .index import empty_index, mask_area_pct, size_quartiles, validate_index
-from .rle import chexmask_rle_encode, read_siim_rle_rows, siim_mask
+from .rle import read_siim_rle_rows, siim_index_rle
 
 # %% auto #0
-__all__ = ['read_dicom_headers', 'index_siim']
+__all__ = ['list_dicom_files', 'read_dicom_headers', 'index_siim']
 
 # %% ../../nbs/api/04_data.siim.ipynb #ad47000b
 _TAGS = ["SOPInstanceUID", "PatientID", "PatientSex", "PatientAge", "ViewPosition", "Rows", "Columns"]
+_HEADER_COLUMNS = ["image_id", "image_path", "patient_id", "sex", "age", "view", "rows", "columns"]
 
 def _age_years(v) -> float:
     "PatientAge in years: the standard '038Y' (or D/W/M units) and the bare '38' some datasets write."
@@ -27,54 +30,123 @@ def _age_years(v) -> float:
     num = pd.to_numeric(s[:-1] if unit else s, errors="coerce")
     return float(num) / (unit or 1.0) if pd.notna(num) else np.nan
 
-def read_dicom_headers(files:list[Path], # DICOM files
-                       root:Path, # paths in the result are relative to this folder
-                      ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # headers, problems (file, reason)
-    "Read the index fields of many DICOM headers, collecting unreadable files as problems."
+# Explicit VR little endian is what almost every file on disk uses (SIIM's JPEG Baseline included);
+# implicit VR, big endian and deflated data sets are left to pydicom
+_NOT_EXPLICIT_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_FAST = {0x00080018: b"UI", 0x00100020: b"LO", 0x00100040: b"CS", 0x00101010: b"AS", 0x00185101: b"CS",
+         0x00280010: b"US", 0x00280011: b"US"}  # tag -> its standard VR
+_HEAD = 1 << 14
+
+def _fast_header(f:Path) -> tuple|None:
+    "`_TAGS` read straight from the bytes of a plain explicit-VR little-endian header; None for anything else (pydicom then reads it)."
+    with open(f, "rb") as fh: b = fh.read(_HEAD)
+    if len(b) < 140 or b[128:132] != b"DICM": return None
+    pos, n, ts, vals = 132, len(b), None, {}
+    while pos + 8 <= n:
+        group, elem = struct.unpack_from("<HH", b, pos)
+        tag = group << 16 | elem
+        if group != 2 and (ts is None or ts in _NOT_EXPLICIT_LE): return None
+        if tag > 0x00280011: break                                   # elements are in tag order: all seen
+        vr = b[pos + 4: pos + 6]
+        if not (vr.isalpha() and vr.isupper()): return None
+        if vr in _LONG_VRS:
+            if pos + 12 > n: return None
+            length, start = struct.unpack_from("<I", b, pos + 8)[0], pos + 12
+        else: length, start = struct.unpack_from("<H", b, pos + 6)[0], pos + 8
+        if length == 0xFFFFFFFF or start + length > n: return None      # a sequence of undefined length, or past the buffer
+        if tag == 0x00020010: ts = b[start: start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        elif tag in _FAST:
+            if vr != _FAST[tag]: return None
+            vals[tag] = b[start: start + length]
+        pos = start + length
+    else:
+        if n == _HEAD or pos != n: return None                       # a longer header, or a cut element
+    if not {0x00080018, 0x00280010, 0x00280011} <= set(vals) or len(vals[0x00280010]) != 2 or len(vals[0x00280011]) != 2: return None
+    text = {}
+    for t in (0x00080018, 0x00100020, 0x00100040, 0x00101010, 0x00185101):
+        v = vals.get(t, b"")
+        if t != 0x00080018 and b"\0" in v: return None
+        if max(v, default=0) > 0x7F or b"\\" in v: return None     # another character set, or several values
+        text[t] = v.decode("ascii").rstrip("\0 ")                  # pydicom strips trailing padding only
+    return (text[0x00080018], text[0x00100020] or np.nan, text[0x00100040].strip() or np.nan, _age_years(text[0x00101010]),
+            text[0x00185101].strip() or np.nan, struct.unpack("<H", vals[0x00280010])[0], struct.unpack("<H", vals[0x00280011])[0])
+
+def _read_headers(task) -> tuple[list, list]:
+    "Index fields of a batch of DICOM headers (runs in a worker process)."
     import pydicom
+    files, root = task
     rows, problems = [], []
-    for f in progress(files, desc="reading DICOM headers"):
+    for f in files:
         try:
+            fast = _fast_header(f)
+            if fast is not None:
+                rows.append((fast[0], str(f.relative_to(root)), *fast[1:])); continue
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_TAGS)
-            rows.append({"image_id": str(ds.SOPInstanceUID), "image_path": str(f.relative_to(root)),
-                         "patient_id": str(ds.get("PatientID", "")) or np.nan,
-                         "sex": str(ds.get("PatientSex", "")).strip() or np.nan,
-                         "age": _age_years(ds.get("PatientAge", "")),
-                         "view": str(ds.get("ViewPosition", "")).strip() or np.nan,
-                         "rows": int(ds.Rows), "columns": int(ds.Columns)})
+            rows.append((str(ds.SOPInstanceUID), str(f.relative_to(root)), str(ds.get("PatientID", "")) or np.nan,
+                         str(ds.get("PatientSex", "")).strip() or np.nan, _age_years(ds.get("PatientAge", "")),
+                         str(ds.get("ViewPosition", "")).strip() or np.nan, int(ds.Rows), int(ds.Columns)))
         except Exception as e:
             problems.append((str(f), f"unreadable DICOM header ({type(e).__name__}: {e})"))
-    return pd.DataFrame(rows, columns=["image_id", "image_path", "patient_id", "sex", "age", "view", "rows", "columns"]), problems
+    return rows, problems
+
+def list_dicom_files(folder:Path, # searched recursively (symlinked folders are not followed)
+                    ) -> list[Path]: # the .dcm files, in path order
+    "Every `.dcm` file under `folder`, sorted as paths sort."
+    found = []
+    for d, _, names in os.walk(folder):
+        found += [os.path.join(d, n) for n in names if n.endswith(".dcm")]
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]
+
+def read_dicom_headers(files:list[Path], # DICOM files
+                       root:Path, # paths in the result are relative to this folder
+                       workers:int|None=None, # processes (None: up to 8, one per CPU core); 1 reads in this process
+                      ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # headers, problems (file, reason)
+    "Read the index fields of many DICOM headers, collecting unreadable files as problems."
+    files = [Path(f) for f in files]
+    workers = min(8, os.cpu_count() or 1) if workers is None else max(1, workers)
+    size = int(np.clip(np.ceil(len(files) / (4 * workers)), 32, 256))   # a few batches per worker
+    batches = [(files[i:i + size], root) for i in range(0, len(files), size)]
+    if workers == 1 or len(batches) < 2:
+        done = [_read_headers(b) for b in progress(batches, desc="reading DICOM headers")]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(min(workers, len(batches))) as ex:
+            done = list(progress(ex.map(_read_headers, batches), desc="reading DICOM headers", total=len(batches)))
+    rows = [r for rs, _ in done for r in rs]
+    problems = [p for _, ps in done for p in ps]
+    return pd.DataFrame(rows, columns=_HEADER_COLUMNS), problems
 
 def index_siim(root:str|Path, # the dataset folder
-               rle_csv:str="train-rle.csv", # or stage_2_train.csv
+               rle_csv:str="train-rle.csv", # or stage_2_train.csv (or either gzipped)
                images_dir:str="dicom-images-train", # folder of DICOMs under root
+               workers:int|None=None, # processes reading headers (None: one per CPU core, up to 8)
               ) -> tuple[pd.DataFrame, list[tuple[str, str]]]: # canonical index, problems (where, reason)
     "Index SIIM-ACR's DICOM layout: labels and masks from its RLE CSV."
     root = Path(root)
     if not (root/images_dir).is_dir(): raise CxrStudyError(f"{root/images_dir}: folder of SIIM DICOMs not found")
-    files = sorted((root/images_dir).rglob("*.dcm"))
+    files = list_dicom_files(root/images_dir)
     if not files: raise CxrStudyError(f"{root/images_dir}: no .dcm files found")
-    hdr, problems = read_dicom_headers(files, root)
+    hdr, problems = read_dicom_headers(files, root, workers=workers)
     dup = hdr["image_id"].duplicated(keep=False)
     for p in hdr.loc[dup, "image_path"]: problems.append((p, "SOPInstanceUID shared with another file; both left out"))
     hdr = hdr[~dup].reset_index(drop=True)
     rle, pr = read_siim_rle_rows(root/rle_csv)
     problems += pr
-    rle = rle.set_index("image_id")
+    rles = dict(zip(rle["image_id"], rle["rles"]))
     idx = empty_index(len(hdr))
     for c in ("image_id", "image_path", "patient_id", "sex", "age", "view"): idx[c] = hdr[c].values
     idx["pneumothorax_mask_height"], idx["pneumothorax_mask_width"] = hdr["rows"].astype(float).values, hdr["columns"].astype(float).values
     masks, labels = [], []
-    for i, (iid, h, w) in enumerate(zip(hdr["image_id"], hdr["rows"], hdr["columns"])):
-        if iid not in rle.index: masks.append(np.nan); labels.append(np.nan); continue
-        rles = rle.at[iid, "rles"]
-        try: m = siim_mask(rles, h, w, where=f"{root/rle_csv} image {iid}")
+    for iid, h, w in zip(hdr["image_id"], hdr["rows"], hdr["columns"]):
+        r = rles.get(iid)
+        if r is None: masks.append(np.nan); labels.append(np.nan); continue
+        try: m = siim_index_rle(r, h, w, where=f"{root/rle_csv} image {iid}")
         except CxrStudyError as e:
             problems.append((str(root/rle_csv), str(e))); masks.append(np.nan); labels.append(np.nan); continue
-        masks.append(chexmask_rle_encode(m)); labels.append(float(len(rles) > 0))
+        masks.append(m); labels.append(float(len(r) > 0))
     idx["pneumothorax_mask"], idx["pneumothorax"] = masks, labels
-    for iid in sorted(set(rle.index) - set(hdr["image_id"])):
+    for iid in sorted(set(rles) - set(hdr["image_id"])):
         problems.append((str(root/rle_csv), f"image {iid} has RLE rows but no DICOM file"))
     pct = [mask_area_pct(r, h, w) for r, h, w in zip(idx["pneumothorax_mask"], idx["pneumothorax_mask_height"], idx["pneumothorax_mask_width"])]
     idx["ptx_size_pct"] = np.where(idx["pneumothorax"] == 1, pct, np.nan)

@@ -18,7 +18,7 @@ from ..core import CxrStudyError
 
 # %% auto #0
 __all__ = ['PreprocessCfg', 'preprocess_image', 'preprocess_mask', 'EncoderOutput', 'Encoder', 'StagedEncoder', 'WeightsCfg',
-           'EncoderCfg', 'register_encoder', 'list_encoders', 'get_encoder_cfg', 'create_encoder']
+           'EncoderCfg', 'register_encoder', 'list_encoders', 'get_encoder_cfg', 'create_encoder', 'cfg_at_size']
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #1c9b4add
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -90,7 +90,7 @@ class EncoderOutput(NamedTuple):
     grid:torch.Tensor # (B, C, h, w) the segmentation feature grid
 
 class Encoder(nn.Module):
-    "Base class: subclasses implement `forward` and `forward_intermediates`."
+    "Base class: subclasses implement `forward` and `forward_intermediates` (and, when they can, `forward_with_intermediates` in one pass)."
     cfg:"EncoderCfg"
     weights_tag:str = "random-init" # "random-init", "pretrained:<source>" or "none" (no parameters)
 
@@ -99,6 +99,12 @@ class Encoder(nn.Module):
                               layers:list[str]|None=None, # names from `cfg.layers`; None: all
                              ) -> dict[str, torch.Tensor]: # name -> (B, C, h, w)
         raise NotImplementedError
+    def forward_with_intermediates(self, x:torch.Tensor, # (B, C, H, W) preprocessed
+                                   layers:list[str]|None=None, # names from `cfg.layers`; None: all; []: none
+                                  ) -> tuple[EncoderOutput, dict[str, torch.Tensor]]: # `forward`'s output, name -> (B, C, h, w)
+        "`forward` and `forward_intermediates` together; this default makes two passes, subclasses that can make one."
+        layers = list(self.cfg.layers if layers is None else layers)
+        return self(x), (self.forward_intermediates(x, layers) if layers else {})
 
     @property
     def trained(self) -> bool: return self.weights_tag.startswith("pretrained")
@@ -112,6 +118,11 @@ class StagedEncoder(Encoder):
         return EncoderOutput(pooled, grids[self.grid_layer])
     def forward_intermediates(self, x, layers=None):
         return self._run(x, list(layers or self.cfg.layers))[1]
+    def forward_with_intermediates(self, x, layers=None):
+        "Pooled feature, grid and intermediate layers from one `_run`."
+        layers = list(self.cfg.layers if layers is None else layers)
+        pooled, grids = self._run(x, list(dict.fromkeys([self.grid_layer, *layers])))
+        return EncoderOutput(pooled, grids[self.grid_layer]), {n: grids[n] for n in layers}
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #1369951e
 @dataclass(frozen=True)
@@ -201,3 +212,15 @@ def create_encoder(name:str, # registry key
     if not isinstance(enc, Encoder): raise TypeError(f"builder of {name!r} returned {type(enc).__name__}, not an Encoder")
     if not hasattr(enc, "cfg"): enc.cfg = cfg
     return enc.eval()
+
+# %% ../../nbs/api/10_encoders.registry.ipynb #308f5cff
+def cfg_at_size(cfg:EncoderCfg, # a registry entry
+                size:int|None, # new square input size; None keeps the study's
+               ) -> EncoderCfg:
+    "The entry with its preprocessing contract moved to input size `size`."
+    if size is None or size == cfg.preprocess.size: return cfg
+    if size <= 0 or size % cfg.grid_stride:
+        raise CxrStudyError(f"{cfg.name}: input_size must be a positive multiple of its grid stride {cfg.grid_stride}, got {size}")
+    p = cfg.preprocess
+    resize_to = None if p.resize_to is None else round(p.resize_to * size / p.size)
+    return dataclasses.replace(cfg, preprocess=dataclasses.replace(p, size=size, resize_to=resize_to))

@@ -13,45 +13,27 @@ from torch import nn
 
 from ..core import CxrStudyError
 from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, StagedEncoder, WeightsCfg,
-                                         register_encoder)
+                                         cfg_at_size, register_encoder)
+from .weights import hf_cached_file, load_checkpoint, resolve_weights, weights_tag  # noqa: F401
 
 # %% auto #0
-__all__ = ['hf_cached_file', 'load_state_dict_file', 'RawPixels', 'TimmEncoder']
+__all__ = ['RawPixels', 'TimmEncoder']
 
 # %% ../../nbs/api/11_encoders.small.ipynb #63aefb9c
-def hf_cached_file(repo_id:str, # e.g. "timm/resnet18.a1_in1k"
-                   filename:str, # file in the repo, e.g. "model.safetensors"
-                   how_to_obtain:str="", # appended to the error
-                  ) -> Path:
-    "Path of a file in the local Hugging Face cache, or a `CxrStudyError` saying how to get it."
-    from huggingface_hub import try_to_load_from_cache
-    p = try_to_load_from_cache(repo_id, filename)
-    if isinstance(p, str) and Path(p).exists(): return Path(p)
-    raise CxrStudyError(f"pretrained weights not found: {repo_id}/{filename} is not in the local Hugging Face cache. "
-                        + (how_to_obtain or f"Download it where the hub is reachable (huggingface-cli download {repo_id}) "
-                           "and copy the cache, or pass pretrained=<path to the weights file>."))
-
-def load_state_dict_file(path:str|Path) -> dict:
-    "Load a state dict from .safetensors or a torch pickle (weights only, never executing code)."
-    path = Path(path)
-    if not path.exists(): raise CxrStudyError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    try: sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise CxrStudyError(f"{path}: cannot load as a weights-only torch checkpoint ({e})") from None
-    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-
-def _load_timm(model:nn.Module, cfg:EncoderCfg, pretrained) -> str:
-    if pretrained is False or pretrained is None: return "random-init"
-    path = hf_cached_file(cfg.weights.source, cfg.weights.file or "model.safetensors", cfg.weights.how_to_obtain) \
-        if pretrained is True else Path(pretrained)
-    missing, unexpected = model.load_state_dict(load_state_dict_file(path), strict=False)
+def _load_timm(model:nn.Module, cfg:EncoderCfg, path:Path):
+    "Load a timm release (or a state dict in its layout) into `model`, the classifier aside."
+    sd = load_checkpoint(path)
+    if isinstance(sd.get("state_dict"), dict): sd = sd["state_dict"]  # a training checkpoint
+    pe = getattr(model, "pos_embed", None)
+    if pe is not None and "pos_embed" in sd and sd["pos_embed"].shape != pe.shape:  # a ViT at a common input size
+        from timm.layers import resample_abs_pos_embed
+        sd = {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], new_size=model.patch_embed.grid_size,
+                                                        num_prefix_tokens=getattr(model, "num_prefix_tokens", 1))}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith(("head", "fc."))]
     unexpected = [k for k in unexpected if not k.startswith(("head", "fc."))]
     if missing or unexpected:
         raise CxrStudyError(f"{path}: weights do not match {cfg.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return f"pretrained:{cfg.weights.source if pretrained is True else Path(pretrained).name}"
 
 # %% ../../nbs/api/11_encoders.small.ipynb #54c294ca
 class RawPixels(Encoder):
@@ -99,20 +81,25 @@ class TimmEncoder(StagedEncoder):
         return pooled, {n: named[n] for n in layers}
 
 
-def _build_timm(cfg, pretrained=False, **kw):
-    if pretrained is True:  # fail fast, before building anything, when the weights are not in the cache
-        hf_cached_file(cfg.weights.source, cfg.weights.file or "model.safetensors", cfg.weights.how_to_obtain)
+def _build_timm(cfg, pretrained=False,
+                input_size:int|None=None, # a common input size: the preprocessing contract (and a ViT's position grid) moves with it
+                **kw):
+    if kw: raise CxrStudyError(f"{cfg.name}: unknown option(s) {sorted(kw)}")
+    # find the weights before building anything, so a missing release fails at once
+    path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
     import timm
+    cfg = cfg_at_size(cfg, input_size)
     arch, grid_layer, extra = {
         "resnet18": ("resnet18", "layer3", dict(zero_init_last=False)),
-        "vit-small-patch16-224": ("vit_small_patch16_224", "final", {}),
+        "vit-small-patch16-224": ("vit_small_patch16_224", "final", dict(img_size=cfg.preprocess.size)),
     }[cfg.name]
     model = timm.create_model(arch, pretrained=False, num_classes=0, **extra)
     # timm numbers intermediates by its feature_info (a ResNet's stem is index 0)
     modules = [fi["module"].replace("blocks.", "block") for fi in model.feature_info]
     layer_index = {n: modules.index(n) for n in cfg.layers if n in modules}
     enc = TimmEncoder(cfg, model, grid_layer, layer_index)
-    enc.weights_tag = _load_timm(model, cfg, pretrained)
+    if path is not None: _load_timm(model, cfg, path)
+    enc.weights_tag = weights_tag(pretrained, path)
     return enc
 
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

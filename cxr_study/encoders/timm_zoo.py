@@ -16,9 +16,9 @@ from torch import nn
 
 from ..core import CxrStudyError
 from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, StagedEncoder, WeightsCfg,
-                                         register_encoder)
-from .weights import check_keys, load_checkpoint, resolve_weights
-from .zoo import cfg_at_size, register_reference, torchvision_squash_reference
+                                         cfg_at_size, register_encoder)
+from .weights import check_keys, load_checkpoint, resolve_weights, weights_tag
+from .zoo import register_reference, torchvision_squash_reference
 
 # %% auto #0
 __all__ = ['ArkEncoder', 'load_ark_checkpoint', 'save_ark_release', 'mii_to_timm', 'timm_to_mii', 'MedImageInsightEncoder',
@@ -27,12 +27,6 @@ __all__ = ['ArkEncoder', 'load_ark_checkpoint', 'save_ark_release', 'mii_to_timm
 
 # %% ../../nbs/api/13_encoders.timm_zoo.ipynb #acb2b4bb
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-
-def _tag(cfg, pretrained, path):
-    "The encoder's `weights_tag`: random-init, or where its weights came from."
-    if path is None: return "random-init"
-    if pretrained is True: return f"pretrained:{cfg.weights.source or cfg.weights.file}"
-    return f"pretrained:{Path(pretrained).name}"
 
 _ARK_HEADS = (14, 14, 14, 3, 6, 1)  # Ark6 task heads: MIMIC-CXR, CheXpert, ChestX-ray14, RSNA Pneumonia, VinDr-CXR, Shenzhen
 _ARK_PROJ = 1376
@@ -90,20 +84,21 @@ def save_ark_release(enc:Encoder, # an Ark+ encoder
 
 def _build_ark(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduced:bool=False, **kw):
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
-    path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained, filenames=(cfg.weights.file,))
+    path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
     cfg = cfg_at_size(cfg, input_size)
     model = _swin(cfg.preprocess.size, reduced).eval()
     if path is not None: load_ark_checkpoint(model, path)
     enc = ArkEncoder(cfg, model, "stage2" if cfg.name == "ark-plus" else "final")
-    enc.weights_tag, enc.reduced = _tag(cfg, pretrained, path), reduced
+    enc.weights_tag, enc.reduced = weights_tag(pretrained, path), reduced
     return enc
 
 _ARK_WEIGHTS = WeightsCfg(
     source=None, file="Ark6_swinLarge768_ep50.pth.tar", format="pth.tar (state dict under 'teacher')",
     paper="Ma et al., Fully open AI foundation models applied to chest radiography, Nature 2025 (Ark+)",
     license="released for research on request",
-    how_to_obtain="The Ark+ weights are released on request: fill in the request form linked from "
-                  "github.com/jlianglab/Ark, then pass pretrained='<path>/Ark6_swinLarge768_ep50.pth.tar'.")
+    how_to_obtain="The Ark+ weights are released on request: fill in the request form linked from the Ark repository "
+                  "(https://forms.gle/qkoDGXNiKRPTDdCe8, from https://github.com/jlianglab/Ark), then pass "
+                  "pretrained='<path>/Ark6_swinLarge768_ep50.pth.tar'.")
 
 _ARK = dict(builder=_build_ark, arch="Swin-L, window 12, patch 4 (timm SwinTransformer)",
             preprocess=PreprocessCfg(size=768, interpolation="bicubic", **_IMAGENET), pooled_dim=1536,
@@ -201,18 +196,17 @@ def _davit(reduced):
 
 def _build_mii(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduced:bool=False, **kw):
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
-    path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained, filenames=(cfg.weights.file,))
+    path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
     cfg = cfg_at_size(cfg, input_size)
     enc = MedImageInsightEncoder(cfg, _davit(reduced), 1024, "stage2" if cfg.name == "medimageinsight" else "stage3")
     if path is not None: load_mii_checkpoint(enc, path)
-    enc.weights_tag, enc.reduced = _tag(cfg, pretrained, path), reduced
+    enc.weights_tag, enc.reduced = weights_tag(pretrained, path), reduced
     return enc.eval()
 
 _MII_WEIGHTS = WeightsCfg(
     source="lion-ai/MedImageInsights", file="2024.09.27/vision_model/medimageinsigt-v1.0.0.pt",
     format="UniCL safetensors (named .pt)", paper="Codella et al., MedImageInsight (arXiv 2410.06542)", license="mit",
-    how_to_obtain="Download lion-ai/MedImageInsights (file 2024.09.27/vision_model/medimageinsigt-v1.0.0.pt) where the "
-                  "hub is reachable and copy the Hugging Face cache, or get the model from Azure AI Foundry.")
+    how_to_obtain="The model is also distributed through Azure AI Foundry.")
 _MII = dict(builder=_build_mii, arch="DaViT, 4 stages (timm DaVit) + UniCL image projection",
             preprocess=PreprocessCfg(size=480, interpolation="bicubic", **_IMAGENET), pooled_dim=1024,
             pooled_def="image projection of the pooled, normed last stage, L2-normalised",
@@ -263,8 +257,7 @@ class OpenClipTimmEncoder(Encoder):
 
 def _build_biomedclip(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduced:bool=False, **kw):
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
-    path = None if pretrained in (False, None) else resolve_weights(
-        cfg.name, cfg.weights, pretrained, filenames=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"))
+    path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
     cfg = cfg_at_size(cfg, input_size)
     oc = biomedclip_config("vit_tiny_patch16_224" if reduced else "vit_base_patch16_224")
@@ -275,7 +268,7 @@ def _build_biomedclip(cfg:EncoderCfg, pretrained=False, input_size:int|None=None
     if cfg.preprocess.size != 224: visual.trunk.set_input_size(img_size=cfg.preprocess.size)  # resample position embeddings
     enc = OpenClipTimmEncoder(cfg, visual)
     if reduced: enc.cfg = dataclasses.replace(cfg, layers=tuple(f"block{i}" for i in range(len(visual.trunk.blocks))) + ("final",))
-    enc.weights_tag, enc.reduced = _tag(cfg, pretrained, path), reduced
+    enc.weights_tag, enc.reduced = weights_tag(pretrained, path), reduced
     return enc.eval()
 
 def save_biomedclip_release(enc:OpenClipTimmEncoder, folder:str|Path) -> Path:
@@ -305,9 +298,7 @@ register_encoder(EncoderCfg(
     grid_def="trunk forward_features, CLS removed (14x14x768)", layers=tuple(f"block{i}" for i in range(12)) + ("final",),
     domain="medical", paradigm="text-guided (CLIP)", params=86_191_872, display="BiomedCLIP", tags=("study",),
     weights=WeightsCfg(source="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", format="open_clip",
-                       paper="Zhang et al., NEJM AI 2025 (arXiv 2303.00915)", license="mit",
-                       how_to_obtain="Download microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 where the hub "
-                                     "is reachable and copy the Hugging Face cache.")))
+                       paper="Zhang et al., NEJM AI 2025 (arXiv 2303.00915)", license="mit")))
 
 def _open_clip_reference(pcfg):
     from open_clip.transform import image_transform

@@ -13,24 +13,12 @@ from torch import nn
 
 from ..core import CxrStudyError
 from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, WeightsCfg,
-                                         register_encoder)
-from .weights import load_hf_model, resolve_weights
+                                         cfg_at_size, register_encoder)
+from .weights import load_hf_model, resolve_weights, weights_tag
 
 # %% auto #0
-__all__ = ['cfg_at_size', 'register_reference', 'reference_processor', 'torchvision_squash_reference', 'HFViTEncoder',
-           'SegformerEncoder', 'save_hf_release']
-
-# %% ../../nbs/api/12_encoders.zoo.ipynb #308f5cff
-def cfg_at_size(cfg:EncoderCfg, # a registry entry
-                size:int|None, # new square input size; None keeps the study's
-               ) -> EncoderCfg:
-    "The entry with its preprocessing contract moved to input size `size`."
-    if size is None or size == cfg.preprocess.size: return cfg
-    if size <= 0 or size % cfg.grid_stride:
-        raise CxrStudyError(f"{cfg.name}: input_size must be a positive multiple of its grid stride {cfg.grid_stride}, got {size}")
-    p = cfg.preprocess
-    resize_to = None if p.resize_to is None else round(p.resize_to * size / p.size)
-    return dataclasses.replace(cfg, preprocess=dataclasses.replace(p, size=size, resize_to=resize_to))
+__all__ = ['register_reference', 'reference_processor', 'torchvision_squash_reference', 'HFViTEncoder', 'SegformerEncoder',
+           'save_hf_release']
 
 # %% ../../nbs/api/12_encoders.zoo.ipynb #15fd6d66
 _REFERENCES:dict = {}
@@ -135,8 +123,7 @@ def _build_hf(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduce
     else: model = load_hf_model(cls, wfile, conf, ignore_prefixes=ignore)
     if reduced and fam != "segformer": cfg = dataclasses.replace(cfg, layers=_vit_layers(conf.num_hidden_layers))
     enc = SegformerEncoder(cfg, model) if fam == "segformer" else HFViTEncoder(cfg, model, prefix)
-    enc.weights_tag = "random-init" if wfile is None else \
-        f"pretrained:{cfg.weights.source if pretrained is True else Path(pretrained).name}"
+    enc.weights_tag = weights_tag(pretrained, wfile)
     enc.reduced = reduced
     return enc
 
@@ -217,12 +204,10 @@ def save_hf_release(enc:Encoder, # an encoder built by this module
 # %% ../../nbs/api/12_encoders.zoo.ipynb #bd88770a
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 _HALF = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_HF_HOW = ("Download it where the hub is reachable (`huggingface-cli download {repo}`) and copy the Hugging Face "
-           "cache to this machine.")
 
-def _hf_weights(repo, paper, license, extra=""):
-    return WeightsCfg(source=repo, format="hf", paper=paper, license=license,
-                      how_to_obtain=_HF_HOW.format(repo=repo) + extra)
+def _hf_weights(repo, paper, license, how_to_obtain=""):
+    # how to get any hub release (`hf download`, --download) is said by encoders.weights; here only what is particular
+    return WeightsCfg(source=repo, format="hf", paper=paper, license=license, how_to_obtain=how_to_obtain)
 
 register_encoder(EncoderCfg(
     name="rad-dino", builder=_build_hf, arch="ViT-B/14 (transformers Dinov2Model)",
@@ -250,7 +235,9 @@ register_encoder(EncoderCfg(
     domain="medical", paradigm="text-guided (SigLIP)", params=428_565_440, display="MedSigLIP", tags=("study",),
     weights=_hf_weights("google/medsiglip-448", "Sellergren et al., MedGemma technical report (arXiv 2507.05201)",
                         "health-ai-developer-foundations",
-                        " The repository is gated: accept the Health AI Developer Foundations terms on its page first.")))
+                        "google/medsiglip-448 is gated: accept the Health AI Developer Foundations terms on "
+                        "https://huggingface.co/google/medsiglip-448 while logged in, then set HF_TOKEN (or run "
+                        "`hf auth login`) before downloading.")))
 
 register_encoder(EncoderCfg(
     name="siglip2", builder=_build_hf, arch="SigLIP2 So400m/16 (transformers SiglipVisionModel)",

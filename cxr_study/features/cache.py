@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,13 +20,37 @@ import torch
 from ..core import (CxrStudyError, STUDY_SEED, atomic_path, file_digest, fingerprint, get_device, progress,
                             read_json, write_json)
 from ..data.index import index_mask, resolve_image_path
-from ..data.readers import read_image
+from ..data.readers import read_image, to_uint8
 from ..encoders.registry import Encoder, PreprocessCfg, create_encoder, preprocess_image, preprocess_mask
+from ..encoders.weights import local_weights_path
 
 # %% auto #0
-__all__ = ['EncoderImages', 'load_masks', 'Features', 'image_digests', 'feature_key', 'extract_features']
+__all__ = ['read_image_u8', 'EncoderImages', 'load_masks', 'Features', 'image_digests', 'feature_key', 'default_workers',
+           'extract_features', 'compare_amp']
 
 # %% ../../nbs/api/20_features.cache.ipynb #929932e2
+def _minmax_lut(lo:int, hi:int) -> list|None:
+    "`read_png`'s min-max scaling then `to_uint8`, as a table over the 256 gray levels; None when it is the identity."
+    x = np.arange(256, dtype=np.float64)
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)  # the same float64 arithmetic as the reader
+    lut = to_uint8(x.astype(np.float32))
+    return None if (lut == np.arange(256)).all() else lut.tolist()
+
+def read_image_u8(path:str|Path, # any file `read_image` takes
+                 ) -> np.ndarray: # uint8 (H, W), equal to `to_uint8(read_image(path))`
+    "The 8-bit image an encoder's preprocessing starts from; 8-bit gray files skip the float round trip."
+    path = Path(path)
+    if path.suffix.lower() not in (".dcm", ".dicom"):
+        from PIL import Image
+        try:
+            with Image.open(path) as im:
+                if im.mode == "L":
+                    u8 = np.asarray(im)
+                    lut = _minmax_lut(int(u8.min()), int(u8.max()))
+                    return u8 if lut is None else np.asarray(Image.fromarray(u8).point(lut))
+        except Exception: pass  # unreadable or unusual: the general reader decides, with its own error
+    return to_uint8(read_image(path))
+
 class EncoderImages(torch.utils.data.Dataset):
     "The images of an index, read with the real readers and preprocessed for one encoder."
     def __init__(self, index:pd.DataFrame, # canonical index rows to read
@@ -34,7 +59,7 @@ class EncoderImages(torch.utils.data.Dataset):
         self.paths = [p if Path(p).is_absolute() else Path(root)/p for p in index["image_path"]]
         self.pcfg = pcfg
     def __len__(self): return len(self.paths)
-    def __getitem__(self, i): return preprocess_image(read_image(self.paths[i]), self.pcfg)
+    def __getitem__(self, i): return preprocess_image(read_image_u8(self.paths[i]), self.pcfg)
 
 def load_masks(cohort:pd.DataFrame, # rows with `{target}_mask` columns
                target:str, # "pneumothorax" or "heart"
@@ -104,18 +129,44 @@ def image_digests(paths:list, # image files
         write_table(pd.concat([old[~old.path.isin(new.path)], new], ignore_index=True), Path(memo))
     return digests
 
-def feature_key(encoder:Encoder, images:pd.DataFrame, root:Path, layers, init_seed:int, pretrained, memo=None) -> dict:
+def feature_key(encoder:Encoder, images:pd.DataFrame, root:Path, layers, init_seed:int, pretrained, memo=None,
+                amp:bool=False, # computed under bf16 autocast
+               ) -> dict:
     "Everything the cached features depend on."
     digests = image_digests([p if Path(p).is_absolute() else root/p for p in images["image_path"]], memo)
     w = encoder.weights_tag
-    if pretrained not in (False, True, None):  # a local weights file or folder: its bytes count
-        p = Path(pretrained)
+    p = local_weights_path(pretrained)
+    if p is not None:  # a local weights file or folder: its bytes count (a hub id is in the tag, with its commit)
         w += ":" + (file_digest(p) if p.is_file() else fingerprint(sorted((str(f.relative_to(p)), file_digest(f)) for f in p.rglob("*") if f.is_file())))
-    return {"encoder": encoder.cfg.name, "weights": w, "init_seed": init_seed if w == "random-init" else None,
-            "preprocess": dataclasses.asdict(encoder.cfg.preprocess), "layers": sorted(layers or []),
-            "images": fingerprint(list(zip(images["image_id"], digests))), "format": 1}
+    key = {"encoder": encoder.cfg.name, "weights": w, "init_seed": init_seed if w == "random-init" else None,
+           "preprocess": dataclasses.asdict(encoder.cfg.preprocess), "layers": sorted(layers or []),
+           "images": fingerprint(list(zip(images["image_id"], digests))), "format": 1}
+    if amp: key["amp"] = "bf16"  # fp32 entries keep their key
+    return key
 
 # %% ../../nbs/api/20_features.cache.ipynb #859e3359
+def default_workers(device=None, # where the encoder runs ("cpu", "cuda", a torch.device, None: the best available)
+                   ) -> int:
+    "DataLoader workers for reading images: every core but one beside a GPU (at most 16), one per core beside a CPU forward (at most 8)."
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(16, cores - 1) if get_device(device).type == "cuda" else min(8, cores)
+
+class _Reads(torch.utils.data.Dataset):
+    "Images for the loader: a read error comes back as its message, raised in the main process by name."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i):
+        try: return self.ds[i]
+        except CxrStudyError as e: return str(e)
+
+def _yield_to_model(worker_id:int):
+    "Worker start beside a CPU forward: the lowest priority, so reading takes the cycles the model leaves and never stalls its threads."
+    with contextlib.suppress(OSError): os.nice(19)
+
+def _collate(items):
+    err = next((x for x in items if isinstance(x, str)), None)
+    return err if err is not None else torch.stack(items)
+
 def extract_features(encoder:str, # registry name
                      images:pd.DataFrame, # index rows (image_id, image_path)
                      root:str|Path, # folder relative image paths start from
@@ -125,23 +176,25 @@ def extract_features(encoder:str, # registry name
                      batch_size:int=16,
                      chunk_size:int=256, # images per resumable chunk
                      device:str|None=None,
-                     num_workers:int=0, # DataLoader workers for reading and preprocessing
+                     num_workers:int|None=None, # DataLoader worker processes reading and preprocessing; None: `default_workers(device)`; 0: this process
+                     amp:bool|None=None, # bf16 autocast; None: on for CUDA, off otherwise. A separate cache entry
                      init_seed:int=STUDY_SEED, # seed for random-init weights
                      encoder_kwargs:dict|None=None, # passed to create_encoder
                     ) -> Features:
     "Features of `images` from the cache, computing (or finishing) them when needed."
     root, cache_dir = Path(root), Path(cache_dir)
     images = images.drop_duplicates("image_id").sort_values("image_id")
+    dev = get_device(device)
+    amp = dev.type == "cuda" if amp is None else bool(amp)
     torch.manual_seed(init_seed)
     enc = create_encoder(encoder, pretrained=pretrained, **(encoder_kwargs or {}))
     bad = [l for l in (layers or []) if l not in enc.cfg.layers]
     if bad: raise CxrStudyError(f"{encoder}: unknown layer(s) {bad}; available: {list(enc.cfg.layers)}")
     # reading every image to hash it on every call would cost as much as a small extraction: digests
     # are remembered by path, size and modification time
-    key = feature_key(enc, images, root, layers, init_seed, pretrained, memo=cache_dir/"image-digests.parquet")
+    key = feature_key(enc, images, root, layers, init_seed, pretrained, memo=cache_dir/"image-digests.parquet", amp=amp)
     path = cache_dir/f"{encoder}-{fingerprint(key)}"
     if (path/"meta.json").exists(): return _open(path)
-    dev = get_device(device)
     enc = enc.to(dev)
     with _lock(cache_dir/f".{path.name}.lock"):
         if (path/"meta.json").exists(): return _open(path)
@@ -149,30 +202,37 @@ def extract_features(encoder:str, # registry name
         ids = images["image_id"].tolist()
         starts = list(range(0, len(ids), chunk_size))
         todo = [s for s in starts if not (parts/f"{s:08d}.npz").exists()]
+        names = ["pooled", "grid", *(layers or [])]
         t0 = time.time()
         bar = progress(total=len(ids), desc=f"features {encoder}", it=None)
         bar.update(len(ids) - sum(min(chunk_size, len(ids) - s) for s in todo))
-        for s in todo:
-            ds = EncoderImages(images.iloc[s:s + chunk_size], root, enc.cfg.preprocess)
-            dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
-            pooled, grids = [], {n: [] for n in ["grid", *(layers or [])]}
-            with torch.inference_mode():
-                for x in dl:
-                    x = x.to(dev)
-                    out = enc(x)
-                    pooled.append(out.pooled.float().cpu().numpy().astype(np.float16))
-                    grids["grid"].append(out.grid.float().cpu().numpy().astype(np.float16))
-                    if layers:
-                        inter = enc.forward_intermediates(x, layers)
-                        for n in layers: grids[n].append(inter[n].float().cpu().numpy().astype(np.float16))
-                    bar.update(len(x))
-            with atomic_path(parts/f"{s:08d}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, pooled=np.concatenate(pooled), **{n: np.concatenate(v) for n, v in grids.items()})
+        # one loader for every chunk still to do; no batch crosses a chunk boundary
+        batches = [list(range(b, min(b + batch_size, s + chunk_size, len(ids)))) for s in todo
+                   for b in range(s, min(s + chunk_size, len(ids)), batch_size)]
+        workers = min(default_workers(dev) if num_workers is None else num_workers, len(batches))
+        batches_in = iter(torch.utils.data.DataLoader(_Reads(EncoderImages(images, root, enc.cfg.preprocess)), batch_sampler=batches,
+                                                      num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+                                                      worker_init_fn=_yield_to_model if dev.type == "cpu" else None))
+        try:
+            for s in todo:
+                out, n = {k: [] for k in names}, 0
+                while n < min(chunk_size, len(ids) - s):
+                    x = next(batches_in)
+                    if isinstance(x, str): raise CxrStudyError(x)
+                    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                        o, inter = enc.forward_with_intermediates(x.to(dev, non_blocking=True), layers or [])
+                        # fp16 on the device, copied back without waiting for the next batch
+                        for k, t in zip(names, [o.pooled, o.grid, *(inter[l] for l in layers or [])]):
+                            out[k].append(t.to(torch.float16).to("cpu", non_blocking=True))
+                    n += len(x); bar.update(len(x))
+                if dev.type == "cuda": torch.cuda.synchronize(dev)
+                with atomic_path(parts/f"{s:08d}.npz") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, **{k: torch.cat(v).numpy() for k, v in out.items()})
+        finally: del batches_in  # stops the workers, also when a chunk fails
         bar.close()
         # join the chunks into memory-mappable arrays, then mark complete
         chunks = [np.load(parts/f"{s:08d}.npz") for s in starts]
-        names = ["pooled", "grid", *(layers or [])]
         for n in names:
             shape = (len(ids), *chunks[0][n].shape[1:])
             with atomic_path(path/f"{n}.npy") as tmp:
@@ -182,6 +242,28 @@ def extract_features(encoder:str, # registry name
                     a = c[n]; arr[i:i + len(a)] = a; i += len(a)
                 arr.flush(); del arr
         write_json({"key": key, "image_ids": ids, "grids": names[1:], "weights_tag": enc.weights_tag,
-                    "seconds": round(time.time() - t0, 2), "device": str(dev)}, path/"meta.json")
+                    "seconds": round(time.time() - t0, 2), "device": str(dev), "amp": amp}, path/"meta.json")
         shutil.rmtree(parts)
     return _open(path)
+
+# %% ../../nbs/api/20_features.cache.ipynb #ed185e70
+def compare_amp(encoder:str, # registry name
+                images:pd.DataFrame, # index rows (image_id, image_path)
+                root:str|Path, # folder relative image paths start from
+                layers:list|None=None, # intermediate layers to compare as well
+                device:str|None=None, # where both runs happen (bf16 autocast is meant for CUDA)
+                batch_size:int=16,
+                pretrained:bool|str|Path=False, # as in create_encoder
+                encoder_kwargs:dict|None=None, # passed to create_encoder
+               ) -> pd.DataFrame: # per feature: cos_min, cos_median over images, and the image count
+    "Cosine similarity, image by image, between features extracted under bf16 autocast and in fp32."
+    kw = dict(layers=layers, batch_size=batch_size, device=device, pretrained=pretrained, encoder_kwargs=encoder_kwargs)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        f32 = extract_features(encoder, images, root, d, amp=False, **kw)
+        b16 = extract_features(encoder, images, root, d, amp=True, **kw)
+        for name in ["pooled", *f32.grids]:
+            a, b = (np.asarray(f.pooled if name == "pooled" else f.grids[name], np.float64).reshape(len(f.image_ids), -1) for f in (f32, b16))
+            cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+            rows.append({"feature": name, "cos_min": float(cos.min()), "cos_median": float(np.median(cos)), "images": len(cos)})
+    return pd.DataFrame(rows).set_index("feature")

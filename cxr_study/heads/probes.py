@@ -15,6 +15,7 @@ from torch import nn
 
 from ..core import STUDY_SEED, get_device
 from ..metrics import auroc
+from ..results import LOGISTIC_CS
 
 # %% auto #0
 __all__ = ['fit_logistic_probe', 'SegProbeCfg', 'EarlyStopping', 'SegProbe', 'fit_seg_probe', 'predict_seg', 'prior_scores',
@@ -23,7 +24,7 @@ __all__ = ['fit_logistic_probe', 'SegProbeCfg', 'EarlyStopping', 'SegProbe', 'fi
 # %% ../../nbs/api/30_heads.probes.ipynb #b1ab8a68
 def fit_logistic_probe(X_train:np.ndarray, y_train:np.ndarray, # (n, D) features, (n,) 0/1 labels
                        X_val:np.ndarray, y_val:np.ndarray, # the validation fold
-                       Cs=tuple(np.logspace(-4, 1, 6)), # inverse regularisation strengths tried
+                       Cs=LOGISTIC_CS, # inverse regularisation strengths tried: 1e-4 .. 1e2, seven values a decade apart
                        max_iter:int=1000,
                       ) -> dict: # model (fitted pipeline), C, val_auroc (per C)
     "Logistic-regression probe with C chosen on the validation fold."

@@ -48,7 +48,7 @@ class SegformerE2E(nn.Module):
     "SegFormer with its decoder (segmentation) or classification head, behind the fine-tuning interface."
     def __init__(self, kind:str, # "classification" or "segmentation"
                  variant:str="segformer-b4",
-                 pretrained:bool|str|Path=False, # False: random init; True: the variant's weights from the HF cache; a folder
+                 pretrained:bool|str|Path=False, # False: random init; True: the variant's release (HF cache); an org/name id; a folder
                  config:dict|None=None, # SegformerConfig fields overriding the variant's (smaller test models)
                  n_classes:int=2, # segmentation classes
                 ):
@@ -62,16 +62,14 @@ class SegformerE2E(nn.Module):
         if pretrained in (False, None):
             self.model = cls(SegformerConfig(**{**v["config"], **(config or {}), "num_labels": labels})); self.weights_tag = "random-init"
         else:
-            path = Path(pretrained) if pretrained is not True else self._cached(v["weights"])
-            self.model = cls.from_pretrained(str(path), num_labels=labels, ignore_mismatched_sizes=True)
-            self.weights_tag = f"pretrained:{v['weights'] if pretrained is True else path.name}"
+            from cxr_study.encoders.registry import WeightsCfg
+            from cxr_study.encoders.weights import resolve_weights, weights_tag
+            # True: the variant's release; "org/name": another repo of the same layout; a path: a local release folder
+            wfile = resolve_weights(variant, WeightsCfg(source=v["weights"], format="hf"), pretrained)
+            self.model = cls.from_pretrained(str(wfile.parent), num_labels=labels, ignore_mismatched_sizes=True)
+            self.weights_tag = weights_tag(pretrained, wfile)
         self.encoder = self.model.segformer
         self.head = self.model.classifier if kind == "classification" else self.model.decode_head
-
-    @staticmethod
-    def _cached(repo:str) -> Path:
-        from cxr_study.encoders.small import hf_cached_file
-        return hf_cached_file(repo, "config.json").parent
 
     def forward(self, x:torch.Tensor, # (B, 3, H, W) preprocessed
                 size:int|tuple|None=None, # segmentation output size (None: the decoder's, 1/4 of the input)
