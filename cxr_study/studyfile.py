@@ -100,6 +100,8 @@ def _check_type(where, v, f):
     if not ok: return v
     if isinstance(v, bool) and bool not in ok: raise CxrStudyError(f"{where}: expected {' or '.join(_TYPES[t] for t in ok)}, got {v!r}")
     if float in ok and isinstance(v, int) and not isinstance(v, bool): return v
+    if where.endswith("slurm.time") and isinstance(v, int):  # YAML 1.1 reads an unquoted 24:00:00 as 86400
+        raise CxrStudyError(f"{where}: put the time in quotes, e.g. \"24:00:00\" (unquoted, YAML reads it as the number {v})")
     if not isinstance(v, tuple(ok)):
         raise CxrStudyError(f"{where}: expected {' or '.join(_TYPES[t] for t in ok)}, got {type(v).__name__} {v!r}")
     return v
