@@ -27,6 +27,14 @@ def checkpoint_format(path:str|Path) -> str:
     if len(head) == 9 and head[8:9] == b"{": return "safetensors"  # 8-byte header length, then JSON
     return "torch"
 
+def _numpy_scalars() -> list:
+    "The numpy globals a training checkpoint's scalars need (e.g. Ark+'s lossMIN): scalar values and numeric dtypes, no arrays, no code."
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    return [core.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
 def load_checkpoint(path:str|Path, # a .safetensors, .bin, .pt, .pth or .pth.tar file
                     key:str|None=None, # nested state dict to take, e.g. "teacher"
                    ) -> dict[str, torch.Tensor]:
@@ -37,9 +45,17 @@ def load_checkpoint(path:str|Path, # a .safetensors, .bin, .pt, .pth or .pth.tar
         from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
-        try: sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals(_numpy_scalars()):  # numpy scalars of training checkpoints, nothing more
+                sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CxrStudyError(f"{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__}: {e})") from None
+            import re
+            refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            if refused:
+                raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused.group(1)}, which is not weights "
+                                    "(it could run code when loaded). cxr_study reads checkpoints weights-only and never "
+                                    "unpickles anything else; convert the file to a plain state dict or safetensors.") from None
+            raise CxrStudyError(f"{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if key is not None:
         if not isinstance(sd, dict) or key not in sd:
             found = list(sd)[:8] if isinstance(sd, dict) else type(sd).__name__

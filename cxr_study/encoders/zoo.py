@@ -229,7 +229,8 @@ register_encoder(EncoderCfg(
 
 register_encoder(EncoderCfg(
     name="medsiglip", builder=_build_hf, arch="SigLIP So400m/14 (transformers SiglipVisionModel)",
-    preprocess=PreprocessCfg(size=448, interpolation="bilinear", **_HALF),
+    # the release's preprocessor_config.json: SiglipImageProcessor, resample 3 (bicubic), 448 x 448, mean = std = 0.5
+    preprocess=PreprocessCfg(size=448, interpolation="bicubic", **_HALF),
     pooled_dim=1152, grid_dim=1152, grid_stride=14, pooled_def="pooler output (attention-pool head)",
     grid_def="last hidden state after the final norm (32x32x1152)", layers=_vit_layers(27),
     domain="medical", paradigm="text-guided (SigLIP)", params=428_565_440, display="MedSigLIP", tags=("study",),

@@ -381,6 +381,6 @@ class TensorPairs(torch.utils.data.Dataset):
     def __getitem__(self, i): return self.x[i], self.t[i]
 
 def encoder_changed(before:dict, model:nn.Module) -> bool:
-    "Whether any encoder tensor (parameters and buffers) differs from the state `before`."
-    after = model.encoder.state_dict()
-    return any(not torch.equal(before[k], after[k].cpu()) for k in before)
+    "Whether any encoder parameter differs from the state `before` (buffers such as BatchNorm statistics do not count)."
+    params = dict(model.encoder.named_parameters())
+    return any(not torch.equal(before[k], params[k].detach().cpu()) for k in params if k in before)
