@@ -110,7 +110,7 @@ def _run_in_worker(spec:RunSpec, env:dict, notebooks:bool, wait:bool, procs:dict
         procs[spec.key] = p
         _, err = p.communicate()
         procs.pop(spec.key, None)
-        if p.returncode == 0 and status.stat().st_size: return json.loads(status.read_text())
+        if p.returncode in (0, 1) and status.stat().st_size: return json.loads(status.read_text())  # 1: the run failed, and says why
     finally: status.unlink(missing_ok=True)
     why = f"worker killed by signal {-p.returncode}" if p.returncode < 0 else f"worker exited with {p.returncode}"
     last = [l for l in (err or "").strip().splitlines() if l.strip()]
