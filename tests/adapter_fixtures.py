@@ -3,13 +3,17 @@
 that every test stays fast; each builder returns what the adapter is expected to produce."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from cxr_study.data.chexpert import CHEXPERT_COLUMNS, CHEXPERT_OBSERVATIONS
+from cxr_study.data.prepare import add_prepare_arguments, run_prepare
 from cxr_study.data.readers import write_dicom
 from cxr_study.data.rle import chexmask_rle_encode, siim_rle_encode
 
@@ -211,3 +215,12 @@ def synthetic(root: Path) -> dict:
 
 BUILDERS = {"siim": siim_dicom, "siim-png": siim_png, "chexpert": chexpert, "mimic": mimic, "nih": nih, "csv": generic, "synthetic": synthetic}
 EXTRA_ARGS = {"csv": ["--label", "cardiomegaly=label", "--mask-col", "heart", "--mask-target", "heart"]}
+
+
+def prepare(*argv) -> tuple[int, str]:
+    "Run `cxr-study prepare` with these arguments; its exit code and everything it printed."
+    p = argparse.ArgumentParser(prog="cxr-study prepare"); add_prepare_arguments(p)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = run_prepare(p.parse_args([str(a) for a in argv]))
+    return rc, out.getvalue()

@@ -2,9 +2,6 @@
 images, masks of the wrong size, duplicate ids with conflicting labels, missing columns."""
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import pytest
 
 import adapter_fixtures as fx
 from cxr_study.data.index import read_index
-from cxr_study.data.prepare import add_prepare_arguments, index_dataset, run_prepare, verify_index
+from cxr_study.data.prepare import index_dataset, verify_index
 
 
 @pytest.fixture(autouse=True)
@@ -21,12 +18,7 @@ def _quiet(monkeypatch):
     monkeypatch.setenv("CXR_STUDY_PROGRESS", "0")
 
 
-def prepare(*argv):
-    p = argparse.ArgumentParser(prog="cxr-study prepare"); add_prepare_arguments(p)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        rc = run_prepare(p.parse_args([str(a) for a in argv]))
-    return rc, out.getvalue()
+prepare = fx.prepare
 
 
 def problems_of(out: Path) -> pd.DataFrame:

@@ -5,11 +5,8 @@ and the label files it ships (used when it is installed), pydicom's reader, and 
 Fixtures are written here, in the real formats."""
 from __future__ import annotations
 
-import argparse
-import contextlib
 import gzip
 import importlib.util
-import io
 import json
 import time
 from pathlib import Path
@@ -21,7 +18,7 @@ import pytest
 import adapter_fixtures as fx
 from cxr_study.core import CxrStudyError
 from cxr_study.data.index import read_index
-from cxr_study.data.prepare import add_prepare_arguments, index_dataset, run_prepare
+from cxr_study.data.prepare import index_dataset
 
 _spec = importlib.util.spec_from_file_location("bench_indexing", Path(__file__).parents[1]/"benchmarks"/"bench_indexing.py")
 bench = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(bench)
@@ -33,12 +30,7 @@ CHEXPERT_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardi
 SIIM_HEADER = "ImageId, EncodedPixels"                  # the leading space is in the published file
 
 
-def prepare(*argv):
-    p = argparse.ArgumentParser(prog="cxr-study prepare"); add_prepare_arguments(p)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        rc = run_prepare(p.parse_args([str(a) for a in argv]))
-    return rc, out.getvalue()
+prepare = fx.prepare
 
 
 def line_of(path: Path, text: str) -> int:
