@@ -1,22 +1,22 @@
 """How long indexing takes at the real datasets' sizes.
 
-CheXpert: writes a train.csv in CheXpert's exact column layout with as many rows as the published train
-set (223,414 by default; label values drawn with the published Cardiomegaly frequencies), then times
-`index_chexpert` on it, then the whole `prepare --index-only`. Also times NIH ChestX-ray14 (112,120 rows)
-and MIMIC-CXR-JPG (377,110 images, 227,835 studies) sized label files.
+SIIM-ACR (the figure): writes header-only DICOM stand-ins in the Kaggle layout (SOPInstanceUID, PatientID,
+PatientSex, PatientAge, ViewPosition, Rows = Columns = 1024, no pixel data; 2,000 by default, up to the
+published 12,047) and the published train-rle.csv rows of those images (torchxrayvision's copy when that
+package is installed, else a synthetic one with the published counts: 12,047 images, 2,669 positive, 624
+with several rows), then times the indexing as it was before (every mask decoded to 1024 x 1024 and encoded
+again, headers read one by one with pydicom) and as it is now, alternating, and checks that both give the
+same index every time.
 
-SIIM-ACR: writes 12,047 header-only DICOM stand-ins in the Kaggle layout (SOPInstanceUID, PatientID,
-PatientSex, PatientAge, ViewPosition, Rows = Columns = 1024, no pixel data) and the published train-rle.csv
-(torchxrayvision's copy when that package is installed, else a synthetic one with the published counts:
-12,047 images, 2,669 positive, 624 with several rows), then times the indexing as it was before (every
-mask decoded to 1024 x 1024 and encoded again, headers read one by one with pydicom) and as it is now, in
-the same run, and checks that both give the same index.
+CheXpert (with `--chexpert-rows`): writes a train.csv in CheXpert's exact column layout with that many rows
+(the published train set has 223,414; label values drawn with the published Cardiomegaly frequencies), then
+times `index_chexpert` on it, and the whole `prepare --index-only`; also NIH ChestX-ray14 (112,120 rows) and
+MIMIC-CXR-JPG (377,110 images, 227,835 studies) sized label files (`bench_chexpert`).
 
-Run: `python benchmarks/bench_indexing.py [n_rows] [--only siim|chexpert] [--json PATH]`.
+Run: `python benchmarks/bench_indexing.py [--siim-images 2000] [--chexpert-rows 223414] [--repeats 3] [--quick] [--json PATH]`.
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import sys
@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, beside this file
+import benchlib  # noqa: E402
 from cxr_study.data.chexpert import CHEXPERT_COLUMNS, CHEXPERT_OBSERVATIONS, index_chexpert
 
 N_TRAIN = 223_414
@@ -230,17 +232,6 @@ def bench_siim(n: int = SIIM_IMAGES, before: bool = True, workers: int | None = 
     return out
 
 
-def conditions(workers=None) -> dict:
-    import platform
-    import pydicom
-    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__, "pydicom": pydicom.__version__,
-            "siim_workers": workers or "default (one process per CPU core, up to 8)",
-            "siim_dicom": "header-only stand-ins: explicit VR little endian, Kaggle folder layout, no pixel data",
-            "date": time.strftime("%Y-%m-%d %H:%M")}
-
-
 def bench_chexpert(n: int = N_TRAIN) -> dict:
     import argparse, contextlib, io
     from cxr_study.data.prepare import add_prepare_arguments, run_prepare
@@ -264,40 +255,49 @@ def bench_chexpert(n: int = N_TRAIN) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import argparse
-    os.environ.setdefault("CXR_STUDY_PROGRESS", "0")
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("n_rows", nargs="?", type=int, default=N_TRAIN, help=f"CheXpert train rows (default {N_TRAIN:,})")
-    ap.add_argument("--only", choices=("siim", "chexpert"), help="run one part only")
-    ap.add_argument("--siim-images", type=int, default=SIIM_IMAGES, help=f"SIIM images (default {SIIM_IMAGES:,}, the published train set)")
-    ap.add_argument("--no-before", action="store_true", help="skip the (slow) old SIIM indexing")
-    ap.add_argument("--workers", type=int, help="processes reading SIIM headers (default: one per CPU core, up to 8)")
-    ap.add_argument("--json", type=Path, help="also write the results here as {'indexing': {...}, 'conditions': {...}}")
-    a = ap.parse_args(argv)
-    res = {}
-    if a.only in (None, "siim"):
-        s = res["siim"] = bench_siim(a.siim_images, before=not a.no_before, workers=a.workers)
-        print(f"SIIM-ACR, {s['images']:,} images ({s['positives']:,} positive), labels: {s['rle_source']}")
-        print(f"  header-only DICOM stand-ins written in {s['write_standins_s']:.1f} s")
-        if "before_s" in s:
-            print(f"  {'before':>8}: {s['before_s']:7.2f} s   (rglob; pydicom header by header; every mask decoded to 1024x1024 and re-encoded)")
-        print(f"  {'after':>8}: {s['after_s']:7.2f} s   (os.walk; header fast path, worker processes; masks run to run)")
-        if "before_s" in s: print(f"  speed-up {s['speedup']}x; same index: {s['identical']}")
-    if a.only in (None, "chexpert"):
-        c = res["chexpert"] = bench_chexpert(a.n_rows)
-        print(f"CheXpert: wrote {c['rows']:,} rows in {c['write_s']:.1f} s; index_chexpert {c['index_chexpert_s']:.2f} s -> "
-              f"{c['frontal_images']:,} frontal images, {c['patients']:,} patients, {c['problems']} problems")
-        print(f"  prepare chexpert --index-only --all-views: {c['prepare_index_only_all_views_s']:.2f} s, exit code {c['prepare_exit_code']}")
-        print(f"index_nih: {c['index_nih_s']:.2f} s -> {c['nih_images']:,} images; index_mimic: {c['index_mimic_s']:.2f} s -> {c['mimic_frontal_images']:,} frontal images")
-    cond = conditions(a.workers)
-    print(f"conditions: {cond['cpu_count']} CPU cores, load {cond['load_average_1min']}, Python {cond['python']}, pydicom {cond['pydicom']}, {cond['machine']}")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"indexing": res, "conditions": cond}, indent=2))
-        print(f"-> {a.json}")
-    return res
+def run(repeats: int = 3, quick: bool = False, siim_images: int | None = None, workers: int | None = None,
+        chexpert_rows: int = 0) -> dict:
+    """SIIM indexing before and after on the same header-only stand-ins, `repeats` times, alternating which goes first;
+    with `chexpert_rows`, also the time of `index_chexpert` on a train.csv of that many rows (a time, not a ratio)."""
+    import warnings
+    from cxr_study.data.siim import index_siim
+    n = siim_images or (300 if quick else 2_000)
+    src = real_siim_rle()
+    before, after = [], []
+    with tempfile.TemporaryDirectory() as d:
+        made = make_siim_standins(Path(d)/"siim", n, src)
+        def t_after():
+            t0 = time.perf_counter(); idx, _ = index_siim(Path(d)/"siim", workers=workers); return time.perf_counter() - t0, idx
+        def t_before():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom warns about SIIM's bare ages ('38' is not a valid AS)
+                t0 = time.perf_counter(); old, _ = index_siim_before(Path(d)/"siim"); return time.perf_counter() - t0, old
+        for r in range(repeats):  # alternating which goes first, so drift in the machine's load reaches both
+            if r % 2 == 0: (ta, idx), (tb, old) = t_after(), t_before()
+            else: (tb, old), (ta, idx) = t_before(), t_after()
+            if not same_index(idx, old): raise AssertionError("SIIM indexing before and after gave different indexes")
+            before.append(tb); after.append(ta)
+            print(f"  repeat {r + 1}: before {tb:.2f} s, after {ta:.2f} s", flush=True)
+    figures = {"siim": benchlib.ratio_figure(
+        f"SIIM-ACR indexing, {made['images']:,} header-only DICOMs with the published masks: before (pydicom per file, "
+        "every mask decoded and encoded again) / now (header fast path in worker processes, masks run to run)",
+        ("index_siim as before (s)", before), ("index_siim (s)", after))}
+    notes = [f"SIIM labels: {made['rle_source']}; both indexes identical in every repeat"]
+    if chexpert_rows:
+        with tempfile.TemporaryDirectory() as d:
+            make_chexpert_csv(Path(d)/"train.csv", chexpert_rows)
+            secs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter(); index_chexpert(d); secs.append(time.perf_counter() - t0)
+        figures["chexpert"] = benchlib.value_figure(f"index_chexpert on a {chexpert_rows:,}-row train.csv in CheXpert's layout", secs, "s")
+    return benchlib.result("Dataset indexing at the real datasets' sizes",
+                           f"python benchmarks/bench_indexing.py --siim-images {n} --repeats {repeats}",
+                           {"siim_images": n, "workers": workers or "one process per CPU core, up to 8"}, figures, notes)
 
 
 if __name__ == "__main__":
-    main()
+    def options(ap):
+        ap.add_argument("--siim-images", type=int, default=None, help=f"SIIM stand-ins (default 2,000; --quick 300; the published train set has {SIIM_IMAGES:,})")
+        ap.add_argument("--workers", type=int, default=None, help="processes reading SIIM headers (default: one per CPU core, up to 8)")
+        ap.add_argument("--chexpert-rows", type=int, default=0, help=f"also time index_chexpert on a train.csv of this many rows (the published one has {N_TRAIN:,})")
+    benchlib.cli(run, __doc__, extra=options)

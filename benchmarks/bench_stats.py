@@ -1,19 +1,24 @@
 """Timings of the statistics, measured side by side in one run.
 
-1. 2,000 patient-clustered, label-stratified bootstrap replicates of AUROC for 8 encoders on the
-   same ~10,000 images: the vectorised weights implementation (`bootstrap_replicates`) vs a naive
+1. Patient-clustered, label-stratified bootstrap replicates of AUROC (200 by default) for 8 encoders on
+   the same ~10,000 images: the vectorised weights implementation (`bootstrap_replicates`) vs a naive
    loop that resamples patients and calls `sklearn.metrics.roc_auc_score` per replicate and encoder.
 2. DeLong's test at n = 10,000: the O(n log n) midrank algorithm (`delong_test`) vs the direct
    O(n^2) structural-components sum (`delong_test_direct`).
 
-Usage: python benchmarks/bench_stats.py [--images 10000] [--encoders 8] [--boot 2000] [--naive-boot N]
-`--naive-boot` times the naive loop on fewer replicates and scales it linearly (default: all).
+Both arms of each comparison run on the same data with the same number of replicates, once per repeat.
+
+Usage: python benchmarks/bench_stats.py [--images 10000] [--encoders 8] [--boot 200] [--repeats 3] [--quick] [--json PATH]
 """
-import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, beside this file
+import benchlib  # noqa: E402
 
 from cxr_study.stats.bootstrap import bootstrap_replicates
 from cxr_study.stats.paired import delong_test, delong_test_direct
@@ -44,40 +49,42 @@ def naive_bootstrap(y, scores, pid, n_boot, seed=1):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=10_000)
-    ap.add_argument("--encoders", type=int, default=8)
-    ap.add_argument("--boot", type=int, default=2000)
-    ap.add_argument("--naive-boot", type=int, default=None)
-    a = ap.parse_args()
-    y, scores, pid = make_data(a.images, a.encoders)
-    print(f"data: {y.size} images, {np.unique(pid).size} patients, {a.encoders} encoders, {a.boot} replicates")
-
-    t = time.perf_counter()
-    fast = bootstrap_replicates("auroc", scores, y, clusters=pid, n_boot=a.boot)
-    t_fast = time.perf_counter() - t
-    nb = a.naive_boot or a.boot
-    t = time.perf_counter()
-    slow = naive_bootstrap(y, scores, pid, nb)
-    t_slow = (time.perf_counter() - t) * a.boot / nb
-    scaled = "" if nb == a.boot else f" (timed on {nb}, scaled)"
-    print("\n1. clustered bootstrap of AUROC")
-    print(f"   vectorised weights : {t_fast:8.2f} s")
-    print(f"   naive loop         : {t_slow:8.2f} s{scaled}")
-    print(f"   ratio naive/vectorised: {t_slow / t_fast:6.1f}x")
-    print(f"   bootstrap SD of AUROC, encoder 0: vectorised {fast[:, 0].std():.5f}, naive {slow[:, 0].std():.5f}")
-
-    n = a.images
-    t = time.perf_counter(); r_fast = delong_test(y[:n], scores[:n, 0], scores[:n, 1]); t_f = time.perf_counter() - t
-    t = time.perf_counter(); r_dir = delong_test_direct(y[:n], scores[:n, 0], scores[:n, 1]); t_d = time.perf_counter() - t
-    print(f"\n2. DeLong test at n = {n}")
-    print(f"   fast midrank O(n log n): {t_f * 1e3:8.1f} ms")
-    print(f"   direct O(n^2)          : {t_d * 1e3:8.1f} ms")
-    print(f"   ratio direct/fast: {t_d / t_f:6.1f}x")
-    print(f"   max |difference| of AUROCs, SE, z, p: "
-          f"{max(abs(getattr(r_fast, f) - getattr(r_dir, f)) for f in ('auc_a', 'auc_b', 'se', 'z', 'p')):.2e}")
+def run(repeats: int = 3, quick: bool = False, images: int | None = None, encoders: int = 8, boot: int | None = None) -> dict:
+    "Both comparisons `repeats` times, each pair of implementations back to back on the same data."
+    images = images or (2_000 if quick else 10_000)
+    boot = boot or (50 if quick else 200)
+    y, scores, pid = make_data(images, encoders)
+    t_fast, t_slow, d_fast, d_direct, sd = [], [], [], [], []
+    for r in range(repeats):
+        t = time.perf_counter(); fast = bootstrap_replicates("auroc", scores, y, clusters=pid, n_boot=boot); t_fast.append(time.perf_counter() - t)
+        t = time.perf_counter(); slow = naive_bootstrap(y, scores, pid, boot); t_slow.append(time.perf_counter() - t)
+        t = time.perf_counter(); r_fast = delong_test(y, scores[:, 0], scores[:, 1]); d_fast.append(time.perf_counter() - t)
+        t = time.perf_counter(); r_dir = delong_test_direct(y, scores[:, 0], scores[:, 1]); d_direct.append(time.perf_counter() - t)
+        gap = max(abs(getattr(r_fast, f) - getattr(r_dir, f)) for f in ("auc_a", "auc_b", "se", "z", "p"))
+        assert gap < 1e-9, f"DeLong: the two algorithms differ by {gap}"
+        sd.append((fast[:, 0].std(), slow[:, 0].std()))
+        print(f"  repeat {r + 1}: bootstrap naive {t_slow[-1]:.2f} s / vectorised {t_fast[-1]:.2f} s; "
+              f"DeLong direct {d_direct[-1] * 1e3:.0f} ms / fast {d_fast[-1] * 1e3:.1f} ms", flush=True)
+    n_pat = np.unique(pid).size
+    figures = {
+        "bootstrap": benchlib.ratio_figure(
+            f"{boot} patient-clustered bootstrap replicates of AUROC, {encoders} encoders, {images:,} images: "
+            "naive loop (sklearn per replicate) / vectorised weights",
+            ("naive loop (s)", t_slow), ("bootstrap_replicates (s)", t_fast)),
+        "delong": benchlib.ratio_figure(
+            f"DeLong test, {images:,} images: direct O(n^2) / midrank O(n log n)",
+            ("delong_test_direct (s)", d_direct), ("delong_test (s)", d_fast)),
+    }
+    return benchlib.result("Statistics: clustered bootstrap and DeLong's test",
+                           f"python benchmarks/bench_stats.py --images {images} --boot {boot} --repeats {repeats}",
+                           {"images": images, "patients": int(n_pat), "encoders": encoders, "boot": boot}, figures,
+                           [f"bootstrap SD of AUROC, encoder 0: vectorised {np.median([a for a, _ in sd]):.5f}, "
+                            f"naive {np.median([b for _, b in sd]):.5f} (same distribution, different random draws)"])
 
 
 if __name__ == "__main__":
-    main()
+    def options(ap):
+        ap.add_argument("--images", type=int, default=None, help="images (default 10,000; --quick 2,000)")
+        ap.add_argument("--encoders", type=int, default=8)
+        ap.add_argument("--boot", type=int, default=None, help="bootstrap replicates, the same in both arms (default 200; --quick 50)")
+    benchlib.cli(run, __doc__, extra=options)

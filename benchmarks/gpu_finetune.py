@@ -64,6 +64,46 @@ def measure(model, size, kind, device, batch, steps, warmup, channels_last, amp=
     return batch * steps / dt, peak
 
 
+def run(repeats: int = 3, quick: bool = False, models: list | None = None, task: str = "segmentation",
+        batch: int = 16, steps: int = 10, warmup: int = 3, device: str = "cuda") -> dict:
+    """For `run_all.py`: fine-tuning throughput of each model `repeats` times (images/s, a value per model, not a ratio);
+    without a CUDA GPU, skipped with the reason. `quick` measures ViT-S/16 only, for 3 steps. (`device="cpu"` only
+    checks that it runs.)"""
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchlib
+    title = "GPU fine-tuning throughput of the study's models"
+    command = "python benchmarks/gpu_finetune.py --task segmentation"
+    if device == "cuda" and not torch.cuda.is_available():
+        return benchlib.skipped(title, "no CUDA GPU here (torch.cuda.is_available() is False); run it on a machine with an "
+                                       "NVIDIA GPU and a CUDA build of torch", command)
+    from cxr_study.encoders.registry import create_encoder, list_encoders
+    from cxr_study.train.finetune import build_finetune_model
+    from cxr_study.train.segformer import build_segformer, segformer_preprocess
+    device, registered = torch.device(device), set(list_encoders())
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} (numbers meaningless)"
+    models = models or (["vit-small-patch16-224"] if quick else [m for m in STUDY_MODELS if m in registered or m.startswith("segformer-")])
+    steps, warmup = (3, 1) if quick else (steps, warmup)
+    figures, notes = {}, []
+    for name in models:
+        e2e = name.startswith("segformer-")
+        ips, peaks = [], []
+        try:
+            for _ in range(repeats):
+                model = build_segformer(task, name) if e2e else build_finetune_model(create_encoder(name), task)
+                size = segformer_preprocess(name).size if e2e else model.encoder.cfg.preprocess.size
+                i, p = measure(model, size, task, device, batch, steps, warmup, channels_last=False)
+                ips.append(i); peaks.append(p)
+                model = None; torch.cuda.empty_cache()
+        except torch.cuda.OutOfMemoryError:
+            notes.append(f"{name}: out of GPU memory at batch {batch}"); continue
+        figures[name] = benchlib.value_figure(f"{name} ({'end to end' if e2e else 'fine-tune'}), {task}, {size} px, batch {batch}, "
+                                              f"bf16 autocast, {steps} steps: images per second", ips, "img/s")
+        notes.append(f"{name}: peak GPU memory {max(peaks):.1f} GiB")
+    return benchlib.result(title + f" on {hw}", command,
+                           {"models": models, "task": task, "batch": batch, "steps": steps, "warmup": warmup}, figures, notes)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=STUDY_MODELS)

@@ -20,6 +20,7 @@ __all__ = ['TASK_NAMES', 'DEMO_PROBE', 'build_parser', 'cmd_report', 'cmd_synthe
 # %% ../nbs/api/71_cli.ipynb #790810b3
 TASK_NAMES = ("pneumothorax-cls", "cardiomegaly-cls", "pneumothorax-seg", "heart-seg")
 from .sweeps import PROTOCOLS
+from .encoders.registry import MASK_RULES
 DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
 
 def _add_common(p, data=True):
@@ -31,6 +32,8 @@ def _add_common(p, data=True):
                                                          "an org/name Hugging Face id, or a local path")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--mask-size", type=int, default=None, help="segmentation evaluation size (default: each encoder's input size)")
+    p.add_argument("--mask-resize", choices=MASK_RULES, default="bilinear",
+                   help="how true masks are resized: bilinear at 0.5 (default), or study: each encoder's processor, kept above 0.66")
     p.add_argument("--probe", type=_json, default=None, metavar="JSON",
                    help='segmentation probe settings, e.g. \'{"lr": 0.01, "batch_size": 64}\' (default: the study\'s)')
     p.add_argument("--adapt", type=_json, default=None, metavar="JSON",
@@ -52,6 +55,8 @@ def _add_study_flags(p):
                                          "Hugging Face id, or a local path")
     a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)")
     a("--mask-size", type=int, default=None, help="segmentation evaluation size (default: each encoder's input size)")
+    a("--mask-resize", choices=MASK_RULES, default=None,
+      help="how true masks are resized: bilinear at 0.5 (default), or study: each encoder's processor, kept above 0.66")
     a("--probe", type=_json, default=None, metavar="JSON", help='segmentation probe settings, e.g. \'{"lr": 0.01}\'')
     a("--adapt", type=_json, default=None, metavar="JSON", help='fine-tune / e2e / multiscale-probe settings, e.g. \'{"mode": "lora"}\'')
     a("--executor", choices=("local", "papermill", "inline", "slurm"), default=None,
@@ -215,7 +220,7 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
          "pretrained": None if a.pretrained is None else _pretrained(a.pretrained), "device": a.device,
          "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
          **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
-    for key, v in (("probe", a.probe), ("mask_size", a.mask_size), ("adapt", a.adapt)):  # a flag's setting applies to every protocol
+    for key, v in (("probe", a.probe), ("mask_size", a.mask_size), ("mask_resize", a.mask_resize), ("adapt", a.adapt)):  # a flag's setting applies to every protocol
         for p in PROTOCOLS: o[f"settings.{p}.{key}"] = v
     for key in ("report", "n_boot", "n_perm"):
         if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
@@ -316,7 +321,7 @@ def cmd_run(a) -> int:
         from cxr_study.encoders.weights import download_weights
         print(f"{a.encoder}: {download_weights(a.encoder, _pretrained(a.pretrained))}")
     r = run_experiment(a.encoder, a.task, a.protocol, a.data, a.out, folds=a.folds, seed=a.seed, pretrained=_pretrained(a.pretrained),
-                       device=a.device, mask_size=a.mask_size, probe=a.probe, adapt=a.adapt)
+                       device=a.device, mask_size=a.mask_size, mask_resize=a.mask_resize, probe=a.probe, adapt=a.adapt)
     print(r["results"].to_string(index=False))
     return 0
 

@@ -22,9 +22,9 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STUDY_SEED', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest', 'atomic_path', 'write_json',
-           'read_json', 'write_table', 'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'get_device',
-           'progress']
+__all__ = ['STUDY_SEED', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest', 'atomic_path',
+           'remove_stale_temporaries', 'write_json', 'read_json', 'write_table', 'read_table', 'csv_records',
+           'csv_lines', 'read_csv_text', 'get_device', 'progress']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -73,20 +73,59 @@ def file_digest(path:str|Path, # the file to hash
     return h.hexdigest()
 
 # %% ../nbs/api/00_core.ipynb #84fa4587
+def _no_room(e:BaseException, tmp:Path) -> str|None:
+    "Why a write failed for lack of room (disk full, quota, file-size limit); None when it failed for another reason."
+    import errno, resource, shutil
+    codes = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (a file-size limit)",
+             getattr(errno, "EDQUOT", -1): "disk quota exceeded"}
+    for x in (e, e.__cause__, e.__context__):
+        if getattr(x, "errno", None) in codes: return codes[x.errno]
+    msg = str(e)
+    for code, why in codes.items():
+        if code > 0 and os.strerror(code) in msg: return why
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(tmp.parent).free < 1 << 20: return "no space left on the device"
+    with contextlib.suppress(OSError, ValueError):
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and tmp.stat().st_size >= soft: return "file too large (a file-size limit)"
+    return None
+
 @contextlib.contextmanager
 def atomic_path(path:str|Path, # final destination
                ):
     "Yield a temporary path next to `path`; on success rename it into place, on error delete it."
+    import fcntl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held while the temporary exists: a killed writer's leftover is the one nobody holds
     tmp = Path(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as e:
+        why = None if isinstance(e, CxrStudyError) else _no_room(e, tmp)
+        if why: raise CxrStudyError(f"{path}: could not be written: {why}; the previous version of the file, if any, is kept. "
+                                    "Free some space (or raise the limit) and run the same command again.") from None
+        raise
     finally:
         if tmp.exists(): tmp.unlink()
+        os.close(fd)
+
+def remove_stale_temporaries(folder:str|Path, # searched recursively
+                            ) -> list[Path]: # the files removed
+    "Remove the temporaries (`.<name>.*.tmp`) that killed writers left under `folder`; those of live writers stay."
+    import fcntl
+    gone = []
+    for p in sorted(Path(folder).rglob(".*.tmp")) if Path(folder).is_dir() else []:
+        try: fd = os.open(p, os.O_RDONLY)
+        except OSError: continue  # gone meanwhile, or not ours to read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only a dead writer's temporary is free
+            p.unlink(missing_ok=True); gone.append(p)
+        except OSError: pass  # a live writer holds it
+        finally: os.close(fd)
+    return gone
 
 def write_json(obj:Any, path:str|Path) -> Path:
     "Write `obj` as indented JSON, atomically."

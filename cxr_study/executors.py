@@ -12,13 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, write_json
+from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, remove_stale_temporaries, write_json
 from .studyfile import RunSpec, SlurmCfg, StudyCfg, expand_study
 from .sweeps import REFERENCES, experiment_template, grid_runs, run_experiment
 
@@ -50,15 +51,23 @@ def _execute_notebook(spec:RunSpec):
     rel = lambda d: os.path.relpath(d, rp)
     params = dict(encoder=spec.encoder, task=spec.task, protocol=spec.protocol, folds=list(spec.folds), seed=spec.seed,
                   data_dir=rel(spec.data_dir), out_dir=rel(spec.out_dir), options=spec.options)
-    pm.execute_notebook(str(experiment_template()), str(rp/"experiment.ipynb"), parameters=params, kernel_name="python3",
-                        progress_bar=False, log_output=False, cwd=str(rp),
-                        extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # the kernel's start/stop chatter stays quiet
+    (rp/"experiment.ipynb").unlink(missing_ok=True)  # an earlier attempt's: the run is not complete
+    failed = None
+    with atomic_path(rp/"experiment.ipynb") as tmp, warnings.catch_warnings():  # in place only when written whole
+        warnings.filterwarnings("ignore", message="The specified file .* does not end in")  # the temporary's name
+        try:
+            pm.execute_notebook(str(experiment_template()), str(tmp), parameters=params, kernel_name="python3",
+                                progress_bar=False, log_output=False, cwd=str(rp),
+                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # the kernel's start/stop chatter stays quiet
+        except Exception as e: failed = e  # the notebook, with its error, still goes into place
+    if failed is not None: raise failed
 
 def execute_run(spec:RunSpec, # the run
                 notebooks:bool=True, # execute the papermill template (False: call run_experiment here)
                 wait:bool=False, # wait for another process holding the run (False: return "busy")
                ) -> dict: # status: done, skipped (complete), done elsewhere, busy or failed; seconds; message
     "Run one grid cell unless it is complete or being run by another process."
+    from cxr_study.studyfile import LABEL_EFFICIENCY
     row = dict(encoder=spec.name, task=spec.task, protocol=spec.protocol, seconds=0.0, message="")
     lock = run_lock(spec)
     try: lock.acquire(timeout=-1 if wait else 0)
@@ -68,11 +77,14 @@ def execute_run(spec:RunSpec, # the run
         _clean_partial(spec.path)
         t0 = time.time()
         try:
-            if notebooks: _execute_notebook(spec)
+            if spec.protocol == LABEL_EFFICIENCY:  # probes on cached features: in this process, without an experiment notebook
+                from cxr_study.efficiency import execute_efficiency
+                execute_efficiency(spec)
+            elif notebooks: _execute_notebook(spec)
             else: run_experiment(spec.encoder, spec.task, spec.protocol, spec.data_dir, spec.out_dir, folds=spec.folds,
                                  seed=spec.seed, **spec.options)
         except Exception as ex:  # one failed run must not stop the grid; it is reported
-            where = f" {spec.path/'experiment.ipynb'}" if notebooks else ""
+            where = f" {spec.path/'experiment.ipynb'}" if notebooks and spec.protocol != LABEL_EFFICIENCY else ""
             return {**row, "status": "failed", "seconds": round(time.time() - t0, 1), "message": _error_line(ex) + where}
         return {**row, "status": "done", "seconds": round(time.time() - t0, 1)}
     finally: lock.release()
@@ -277,6 +289,7 @@ def run_study(cfg:StudyCfg, # a validated study (`load_study`)
              ) -> pd.DataFrame|Path|list: # local/inline: the status table; slurm: the sbatch script, or the submitted jobs
     "Execute every incomplete run of a study."
     specs = expand_study(cfg)
+    for out in sorted({Path(s.out_dir) for s in specs}): remove_stale_temporaries(out)  # what killed writers left
     ex = cfg.executor
     if ex.kind == "slurm":
         script = write_slurm_jobs(specs, ex.slurm, Path(cfg.out).absolute()/"slurm", ex.notebooks)

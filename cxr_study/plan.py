@@ -76,7 +76,7 @@ def run_cost(spec:RunSpec, n_task:int, n_union:int, first_of_cache:bool, epochs:
     "Forward-pass equivalents, FLOPs and disk of one run."
     if spec.encoder == "prior": return {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}
     prof = encoder_profile(spec.encoder, memo, spec.options.get("input_size"))
-    if spec.protocol in ("linear-probe", "multiscale-probe"):
+    if spec.protocol in ("linear-probe", "multiscale-probe", "label-efficiency"):  # label efficiency: the linear probe's features
         shapes = [prof["grid"]] + (list(prof["layers"].values()) if spec.protocol == "multiscale-probe" else [])
         per_img = 2 * (prof["pooled_dim"] + sum(math.prod(s) for s in shapes))
         passes = float(n_union) if first_of_cache else 0.0
@@ -103,7 +103,7 @@ def plan_study(cfg:StudyCfg, # a validated study
         by_task, union, source = sizes[k]
         done = s.complete()
         cache_key = (s.name, s.data_dir, s.seed, s.protocol == "multiscale-probe", str(s.options.get("pretrained")))
-        first = cache_key not in seen_cache and s.protocol in ("linear-probe", "multiscale-probe")
+        first = cache_key not in seen_cache and s.protocol in ("linear-probe", "multiscale-probe", "label-efficiency")
         if first: seen_cache.add(cache_key)
         c = run_cost(s, by_task.get(s.task, 0), union, first and not done, epochs, memo) if not done else \
             {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}

@@ -361,7 +361,9 @@ def plot_tube_effects(tm:pd.DataFrame, # from tube_models
 
 # %% ../nbs/api/81_report.ipynb #b5531958
 REPORT_PAGES = (("index", "Study report"), ("cohorts", "Cohorts"), ("comparisons", "Comparisons"),
-                ("shortcut", "Chest tubes and subgroups"), ("runs", "Runs"))
+                ("calibration", "Calibration"), ("ablations", "Ablations"),
+                ("segmentation", "Segmentation pictures"), ("shortcut", "Chest tubes and subgroups"),
+                ("efficiency", "Label efficiency"), ("runs", "Runs"))
 
 def report_template(name:str) -> Path:
     "Path of a report notebook template: shipped in the package, or in nbs/reports of a source checkout."
@@ -386,11 +388,13 @@ def _report_key(study:Study, **settings) -> dict:
     "What a report is made from: every complete run's run.json (by content), the settings and the package version."
     import cxr_study
     from cxr_study.core import file_digest
+    from cxr_study.efficiency import efficiency_dir
     done = study.runs[study.runs.complete]
-    return {"runs": {f"{e}/{t}/{p}": file_digest(Path(d)/"run.json") for e, t, p, d in zip(done.encoder, done.task, done.protocol, done.path)},
-            "settings": settings, "version": cxr_study.__version__}
+    le = list_runs(efficiency_dir(study.path)); le = le[le.complete] if len(le) else le  # the label-efficiency page's runs
+    digests = lambda r: {f"{e}/{t}/{p}": file_digest(Path(d)/"run.json") for e, t, p, d in zip(r.encoder, r.task, r.protocol, r.path)}
+    return {"runs": digests(done), **({"label_efficiency": digests(le)} if len(le) else {}), "settings": settings, "version": cxr_study.__version__}
 
-def build_report(study_dir:str|Path, # a study folder with complete runs
+def _build_report(study_dir:str|Path, # a study folder with complete runs
                  html:bool=False, # also render the pages to a static HTML site (report/html)
                  n_boot:int=2000, # bootstrap replicates for the CIs
                  n_perm:int=2000, # permutations for the paired tests
@@ -431,6 +435,24 @@ def build_report(study_dir:str|Path, # a study folder with complete runs
     stage.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+# %% ../nbs/api/81_report.ipynb #79612bc9
+def build_report(study_dir:str|Path, # a study folder with complete runs
+                 html:bool=False, # also render the pages to a static HTML site (report/html)
+                 n_boot:int=2000, # bootstrap replicates for the CIs
+                 n_perm:int=2000, # permutations for the paired tests
+                 show_progress:bool=True,
+                 force:bool=False, # rebuild even when the report is up to date with the runs
+                ) -> Path: # the report folder
+    "Execute the report notebooks into STUDY/report with every table as CSV; optionally render the HTML site."
+    from filelock import FileLock
+    study_dir = Path(study_dir).absolute()
+    kw = dict(html=html, n_boot=n_boot, n_perm=n_perm, show_progress=show_progress, force=force)
+    if not (study_dir/"runs").is_dir(): return _build_report(study_dir, **kw)  # no study here: its clear error, and nothing written
+    (study_dir/".locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(study_dir/".locks"/"report.lock")):  # one builder at a time, so any other stage is a killed builder's
+        for left in study_dir.glob(".report-*"): shutil.rmtree(left, ignore_errors=True)
+        return _build_report(study_dir, **kw)
 
 # %% ../nbs/api/81_report.ipynb #63d5d8f2
 def copy_report(report_dir:str|Path, # an executed report (STUDY/report)

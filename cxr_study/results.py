@@ -139,24 +139,48 @@ def run_name(encoder:str, # registry name
     "The name a run of `encoder` is filed under: `rad-dino`, or `rad-dino@448` at a common input size."
     return encoder if input_size is None else f"{encoder}@{int(input_size)}"
 
-def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None, probe=None, Cs=None, adapt=None, input_size=None) -> dict:
+def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None, probe=None, Cs=None, adapt=None, input_size=None,
+               mask_resize="bilinear") -> dict:
     "The parameters a run is identified by: a complete run is reused only when they are the same."
     p = dict(folds=list(folds), seed=seed, data_dir=os.path.normpath(Path(data_dir).absolute()), pretrained=str(pretrained),
-             mask_size=mask_size, probe=probe, Cs=[float(c) for c in (LOGISTIC_CS if Cs is None else Cs)])
+             mask_size=mask_size, mask_resize=mask_resize or "bilinear", probe=probe, Cs=[float(c) for c in (LOGISTIC_CS if Cs is None else Cs)])
     if protocol != "linear-probe": p["adapt"] = adapt  # linear-probe runs made before other protocols existed stay valid
     if input_size is not None: p["input_size"] = int(input_size)  # runs at the encoder's own size keep their parameters
     return p
 
 def _jsonable(params): return json.loads(json.dumps(params, default=str))
 
+import functools, warnings  # damage checks below
+
+def _meta_digest(meta:dict) -> str:
+    "Content digest of a run.json's values (its own `digest` left out)."
+    from cxr_study.core import fingerprint
+    return fingerprint({k: v for k, v in meta.items() if k != "digest"}, n=40)
+
+@functools.lru_cache(maxsize=512)
+def _digest_at(path:str, size:int, mtime_ns:int) -> str:
+    from cxr_study.core import file_digest
+    return file_digest(path)
+
+def _damaged(path:Path, why:str) -> None:
+    warnings.warn(f"{path}: damaged ({why}); the run is incomplete and will be run again", RuntimeWarning, stacklevel=3)
+
 def read_run_meta(folder:str|Path, # a run folder
                  ) -> dict|None: # the contents of run.json; None when the run is not complete
-    "A run's `run.json` when the run is complete (all its files present and run.json readable)."
+    "A run's `run.json` when the run is complete: all its files present, run.json intact, each file with the digest run.json holds."
     folder = Path(folder)
     if not all((folder/f).exists() for f in RUN_FILES): return None
     try: meta = read_json(folder/"run.json")
-    except (ValueError, OSError): return None
-    return meta if isinstance(meta, dict) else None
+    except (ValueError, OSError): _damaged(folder/"run.json", "not readable as JSON"); return None
+    if not isinstance(meta, dict): _damaged(folder/"run.json", "not a JSON object"); return None
+    if "digest" in meta and meta["digest"] != _meta_digest(meta): _damaged(folder/"run.json", "its content digest differs"); return None
+    files = meta.get("files") if isinstance(meta.get("files"), dict) else {}  # runs written before digests: not checked
+    for name, digest in files.items():
+        try: st = (folder/name).stat()
+        except OSError: return None
+        if _digest_at(str(folder/name), st.st_size, st.st_mtime_ns) != digest:
+            _damaged(folder/name, "its content digest differs from the one run.json holds"); return None
+    return meta
 
 def is_complete(out_dir, encoder, task, protocol,
                 params:dict|None=None, # when given, the run must also have been made with these parameters
@@ -173,7 +197,7 @@ def write_run(out_dir:str|Path, # the study folder
               predictions:pd.DataFrame, # per-image predictions
               meta:dict|None=None, # more for run.json: params, seconds, versions, ...
              ) -> Path: # the run folder
-    "Write one run's results, predictions and (last) its run.json."
+    "Write one run's results, predictions and (last) its run.json, which holds the content digest of each."
     require_columns(pd.DataFrame([label]), RUN_KEYS, "run label")
     keys = {k: label[k] for k in RUN_KEYS}
     res = results.assign(**keys); res = res[[*RUN_KEYS, *[c for c in res.columns if c not in RUN_KEYS]]]
@@ -182,7 +206,9 @@ def write_run(out_dir:str|Path, # the study folder
     folder = run_path(out_dir, keys["encoder"], keys["task"], keys["protocol"])
     (folder/"run.json").unlink(missing_ok=True)
     write_table(res, folder/"results.csv"); write_table(pr, folder/"predictions.parquet")
-    write_json({**keys, **_jsonable(meta or {})}, folder/"run.json")
+    from cxr_study.core import file_digest
+    meta = {**keys, **_jsonable(meta or {}), "files": {f: file_digest(folder/f) for f in RUN_FILES if f != "run.json"}}
+    write_json({**meta, "digest": _meta_digest(meta)}, folder/"run.json")  # the digests of the files and of itself
     return folder
 
 # %% ../nbs/api/00a_results.ipynb #b301d3f6

@@ -15,12 +15,14 @@ import yaml
 
 from .core import CxrStudyError, STUDY_SEED
 from .data.cohorts import TASKS
+from .encoders.registry import MASK_RULES
 from .results import is_complete, run_name, run_params, run_path
 from .sweeps import PROTOCOLS, REFERENCES, grid_runs
 
 # %% auto #0
-__all__ = ['SETTING_KEYS', 'EXECUTOR_KINDS', 'SlurmCfg', 'ExecutorCfg', 'ReportCfg', 'GridCfg', 'StudyCfg', 'validate_study',
-           'load_study', 'RunSpec', 'study_out', 'expand_study', 'shipped_study']
+__all__ = ['LABEL_EFFICIENCY', 'SETTING_KEYS', 'EXECUTOR_KINDS', 'SlurmCfg', 'ExecutorCfg', 'ReportCfg', 'GridCfg',
+           'EfficiencyCfg', 'StudyCfg', 'validate_study', 'load_study', 'RunSpec', 'study_out', 'expand_study',
+           'shipped_study']
 
 # %% ../nbs/api/70a_studyfile.ipynb #7201cafd
 @dataclass
@@ -60,8 +62,20 @@ class GridCfg:
     encoders:list|None=None
     tasks:list|None=None
     protocols:list|None=None
-    settings:dict|None=None # per protocol: probe, Cs, mask_size, adapt (merged over the study's)
+    settings:dict|None=None # per protocol: probe, Cs, mask_size, mask_resize, adapt (merged over the study's)
     description:str=""
+
+LABEL_EFFICIENCY = "label-efficiency" # the protocol of label-efficiency runs, and their folder in a study (see cxr_study.efficiency)
+
+@dataclass
+class EfficiencyCfg:
+    "Label efficiency: the probes trained on nested, patient-level, stratified shares of each training fold (cxr_study.efficiency)."
+    fractions:list=field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]) # shares of each training fold, in (0, 1]
+    seeds:list=field(default_factory=lambda: [0, 1, 2]) # subset seeds: one draw of the nested subsets each
+    encoders:list|None=None # which of the study's encoders (default: all but the references; others are left out)
+    tasks:list|None=None # which of the study's tasks (default: all; others are left out)
+    probes:list=field(default_factory=lambda: ["linear", "knn"]) # linear: the study's probes; knn: DINO's weighted kNN (classification only)
+    knn_ks:list|None=None # neighbours tried by the kNN probe, chosen on the validation fold (default: KNN_KS, 10 20 100 200)
 
 @dataclass
 class StudyCfg:
@@ -76,16 +90,18 @@ class StudyCfg:
     seeds:list=field(default_factory=lambda: [STUDY_SEED])
     pretrained:bool|str=False # false, true (each release), an org/name Hugging Face id, or a local path
     device:str|None=None # cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)
-    settings:dict=field(default_factory=dict) # protocol -> {probe, Cs, mask_size, adapt}
+    settings:dict=field(default_factory=dict) # protocol -> {probe, Cs, mask_size, mask_resize, adapt}
     baselines:list=field(default_factory=list) # GridCfg sub-grids of reference models (e.g. SegFormer end to end)
     ablations:list=field(default_factory=list) # GridCfg sub-grids of ablations (stride, multi-scale, ...)
+    label_efficiency:EfficiencyCfg|None=None # label-efficiency curves (absent: none)
     executor:ExecutorCfg=field(default_factory=ExecutorCfg)
     report:ReportCfg=field(default_factory=ReportCfg)
 
 # %% ../nbs/api/70a_studyfile.ipynb #ac453ee3
-SETTING_KEYS = ("probe", "Cs", "mask_size", "adapt", "input_size") # per-protocol settings: run_experiment's arguments
+SETTING_KEYS = ("probe", "Cs", "mask_size", "mask_resize", "adapt", "input_size") # per-protocol settings: run_experiment's arguments
 EXECUTOR_KINDS = ("local", "inline", "slurm")
-_NESTED = {(StudyCfg, "executor"): ExecutorCfg, (StudyCfg, "report"): ReportCfg, (ExecutorCfg, "slurm"): SlurmCfg}
+_NESTED = {(StudyCfg, "executor"): ExecutorCfg, (StudyCfg, "report"): ReportCfg, (ExecutorCfg, "slurm"): SlurmCfg,
+           (StudyCfg, "label_efficiency"): EfficiencyCfg}
 _TYPES = {bool: "true or false", int: "an integer", str: "a string", list: "a list", dict: "a mapping", float: "a number"}
 
 def _unknown(where, key, allowed):
@@ -144,6 +160,8 @@ def _check_settings(where, settings):
                 raise CxrStudyError(f"{where}.{p}.Cs: expected a list of numbers")
             if k in ("mask_size", "input_size") and v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
                 raise CxrStudyError(f"{where}.{p}.{k}: expected an integer size in pixels")
+            if k == "mask_resize" and v is not None and v not in MASK_RULES:
+                raise CxrStudyError(f"{where}.{p}.mask_resize: expected one of {', '.join(MASK_RULES)}, got {v!r}")
             if k == "input_size" and v is not None and p not in ("linear-probe", "multiscale-probe"):
                 raise CxrStudyError(f"{where}.{p}.input_size: a common input size is an option of the probe protocols only")
     return settings
@@ -172,6 +190,19 @@ def _subgrids(cfg, key, encoders, seen):
         if g.settings is not None: _check_settings(f"{w}.settings", g.settings)
         out.append(g)
     return out
+
+def _check_efficiency(cfg, encoders):
+    from cxr_study.efficiency import efficiency_settings
+    le, w = cfg.label_efficiency, "label_efficiency"
+    if le.encoders is not None:
+        _names(f"{w}.encoders", le.encoders, encoders, "encoder")
+        refs = [e for e in le.encoders if e in REFERENCES]
+        if refs: raise CxrStudyError(f"{w}.encoders: {refs[0]!r} is a reference without a probe; list encoders only")
+    if le.tasks is not None:
+        _names(f"{w}.tasks", le.tasks, list(TASKS), "task")
+        nodata = [t for t in le.tasks if t not in cfg.data]
+        if nodata: raise CxrStudyError(f"{w}.tasks: no dataset folder (data) for {', '.join(nodata)}")
+    efficiency_settings(dataclasses.asdict(le), where=w)  # fractions, seeds, probes, knn_ks
 
 def _set_dotted(d:dict, key:str, value):
     *head, last = key.split(".")
@@ -210,6 +241,7 @@ def validate_study(raw:dict, # the parsed YAML
             raise CxrStudyError(f"executor.workers: expected 'auto' or a positive integer, got {w!r}")
         seen = {"main"}
         for key in ("baselines", "ablations"): setattr(cfg, key, _subgrids(cfg, key, encoders, seen))
+        if cfg.label_efficiency is not None: _check_efficiency(cfg, encoders)
     except CxrStudyError as e: raise CxrStudyError(f"{where}: {e}") from None
     return cfg
 
@@ -221,8 +253,14 @@ def load_study(path:str|Path|None=None, # a YAML study file; None: the study com
     if path is not None:
         path = Path(path)
         if not path.is_file(): raise CxrStudyError(f"{path}: study file not found")
-        try: raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e: raise CxrStudyError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        try: raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise CxrStudyError(f"{path}: not a study file: byte {e.start + 1} is not UTF-8 text (a binary file, or another encoding)") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            raise CxrStudyError(f"{path}: not valid YAML ({at}{getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
+        except RecursionError: raise CxrStudyError(f"{path}: not valid YAML (nested too deeply)") from None
         if raw is None: raw = {}
         if not isinstance(raw, dict): raise CxrStudyError(f"{path}: expected a mapping of study keys, got {type(raw).__name__}")
     for k, v in (overrides or {}).items():
@@ -240,7 +278,7 @@ class RunSpec:
     out_dir:str # absolute: study folder
     seed:int=STUDY_SEED
     folds:tuple=(0, 1, 2, 3, 4)
-    options:dict=field(default_factory=dict, hash=False) # pretrained, device, probe, Cs, mask_size, adapt
+    options:dict=field(default_factory=dict, hash=False) # pretrained, device, probe, Cs, mask_size, mask_resize, adapt
     group:str="main" # "main" or the ablation's name
 
     @property
@@ -255,7 +293,8 @@ class RunSpec:
         "The parameters the run is identified by (as `run_experiment` records them)."
         o = self.options
         return run_params(self.protocol, self.folds, self.seed, self.data_dir, o.get("pretrained", False), o.get("mask_size"),
-                          o.get("probe"), o.get("Cs"), o.get("adapt"), o.get("input_size"))
+                          o.get("probe"), o.get("Cs"), o.get("adapt"), o.get("input_size"),
+                          o.get("mask_resize") or "bilinear")
     def complete(self) -> bool: return is_complete(self.out_dir, self.name, self.task, self.protocol, self.params())
     def to_dict(self) -> dict: return {**dataclasses.asdict(self), "folds": list(self.folds)}
     @classmethod
@@ -274,7 +313,7 @@ def _options(cfg:StudyCfg, settings:dict, protocol:str) -> dict:
     return o
 
 def expand_study(cfg:StudyCfg) -> list[RunSpec]:
-    "Every run of the study (main grid, baselines, ablations), once each."
+    "Every run of the study (main grid, baselines, ablations, label efficiency), once each."
     grids = [GridCfg("main", cfg.encoders, cfg.tasks, cfg.protocols, cfg.settings), *cfg.baselines, *cfg.ablations]
     specs, seen = [], set()
     for seed in cfg.seeds:
@@ -285,6 +324,9 @@ def expand_study(cfg:StudyCfg) -> list[RunSpec]:
                 s = RunSpec(e, t, p, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), _options(cfg, settings, p), g.name)
                 if s.key in seen: continue
                 seen.add(s.key); specs.append(s)
+        if cfg.label_efficiency is not None:  # the main grid's linear-probe settings, so that the 100% point is its run
+            from cxr_study.efficiency import efficiency_specs
+            specs += efficiency_specs(cfg, seed, _options(cfg, cfg.settings, "linear-probe"))
     return specs
 
 # %% ../nbs/api/70a_studyfile.ipynb #b7579974

@@ -57,6 +57,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
                    cache_dir:str|Path|None=None, # feature cache (default: <out_dir>/cache)
                    pretrained:bool|str=False, # encoder weights, as in create_encoder
                    mask_size:int|None=None, # segmentation: evaluate masks at this size (default: encoder input size; 224 for the prior)
+                   mask_resize:str="bilinear", # how true masks are resized: "bilinear" at 0.5, or "study" (the encoder's processor, above 0.66)
                    probe:dict|None=None, # SegProbeCfg fields, e.g. {"lr": 1e-2, "batch_size": 64}
                    Cs=None, # logistic-regression C grid (default: LOGISTIC_CS, 1e-4..1e2, seven values a decade apart)
                    device:str|None=None,
@@ -68,13 +69,15 @@ def run_experiment(encoder:str, # registry name, or "prior"
     from cxr_study.data.cohorts import get_task, split_masks
     from cxr_study.data.index import read_index
     from cxr_study.data.rle import chexmask_rle_encode
-    from cxr_study.encoders.registry import PreprocessCfg, cfg_at_size, get_encoder_cfg
+    from cxr_study.encoders.registry import MASK_RULES, PreprocessCfg, cfg_at_size, get_encoder_cfg
     from cxr_study.features.cache import extract_features, load_masks
     from cxr_study.heads.probes import (SegProbeCfg, fit_logistic_probe, fit_seg_probe, predict_seg, prior_masks,
                                         prior_scores)
     from cxr_study.metrics import dice_iou
     from cxr_study.train import protocols as ap  # fine-tune, e2e, multiscale-probe
     t_start = time.time()
+    mask_resize = mask_resize or "bilinear"  # None: the default rule
+    if mask_resize not in MASK_RULES: raise CxrStudyError(f"mask_resize must be one of {', '.join(MASK_RULES)}, got {mask_resize!r}")
     t = get_task(task)
     if protocol not in PROTOCOLS: raise CxrStudyError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
     is_ref = encoder in REFERENCES
@@ -88,7 +91,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
         ecfg = cfg_at_size(get_encoder_cfg(encoder), input_size)  # fails early on a size the encoder cannot take
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     final = run_path(out_dir, name, task, protocol)
-    params = run_params(protocol, folds, seed, data_dir, pretrained, mask_size, probe, Cs, adapt, input_size)
+    params = run_params(protocol, folds, seed, data_dir, pretrained, mask_size, probe, Cs, adapt, input_size, mask_resize)
     if is_complete(out_dir, name, task, protocol, params) and not overwrite:
         return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": True}
     (final/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
@@ -108,7 +111,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
         pcfg = PreprocessCfg(size=mask_size or 224) if is_ref else ecfg.preprocess if input_size is not None else \
             get_encoder_cfg(encoder).preprocess if protocol == "linear-probe" else ap.protocol_preprocess(encoder, protocol, adapt)
         size = mask_size or pcfg.size
-        masks = load_masks(cohort, t.label, pcfg, size)
+        masks = load_masks(cohort, t.label, pcfg, size, mask_resize)
         pcfg_probe = SegProbeCfg(**{**(probe or {}), "seed": seed})
     if not is_ref and protocol in ap.ADAPT_PROTOCOLS:  # images (and masks) in memory once for all folds
         data = ap.adapt_data(encoder, task, protocol, cohort, data_dir, masks if t.kind == "segmentation" else None, adapt)

@@ -26,3 +26,21 @@ def tiny_raw(tmp_path_factory):
 def tiny_benchmark(tiny_raw, tmp_path_factory):
     "The small benchmark prepared: a folder holding index.parquet, shared by the tests that only read it."
     return prepare_synthetic(tiny_raw, tmp_path_factory.mktemp("prepared"))
+
+
+# ---------------------------------------------------------------- a summary at the end of the session
+# Tests that try many inputs or fault points (tests/test_faults.py, tests/test_fuzz_*.py) report what they
+# tried here; pytest prints it after the results, also without -s or -rA.
+_SUMMARY: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def summary_line():
+    "A function that adds a line to the 'faults and fuzzing' section printed at the end of the session."
+    return _SUMMARY.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SUMMARY:
+        terminalreporter.section("faults and fuzzing: what was tried")
+        for line in _SUMMARY: terminalreporter.write_line(line)

@@ -57,3 +57,26 @@ def test_vit_weights_at_a_common_size(tmp_path):
     enc224 = create_encoder("vit-small-patch16-224", pretrained=str(f))
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad(): torch.testing.assert_close(enc224(x).pooled, ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("study", ["demo", "paper"])
+def test_shipped_common_resolution_ablations(study, tmp_path):
+    """The shipped studies' common-resolution ablations: every run is filed as <encoder>@<size> beside the
+    encoder's main-grid run, with the same folds, seed, data and probe settings, only `input_size` differing."""
+    from cxr_study.encoders.registry import get_encoder_cfg
+    from cxr_study.studyfile import expand_study, load_study, shipped_study
+    cfg = load_study(shipped_study(study), {"data": str(tmp_path / "data"), "out": str(tmp_path / "out")})
+    specs = expand_study(cfg)
+    main = {(s.encoder, s.task, s.protocol): s for s in specs if s.group == "main"}
+    abl = [s for s in specs if s.group == "common-resolution"]
+    assert abl and {s.task for s in abl} == set(cfg.tasks)
+    sizes = {s.options["input_size"] for s in abl}
+    assert len(sizes) == 1  # one common size for every encoder
+    for s in abl:
+        d = main[(s.encoder, s.task, s.protocol)]
+        assert s.name == f"{s.encoder}@{s.options['input_size']}" and d.name == s.encoder
+        pa, pb = d.params(), s.params()
+        assert {k: v for k, v in pb.items() if k != "input_size"} == pa and "input_size" not in pa
+        assert s.options["input_size"] % get_encoder_cfg(s.encoder).grid_stride == 0  # a size the encoder takes
+    if study == "demo":  # smaller than the demo encoders' own 224 px, so the ablation stays cheap
+        assert all(s.options["input_size"] < get_encoder_cfg(s.encoder).preprocess.size for s in abl)

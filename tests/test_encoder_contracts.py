@@ -50,12 +50,12 @@ def test_entry_is_complete(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_full_size_structure(name):
-    "Full architecture, parameter count and output shapes at the study resolution, on the meta device."
+    "Full architecture, measured parameter count (`cfg.params`, a regression guard) and output shapes, on the meta device."
     cfg = get_encoder_cfg(name)
     s = cfg.preprocess.size
     with torch.device("meta"):
         enc = create_encoder(name)
-        assert sum(p.numel() for p in enc.parameters()) == cfg.params
+        assert sum(p.numel() for p in enc.parameters()) == cfg.params  # measured on this build: see the published check below
         x = torch.zeros(1, cfg.preprocess.channels, s, s)
         out = enc(x)
         inter = enc.forward_intermediates(x)
@@ -67,6 +67,67 @@ def test_full_size_structure(name):
     del enc, out, inter; gc.collect()
 
 
+def _torchvision_params(weights: str) -> int:
+    "A parameter count torchvision publishes with its ImageNet weights (`Weights.meta['num_params']`)."
+    import torchvision.models as tvm
+    enum, member = weights.split(".")
+    return getattr(tvm, enum)[member].meta["num_params"]
+
+
+# Published parameter counts, each with its source and a stated tolerance. A published model that carries an
+# ImageNet-1k classifier is compared as (the encoder's count + that classifier: D x 1000 + 1000), since the encoders
+# here have none. `tolerance` is in parameters; for a figure rounded in print it is half its last digit.
+# Entries with `None` have no published count and are checked only against their measured `cfg.params`.
+PUBLISHED = {
+    "raw-pixels": dict(count=lambda: 0, head=0, tolerance=0, source="no parameters by construction (16 x 16 average pooling)"),
+    "resnet18": dict(count=lambda: _torchvision_params("ResNet18_Weights.IMAGENET1K_V1"), head=512 * 1000 + 1000, tolerance=0,
+                     source="torchvision ResNet18_Weights.IMAGENET1K_V1.meta['num_params'] (11,689,512; He et al. 2016's "
+                            "ResNet-18 with its 1000-class fc), the architecture of timm's resnet18"),
+    "vit-small-patch16-224": dict(count=lambda: 22_100_000, head=384 * 1000 + 1000, tolerance=50_000,
+                                  source="timm model card vit_small_patch16_224.augreg_in21k_ft_in1k: Params (M) 22.1"),
+    "biomedclip": dict(count=lambda: _torchvision_params("ViT_B_16_Weights.IMAGENET1K_V1") - (768 * 1000 + 1000) + 768 * 512,
+                       head=0, tolerance=0,
+                       source="torchvision ViT_B_16_Weights.IMAGENET1K_V1.meta['num_params'] (ViT-B/16, Dosovitskiy et al. "
+                              "2021) without its 1000-class head, plus the release's linear projection 768 -> 512 without "
+                              "bias (open_clip_config.json: timm_proj 'linear', embed_dim 512)"),
+    "rad-dino": dict(count=lambda: 86_600_000, head=0, tolerance=50_000,
+                     source="timm model card vit_base_patch14_dinov2.lvd142m (DINOv2 ViT-B/14 at 518 px): Params (M) 86.6; "
+                            "RAD-DINO is that architecture (model card: finetuned from dinov2-base)"),
+    "dinov2": dict(count=lambda: 86_600_000, head=0, tolerance=50_000,
+                   source="timm model card vit_base_patch14_dinov2.lvd142m (DINOv2 ViT-B/14 at 518 px): Params (M) 86.6"),
+    "medsiglip": dict(count=lambda: 428_000_000, head=0, tolerance=0.005 * 428_000_000,
+                      source="SoViT-400m/14, 428M (Alabdulmohsin et al. 2023, Getting ViT in Shape); 0.5%: that figure "
+                             "is at 224 px, the position table at 448 px adds 0.2%"),
+    "siglip2": dict(count=lambda: 428_000_000, head=0, tolerance=0.005 * 428_000_000,
+                    source="SoViT-400m, 428M (Alabdulmohsin et al. 2023); 0.5%: patch 16 and a 512-px position table "
+                           "instead of patch 14 at 224 px add 0.3%"),
+    "chexagent-vision": None,  # measured: no published count for a SigLIP ViT-L/16 vision tower at 512 px
+    "segformer-b4": dict(count=lambda: 64_100_000, head=0, tolerance=50_000,
+                         source="SegFormer-B4 on ADE20K (150 classes), 64.1M (Xie et al. 2021, Table 1)"),
+    "ark-plus": dict(count=lambda: 197_000_000, head=1536 * 1000 + 1000, tolerance=500_000,
+                     source="Swin-L (384 px, window 12, ImageNet-1k head), 197M (Liu et al. 2021, Swin Transformer, Table 1)"),
+    "ark-plus-s32": dict(count=lambda: 197_000_000, head=1536 * 1000 + 1000, tolerance=500_000,
+                         source="Swin-L, 197M (Liu et al. 2021, Table 1): the same model as ark-plus"),
+    "medimageinsight": dict(count=lambda: 360_000_000, head=0, tolerance=5_000_000,
+                            source="MedImageInsight image encoder, 0.36B (Codella et al. 2024, arXiv 2410.06542)"),
+    "medimageinsight-s32": dict(count=lambda: 360_000_000, head=0, tolerance=5_000_000,
+                                source="MedImageInsight image encoder, 0.36B (Codella et al. 2024): the same model"),
+}
+
+
+def test_every_entry_has_a_published_count_or_is_labelled_measured():
+    assert set(PUBLISHED) == set(ALL), f"state a published count (or None: measured) for {sorted(set(ALL) ^ set(PUBLISHED))}"
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if PUBLISHED.get(n)])
+def test_parameter_count_matches_the_published_figure(name):
+    "The full-size build's parameter count against the published figure (the measured `cfg.params` is the build's, above)."
+    pub = PUBLISHED[name]
+    with torch.device("meta"):
+        n = sum(p.numel() for p in create_encoder(name).parameters())
+    assert abs(n + pub["head"] - pub["count"]()) <= pub["tolerance"], (n, pub["source"])
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_reduced_forward(name):
     "A real forward at the study resolution: grid size, finite outputs, every intermediate layer."
@@ -76,8 +137,8 @@ def test_reduced_forward(name):
     x = torch.randn(2, cfg.preprocess.channels, s, s)
     with torch.no_grad():
         out, inter = enc(x), enc.forward_intermediates(x)
-    assert out.pooled.shape[0] == 2 and out.pooled.ndim == 2 and torch.isfinite(out.pooled).all()
-    assert tuple(out.grid.shape[-2:]) == (cfg.grid_size, cfg.grid_size) and torch.isfinite(out.grid).all()
+    assert tuple(out.pooled.shape) == (2, cfg.pooled_dim) and torch.isfinite(out.pooled).all()  # the cfg states the build's widths
+    assert tuple(out.grid.shape) == (2, cfg.grid_dim, cfg.grid_size, cfg.grid_size) and torch.isfinite(out.grid).all()
     assert list(inter) == list(cfg.layers) and all(t.ndim == 4 and t.shape[0] == 2 for t in inter.values())
 
 

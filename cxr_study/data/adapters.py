@@ -47,6 +47,11 @@ def read_csv_checked(path:str|Path, # a CSV (or .csv.gz)
     path = Path(path)
     want = None if usecols is None else set(usecols) | set(required)
     df = read_csv_text(path, what, usecols=None if want is None else (lambda c: c.strip() in want))
+    if want is not None:  # pandas refuses a row with too many fields, except when it reads some columns only
+        rec = csv_records(path)
+        if rec is not None and len(rec[2]) == len(df) and (rec[2] > rec[0]).any():
+            raise CxrStudyError(f"{csv_lines(path, rec[2] > rec[0])}: not a readable {what}: a row has more fields than the header "
+                                f"({rec[0]}): two lines run together, or a stray separator")
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -250,6 +255,7 @@ def read_mask_file(path:str|Path, # PNG/JPEG/TIFF mask; nonzero = foreground
     try:
         with Image.open(path) as im: a = np.asarray(im)
     except (UnidentifiedImageError, OSError) as e: raise CxrStudyError(f"{path}: not a readable mask image ({e})") from None
+    except Exception as e: raise CxrStudyError(f"{path}: not a readable mask image ({type(e).__name__}: {e})") from None  # e.g. a damaged size
     return (a.max(axis=-1) if a.ndim == 3 else a) > 0
 
 def image_size(path:str|Path, # any image the readers take

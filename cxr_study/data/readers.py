@@ -15,29 +15,9 @@ from ..core import CxrStudyError
 __all__ = ['read_dicom', 'write_dicom', 'read_png', 'read_image', 'to_uint8']
 
 # %% ../../nbs/api/01_data.readers.ipynb #bd084fea
-def read_dicom(path:str|Path, # a DICOM file
-               minmax:bool=True, # scale each image to its own [min, max]; else by BitsStored
-               apply_voi:bool=True, # apply the VOI LUT or window when the file has one
-              ) -> np.ndarray: # float32 (H, W) in [0, 1], higher = brighter
-    "Read a single-frame grayscale radiograph from a DICOM file."
-    import pydicom
+def _to_unit(arr:np.ndarray, ds, minmax:bool, apply_voi:bool) -> np.ndarray:
+    "Stored values -> Modality LUT -> VOI LUT or window -> [0, 1] (before any MONOCHROME1 inversion)."
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    path = Path(path)
-    if not path.exists(): raise CxrStudyError(f"{path}: DICOM file not found")
-    try: ds = pydicom.dcmread(path)
-    except Exception as e: raise CxrStudyError(f"{path}: not a readable DICOM file ({e})") from None
-    if "PixelData" not in ds: raise CxrStudyError(f"{path}: DICOM file has no pixel data")
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try: arr = ds.pixel_array
-    except Exception as e:
-        name = getattr(ts, "name", str(ts))
-        raise CxrStudyError(f"{path}: cannot decode pixel data with transfer syntax {name} ({ts}): {e}. "
-                            "Compressed DICOMs need a pydicom decoder plugin: pip install pylibjpeg "
-                            "pylibjpeg-libjpeg pylibjpeg-openjpeg (JPEG, JPEG-LS, JPEG 2000), or gdcm.") from None
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise CxrStudyError(f"{path}: PhotometricInterpretation {photometric} is not a grayscale radiograph")
-    if arr.ndim != 2: raise CxrStudyError(f"{path}: expected one 2-D frame, got pixel array of shape {arr.shape}")
     x = apply_modality_lut(arr, ds)
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     if apply_voi and has_voi: x = apply_voi_lut(x, ds)
@@ -55,6 +35,37 @@ def read_dicom(path:str|Path, # a DICOM file
             raw = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
             lo, hi = sorted((raw[0] * slope + icpt, raw[1] * slope + icpt))
         x = np.clip((x - lo) / (hi - lo), 0, 1)
+    if not np.isfinite(x).all(): raise CxrStudyError("pixel values are not finite after the Modality LUT and window "
+                                                     f"(RescaleSlope {ds.get('RescaleSlope', 1)}, RescaleIntercept {ds.get('RescaleIntercept', 0)})")
+    return x
+
+def read_dicom(path:str|Path, # a DICOM file
+               minmax:bool=True, # scale each image to its own [min, max]; else by BitsStored
+               apply_voi:bool=True, # apply the VOI LUT or window when the file has one
+              ) -> np.ndarray: # float32 (H, W) in [0, 1], higher = brighter
+    "Read a single-frame grayscale radiograph from a DICOM file."
+    import pydicom
+    path = Path(path)
+    if not path.exists(): raise CxrStudyError(f"{path}: DICOM file not found")
+    try: ds = pydicom.dcmread(path)
+    except Exception as e: raise CxrStudyError(f"{path}: not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds: raise CxrStudyError(f"{path}: DICOM file has no pixel data")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try: arr = ds.pixel_array
+    except Exception as e:
+        name = getattr(ts, "name", str(ts))
+        raise CxrStudyError(f"{path}: cannot decode pixel data with transfer syntax {name} ({ts}): {e}. "
+                            "Compressed DICOMs need a pydicom decoder plugin: pip install pylibjpeg "
+                            "pylibjpeg-libjpeg pylibjpeg-openjpeg (JPEG, JPEG-LS, JPEG 2000), or gdcm.") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise CxrStudyError(f"{path}: PhotometricInterpretation {photometric} is not a grayscale radiograph")
+    if arr.ndim != 2: raise CxrStudyError(f"{path}: expected one 2-D frame, got pixel array of shape {arr.shape}")
+    try: x = _to_unit(arr, ds, minmax, apply_voi)
+    except CxrStudyError as e: raise CxrStudyError(f"{path}: {e}") from None
+    except Exception as e:  # a damaged or odd header (a slope that is not a number, a VOI LUT that does not fit, ...)
+        raise CxrStudyError(f"{path}: cannot turn the pixel data into an image with this header's Modality LUT, VOI LUT or "
+                            f"window ({type(e).__name__}: {e})") from None
     if photometric == "MONOCHROME1": x = 1.0 - x
     return x.astype(np.float32)
 
@@ -125,6 +136,8 @@ def read_png(path:str|Path, # PNG or JPEG, 8 or 16 bit, gray or RGB
             elif im.mode == "F": x, scale = np.asarray(im, dtype=np.float64), 1.0
             else: x, scale = np.asarray(im.convert("L"), dtype=np.float64), 255.0
     except (UnidentifiedImageError, OSError) as e: raise CxrStudyError(f"{path}: not a readable image ({e})") from None
+    except Exception as e:  # a damaged header can make PIL raise anything (a size past its decompression-bomb limit, ...)
+        raise CxrStudyError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     if minmax:
         lo, hi = x.min(), x.max()
         x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)

@@ -20,7 +20,9 @@ __all__ = ['is_empty_rle', 'siim_rle_decode', 'siim_rle_encode', 'chexmask_rle_d
 def _parse_runs(rle:str, where:str) -> np.ndarray:
     try: runs = np.array(rle.split(), dtype=np.int64)
     except ValueError: raise CxrStudyError(f"{where}: RLE contains non-integer tokens: {rle[:60]!r}") from None
+    except OverflowError: raise CxrStudyError(f"{where}: RLE holds a number too large for any image: {rle[:60]!r}") from None
     if runs.size % 2: raise CxrStudyError(f"{where}: RLE has an odd number of values ({runs.size}); expected (start, length) pairs")
+    if (runs < 0).any(): raise CxrStudyError(f"{where}: RLE has a negative start or length ({int(runs.min())}); both conventions count forward")
     return runs.reshape(-1, 2)
 
 def _check_runs(starts:np.ndarray, lengths:np.ndarray, n:int, where:str, shape) -> np.ndarray: # run ends

@@ -17,8 +17,9 @@ from torch import nn
 from ..core import CxrStudyError
 
 # %% auto #0
-__all__ = ['PreprocessCfg', 'preprocess_image', 'preprocess_mask', 'EncoderOutput', 'Encoder', 'StagedEncoder', 'WeightsCfg',
-           'EncoderCfg', 'register_encoder', 'list_encoders', 'get_encoder_cfg', 'create_encoder', 'cfg_at_size']
+__all__ = ['MASK_RULES', 'PreprocessCfg', 'preprocess_image', 'preprocess_mask', 'EncoderOutput', 'Encoder', 'StagedEncoder',
+           'WeightsCfg', 'EncoderCfg', 'register_encoder', 'list_encoders', 'get_encoder_cfg', 'create_encoder',
+           'cfg_at_size']
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #1c9b4add
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -34,6 +35,7 @@ class PreprocessCfg:
     std:tuple=(0.229, 0.224, 0.225)
     channels:int=3 # 3: the gray image replicated; 1: kept gray
     crop_offset:str="round" # centre-crop offset of an odd margin: "round" (torchvision, timm, open_clip) or "floor" (transformers)
+    crop_pct:float|None=None # timm's crop fraction: "shortest-crop" then resizes the shortest edge to floor(size / crop_pct)
 
     def __post_init__(self):
         if self.resize not in ("squash", "shortest-crop"):
@@ -44,6 +46,15 @@ class PreprocessCfg:
             raise CxrStudyError(f"PreprocessCfg.crop_offset must be 'round' or 'floor', got {self.crop_offset!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise CxrStudyError("PreprocessCfg: mean and std need one value per channel")
+        if self.crop_pct is not None:
+            import math
+            if self.resize != "shortest-crop" or not 0 < self.crop_pct <= 1:
+                raise CxrStudyError(f"PreprocessCfg.crop_pct needs resize='shortest-crop' and a fraction in (0, 1], got {self.crop_pct!r}")
+            want = math.floor(self.size / self.crop_pct)  # timm's eval transform: Resize(floor(size / crop_pct)), CenterCrop(size)
+            if self.resize_to is None: object.__setattr__(self, "resize_to", want)
+            elif self.resize_to != want:
+                raise CxrStudyError(f"PreprocessCfg: resize_to={self.resize_to} contradicts crop_pct={self.crop_pct} "
+                                    f"(the shortest edge goes to floor({self.size} / {self.crop_pct}) = {want}); give one of them")
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #6bac5970
 def _geometry(pcfg:PreprocessCfg, h:int, w:int):
@@ -72,14 +83,28 @@ def preprocess_image(img:np.ndarray, # float (H, W) in [0, 1], or uint8 (H, W)
     std = torch.tensor(pcfg.std, dtype=torch.float32)[:, None, None]
     return (x - mean) / std
 
+MASK_RULES = ("bilinear", "study") # how a ground-truth mask is resized; "bilinear" is the default
+
 def preprocess_mask(mask:np.ndarray, # bool (H, W)
                     pcfg:PreprocessCfg, # the encoder's contract: same geometry as its images
                     size:int|None=None, # output size; default the encoder's input size
+                    rule:str="bilinear", # "bilinear": area-preserving, at 0.5; "study": the study's processor rule, at 0.66
                    ) -> np.ndarray: # bool (size, size)
-    "Put a mask through the same resize and crop as the image (bilinear, thresholded at 0.5)."
+    """Put a mask through the same resize and crop as the image.
+
+    `rule="bilinear"` (the default) resizes the mask as a float image bilinearly and keeps pixels at 0.5 or more,
+    which keeps a structure's area under resizing. `rule="study"` is what the study did: the mask as an 8-bit image
+    through the encoder's own processor (its interpolation, e.g. bicubic), scaled to [0, 1] and kept above 0.66;
+    thin structures (small pneumothoraces) come out a few percent smaller."""
     from PIL import Image
-    im = Image.fromarray(np.asarray(mask, dtype=np.float32), mode="F")
+    if rule not in MASK_RULES: raise CxrStudyError(f"mask rule must be one of {', '.join(MASK_RULES)}, got {rule!r}")
     (nw, nh), box = _geometry(pcfg, *mask.shape)
+    if rule == "study":
+        f = _PIL_RESAMPLE[pcfg.interpolation]
+        im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").resize((nw, nh), resample=f).crop(box)
+        if size is not None and size != pcfg.size: im = im.resize((size, size), resample=f)
+        return np.asarray(im, dtype=np.float32) / 255.0 > 0.66
+    im = Image.fromarray(np.asarray(mask, dtype=np.float32), mode="F")
     im = im.resize((nw, nh), resample=Image.BILINEAR).crop(box)
     if size is not None and size != pcfg.size: im = im.resize((size, size), resample=Image.BILINEAR)
     return np.asarray(im) >= 0.5
@@ -222,5 +247,6 @@ def cfg_at_size(cfg:EncoderCfg, # a registry entry
     if size <= 0 or size % cfg.grid_stride:
         raise CxrStudyError(f"{cfg.name}: input_size must be a positive multiple of its grid stride {cfg.grid_stride}, got {size}")
     p = cfg.preprocess
-    resize_to = None if p.resize_to is None else round(p.resize_to * size / p.size)
+    # a timm crop fraction is kept (resize_to follows from it); a fixed shortest edge keeps its ratio to the crop
+    resize_to = None if p.resize_to is None or p.crop_pct else round(p.resize_to * size / p.size)
     return dataclasses.replace(cfg, preprocess=dataclasses.replace(p, size=size, resize_to=resize_to))

@@ -14,12 +14,14 @@ from torch import nn
 from ..core import CxrStudyError
 from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, StagedEncoder, WeightsCfg,
                                          cfg_at_size, register_encoder)
-from .weights import hf_cached_file, load_checkpoint, resolve_weights, weights_tag  # noqa: F401
+from .weights import check_keys, hf_cached_file, load_checkpoint, resolve_weights, weights_tag  # noqa: F401
 
 # %% auto #0
 __all__ = ['RawPixels', 'TimmEncoder']
 
 # %% ../../nbs/api/11_encoders.small.ipynb #63aefb9c
+_TIMM_HEADS = ("head.", "fc.")  # timm's classifier names (ViT, ResNet): in every release, unused here
+
 def _load_timm(model:nn.Module, cfg:EncoderCfg, path:Path):
     "Load a timm release (or a state dict in its layout) into `model`, the classifier aside."
     sd = load_checkpoint(path)
@@ -29,11 +31,7 @@ def _load_timm(model:nn.Module, cfg:EncoderCfg, path:Path):
         from timm.layers import resample_abs_pos_embed
         sd = {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], new_size=model.patch_embed.grid_size,
                                                         num_prefix_tokens=getattr(model, "num_prefix_tokens", 1))}
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith(("head", "fc."))]
-    unexpected = [k for k in unexpected if not k.startswith(("head", "fc."))]
-    if missing or unexpected:
-        raise CxrStudyError(f"{path}: weights do not match {cfg.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    check_keys(model, sd, f"{Path(path).name} ({cfg.name})", ignore_prefixes=_TIMM_HEADS)
 
 # %% ../../nbs/api/11_encoders.small.ipynb #54c294ca
 class RawPixels(Encoder):
@@ -105,7 +103,8 @@ def _build_timm(cfg, pretrained=False,
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 register_encoder(EncoderCfg(
     name="resnet18", builder=_build_timm, arch="ResNet-18 (timm)",
-    preprocess=PreprocessCfg(size=224, interpolation="bilinear", **_IMAGENET),
+    # timm's pretrained_cfg of resnet18.a1_in1k: bicubic, crop_pct 0.95, ImageNet mean/std
+    preprocess=PreprocessCfg(size=224, resize="shortest-crop", crop_pct=0.95, interpolation="bicubic", **_IMAGENET),
     pooled_dim=512, grid_dim=256, grid_stride=16, pooled_def="global average of the last stage",
     grid_def="stage 3 (layer3), stride 16", layers=("layer1", "layer2", "layer3", "layer4"),
     domain="general", paradigm="label-supervised (ImageNet)", params=11_176_512,
@@ -113,7 +112,9 @@ register_encoder(EncoderCfg(
                        license="apache-2.0"), display="ResNet-18", tags=("small",)))
 register_encoder(EncoderCfg(
     name="vit-small-patch16-224", builder=_build_timm, arch="ViT-S/16 (timm)",
-    preprocess=PreprocessCfg(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # timm's pretrained_cfg of vit_small_patch16_224.augreg_in21k_ft_in1k: bicubic, crop_pct 0.9, mean = std = 0.5
+    preprocess=PreprocessCfg(size=224, resize="shortest-crop", crop_pct=0.9, interpolation="bicubic",
+                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     pooled_dim=384, grid_dim=384, grid_stride=16, pooled_def="CLS token after the final norm",
     grid_def="last layer patch tokens after the final norm, CLS removed",
     layers=tuple(f"block{i}" for i in range(12)) + ("final",),

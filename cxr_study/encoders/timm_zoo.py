@@ -87,6 +87,9 @@ def _build_ark(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduc
     path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
     cfg = cfg_at_size(cfg, input_size)
     model = _swin(cfg.preprocess.size, reduced).eval()
+    if reduced:  # the reduced member's own widths, so heads built from `cfg` fit it
+        grid = model.feature_info[2]["num_chs"] if cfg.name == "ark-plus" else model.num_features
+        cfg = dataclasses.replace(cfg, pooled_dim=model.num_features, grid_dim=grid)
     if path is not None: load_ark_checkpoint(model, path)
     enc = ArkEncoder(cfg, model, "stage2" if cfg.name == "ark-plus" else "final")
     enc.weights_tag, enc.reduced = weights_tag(pretrained, path), reduced
@@ -198,7 +201,10 @@ def _build_mii(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduc
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
     path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
     cfg = cfg_at_size(cfg, input_size)
-    enc = MedImageInsightEncoder(cfg, _davit(reduced), 1024, "stage2" if cfg.name == "medimageinsight" else "stage3")
+    model = _davit(reduced)
+    if reduced:  # the reduced member's own grid width (the pooled feature is the 1024-d projection either way)
+        cfg = dataclasses.replace(cfg, grid_dim=model.feature_info[2 if cfg.name == "medimageinsight" else 3]["num_chs"])
+    enc = MedImageInsightEncoder(cfg, model, 1024, "stage2" if cfg.name == "medimageinsight" else "stage3")
     if path is not None: load_mii_checkpoint(enc, path)
     enc.weights_tag, enc.reduced = weights_tag(pretrained, path), reduced
     return enc.eval()
@@ -267,7 +273,8 @@ def _build_biomedclip(cfg:EncoderCfg, pretrained=False, input_size:int|None=None
         check_keys(visual, {k[7:]: v for k, v in sd.items() if k.startswith("visual.")}, Path(path).name)
     if cfg.preprocess.size != 224: visual.trunk.set_input_size(img_size=cfg.preprocess.size)  # resample position embeddings
     enc = OpenClipTimmEncoder(cfg, visual)
-    if reduced: enc.cfg = dataclasses.replace(cfg, layers=tuple(f"block{i}" for i in range(len(visual.trunk.blocks))) + ("final",))
+    if reduced: enc.cfg = dataclasses.replace(cfg, layers=tuple(f"block{i}" for i in range(len(visual.trunk.blocks))) + ("final",),
+                                              grid_dim=visual.trunk.embed_dim)
     enc.weights_tag, enc.reduced = weights_tag(pretrained, path), reduced
     return enc.eval()
 

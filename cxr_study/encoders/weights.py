@@ -18,7 +18,7 @@ from ..core import CxrStudyError
 __all__ = ['HF_WEIGHT_FILES', 'checkpoint_format', 'load_checkpoint', 'is_repo_id', 'local_weights_path', 'weight_files',
            'config_files', 'hf_cache_dir', 'hf_cached', 'hf_download_command', 'missing_weights_error', 'hub_repo_id',
            'resolve_weights', 'hf_cached_file', 'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights',
-           'load_hf_model', 'check_keys']
+           'key_problems', 'load_hf_model', 'check_keys']
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #0baf4acd
 def checkpoint_format(path:str|Path) -> str:
@@ -50,7 +50,7 @@ def load_checkpoint(path:str|Path, # a .safetensors, .bin, .pt, .pth or .pth.tar
                 sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             import re
-            refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))  # torch's two wordings
             if refused:
                 raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused.group(1)}, which is not weights "
                                     "(it could run code when loaded). cxr_study reads checkpoints weights-only and never "
@@ -269,37 +269,59 @@ def download_weights(name:str, # registry name
     return resolve_weights(name, w, repo)
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #b0dd609b
+def _prefixed(k:str, prefixes) -> bool: return bool(prefixes) and k.startswith(tuple(prefixes))
+
+def key_problems(missing, # keys the model has and the weights lack
+                 unexpected, # keys the weights have and the model lacks
+                 mismatched=(), # keys present in both with different shapes
+                 ignore_prefixes:tuple=(), # unexpected keys of parts the encoder does not use (an unused head, a text tower)
+                 harmless_missing:tuple=(), # exact keys a release may lack without effect (e.g. "embeddings.mask_token")
+                 new_head:tuple=(), # prefixes of a head trained from scratch: may be missing or of another shape
+                ) -> dict[str, list]: # {"missing": [...], "unexpected": [...], "mismatched": [...]}, empty lists when the load is sound
+    "The key problems that must block a load, after the stated exceptions."
+    return {"missing": sorted(k for k in missing if k not in harmless_missing and not _prefixed(k, new_head)),
+            "unexpected": sorted(k for k in unexpected if not _prefixed(k, ignore_prefixes)),
+            "mismatched": sorted(k for k in mismatched if not _prefixed(k, new_head))}
+
+def _key_error(source, what:str, bad:dict) -> CxrStudyError:
+    listed = "; ".join(f"{k} {v[:5]}{f' and {len(v) - 5} more' if len(v) > 5 else ''}" for k, v in bad.items() if v)
+    return CxrStudyError(f"{source}: weights do not match {what}: {listed}. The file is not this release (or a checkpoint "
+                         "in its layout): check that the path or repo id names the right model.")
+
 def load_hf_model(model_cls, # e.g. transformers.Dinov2Model
                   weights_file:Path, # a weights file inside the release folder
-                  config, # the architecture's config, written in code
-                  ignore_prefixes:tuple=(), # keys of unused parts, e.g. ("text_model.", "logit_")
+                  config=None, # the architecture's config, written in code; None: the folder's config.json
+                  ignore_prefixes:tuple=(), # unexpected keys of unused parts, e.g. ("text_model.", "logit_")
+                  harmless_missing:tuple=(), # keys the release may lack without effect, e.g. ("embeddings.mask_token",)
+                  new_head:tuple=(), # prefixes of a head trained from scratch (may be missing or reshaped), e.g. ("classifier.",)
+                  **kwargs, # passed to `from_pretrained`, e.g. num_labels=2
                  ):
-    "Load an HF-format release folder into `model_cls`, refusing any key mismatch."
+    "Load an HF-format release folder into `model_cls`; any other missing, unexpected or mismatched key is a `CxrStudyError` listing them."
     from transformers.utils import logging as hf_logging
     folder = Path(weights_file).parent
+    if config is not None: kwargs["config"] = config
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    try:
-        model, info = model_cls.from_pretrained(folder, config=config, local_files_only=True, dtype=torch.float32,
-                                                output_loading_info=True, trust_remote_code=False)
+    try:  # mismatched shapes are collected (and judged below), not raised by transformers as a bare RuntimeError
+        model, info = model_cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32, output_loading_info=True,
+                                                trust_remote_code=False, ignore_mismatched_sizes=True, **kwargs)
     finally: hf_logging.set_verbosity(verbosity)
-    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(tuple(ignore_prefixes)))
-    bad = {"missing": sorted(info["missing_keys"]), "unexpected": unexpected,
-           "mismatched": sorted(str(k) for k in info["mismatched_keys"])}
-    if any(bad.values()):
-        raise CxrStudyError(f"{folder}: weights do not match {model_cls.__name__}: "
-                            + "; ".join(f"{k} {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in bad.items() if v))
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]
+    bad = key_problems(info["missing_keys"], info["unexpected_keys"], mismatched, ignore_prefixes, harmless_missing, new_head)
+    if any(bad.values()): raise _key_error(folder, model_cls.__name__, bad)
     return model.eval()
 
 def check_keys(model:torch.nn.Module, # the module about to receive the weights
                sd:dict, # the mapped state dict
                source:str, # file name, for the message
+               ignore_prefixes:tuple=(), # unexpected keys of unused parts (a classifier head), dropped
+               harmless_missing:tuple=(), # keys the weights may lack without effect
               ):
-    "Load `sd` strictly into `model`, with a `CxrStudyError` listing any key or shape mismatch."
+    "Load `sd` into `model`; any other missing or unexpected key, or any shape mismatch, is a `CxrStudyError` listing them."
     own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not (k not in own and _prefixed(k, ignore_prefixes))}
     wrong = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     if wrong: raise CxrStudyError(f"{source}: weights do not match: shape mismatch in {wrong[:3]} ({len(wrong)} tensors)")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise CxrStudyError(f"{source}: weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]} "
-                            f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    bad = key_problems([k for k in own if k not in sd], [k for k in sd if k not in own], (), ignore_prefixes, harmless_missing)
+    if any(bad.values()): raise _key_error(source, type(model).__name__, bad)
+    model.load_state_dict(sd, strict=False)

@@ -5,7 +5,10 @@
 # %% ../../nbs/api/12_encoders.zoo.ipynb #1f87852f
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -14,11 +17,11 @@ from torch import nn
 from ..core import CxrStudyError
 from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, WeightsCfg,
                                          cfg_at_size, register_encoder)
-from .weights import load_hf_model, resolve_weights, weights_tag
+from .weights import checkpoint_format, load_checkpoint, load_hf_model, resolve_weights, weights_tag
 
 # %% auto #0
-__all__ = ['register_reference', 'reference_processor', 'torchvision_squash_reference', 'HFViTEncoder', 'SegformerEncoder',
-           'save_hf_release']
+__all__ = ['register_reference', 'reference_processor', 'torchvision_squash_reference', 'checkpoint_positions',
+           'resample_siglip_positions', 'HFViTEncoder', 'SegformerEncoder', 'save_hf_release']
 
 # %% ../../nbs/api/12_encoders.zoo.ipynb #15fd6d66
 _REFERENCES:dict = {}
@@ -102,6 +105,60 @@ def _vit_layers(n:int) -> tuple:
     "Layer names of a ViT with n blocks: block0 ... block{n-1}, final."
     return tuple(f"block{i}" for i in range(n)) + ("final",)
 
+# what a release may hold that the encoder does not use, and what it may lack without effect (see `load_hf_model`)
+_HF_LOAD = {"dinov2": dict(harmless_missing=("embeddings.mask_token",),  # used only for masked-image training
+                           ignore_prefixes=("classifier.",)),  # a classification head
+            "siglip": dict(ignore_prefixes=("text_model.", "logit_scale", "logit_bias")),  # the text tower
+            "segformer": dict()}
+
+def _vision_pos_key(keys) -> str|None:
+    "The vision position table's key: `vision_model.embeddings...` in a full SigLIP release, `embeddings...` in a vision-only one."
+    return next((k for k in keys if k.endswith("embeddings.position_embedding.weight") and not k.startswith("text_model.")), None)
+
+def checkpoint_positions(weights_file:str|Path, # a SigLIP release's weights file (safetensors, a shard index, or torch)
+                        ) -> int|None: # rows of the vision position table; None if the file has none
+    "How many vision positions a SigLIP release holds, read from the file's header where it can (no weights loaded)."
+    p = Path(weights_file)
+    if p.name.endswith(".index.json"):
+        wm = json.loads(p.read_text()).get("weight_map", {})
+        key = _vision_pos_key(wm)
+        if key is None: return None
+        p = p.parent / wm[key]
+    if checkpoint_format(p) == "safetensors":
+        from safetensors import safe_open
+        with safe_open(str(p), "pt") as f:
+            key = _vision_pos_key(f.keys())
+            return None if key is None else f.get_slice(key).get_shape()[0]
+    sd = load_checkpoint(p)
+    key = _vision_pos_key(sd)
+    return None if key is None else sd[key].shape[0]
+
+def resample_siglip_positions(model:nn.Module, # transformers SiglipVisionModel
+                              image_size:int, # the input size the position table is moved to
+                             ) -> nn.Module:
+    "Move a SigLIP vision model's position table to `image_size`, with transformers' own `interpolate_pos_encoding` (bicubic)."
+    emb = getattr(model, "vision_model", model).embeddings  # transformers 5 has no `vision_model` wrapper
+    n, dim = (image_size // emb.patch_size) ** 2, emb.embed_dim
+    w = emb.position_embedding.weight
+    with torch.no_grad():
+        table = emb.interpolate_pos_encoding(w.new_zeros(1, n, dim), image_size, image_size)[0].clone()
+    emb.position_embedding = nn.Embedding(n, dim, _weight=table, device=w.device, dtype=w.dtype)
+    emb.image_size, emb.num_patches, emb.num_positions = image_size, n, n
+    emb.register_buffer("position_ids", torch.arange(n, device=w.device).expand((1, -1)), persistent=False)
+    model.config.image_size = emb.config.image_size = image_size
+    return model
+
+def _load_siglip(cls, wfile:Path, conf):
+    "A SigLIP release into `cls` at `conf.image_size`: loaded at its own position grid, then resampled if that grid differs."
+    rows = checkpoint_positions(wfile)
+    side = math.isqrt(rows) if rows else 0
+    if not rows or side * side != rows or side * conf.patch_size == conf.image_size:
+        return load_hf_model(cls, wfile, conf, **_HF_LOAD["siglip"]), None  # the usual case; a malformed table fails here, named
+    native = copy.deepcopy(conf)
+    native.image_size = side * conf.patch_size  # e.g. 384 for a 24 x 24 table at patch 16
+    model = load_hf_model(cls, wfile, native, **_HF_LOAD["siglip"])  # strict, at the release's own grid
+    return resample_siglip_positions(model, conf.image_size), native.image_size
+
 def _build_hf(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduced:bool=False, **kw):
     "Builder of the transformers-based entries."
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
@@ -111,20 +168,23 @@ def _build_hf(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduce
     fam = _HF_FAMILY[cfg.name]
     cfg = cfg_at_size(cfg, input_size)
     if fam == "dinov2":
-        conf = _dinov2_config(reduced)
-        cls, ignore, prefix = transformers.Dinov2Model, (), 1
+        conf, cls, prefix = _dinov2_config(reduced), transformers.Dinov2Model, 1
     elif fam == "siglip":
-        conf = _siglip_config(cfg.name, reduced)
-        cls, ignore, prefix = transformers.SiglipVisionModel, ("text_model.", "logit_scale", "logit_bias"), 0
+        conf, cls, prefix = _siglip_config(cfg.name, reduced), transformers.SiglipVisionModel, 0
     else:
         conf, cls = _segformer_config(reduced), transformers.SegformerForSemanticSegmentation
-        ignore = ()
+    resampled = None
     if wfile is None: model = cls(conf).eval()
-    else: model = load_hf_model(cls, wfile, conf, ignore_prefixes=ignore)
-    if reduced and fam != "segformer": cfg = dataclasses.replace(cfg, layers=_vit_layers(conf.num_hidden_layers))
+    elif fam == "siglip": model, resampled = _load_siglip(cls, wfile, conf)
+    else: model = load_hf_model(cls, wfile, conf, **_HF_LOAD[fam])
+    if reduced:  # the reduced member's own widths, so heads built from `cfg` fit it
+        width = conf.hidden_sizes[-1] if fam == "segformer" else conf.hidden_size
+        cfg = dataclasses.replace(cfg, pooled_dim=width, grid_dim=width)
+        if fam != "segformer": cfg = dataclasses.replace(cfg, layers=_vit_layers(conf.num_hidden_layers))
     enc = SegformerEncoder(cfg, model) if fam == "segformer" else HFViTEncoder(cfg, model, prefix)
     enc.weights_tag = weights_tag(pretrained, wfile)
     enc.reduced = reduced
+    enc.positions_resampled_from = resampled  # the release's own input size when its position table was resampled, else None
     return enc
 
 # %% ../../nbs/api/12_encoders.zoo.ipynb #4098d6ad
@@ -250,7 +310,8 @@ register_encoder(EncoderCfg(
 
 register_encoder(EncoderCfg(
     name="chexagent-vision", builder=_build_hf, arch="SigLIP ViT-L/16 (transformers SiglipVisionModel)",
-    # the study resized to 512 with torchvision (bicubic) and the release processor's mean and std
+    # 512 px, bicubic, mean = std = 0.5: the CheXagent family's SiglipImageProcessor (see the XrayCLIP sibling release);
+    # a release with a 384-px (24 x 24) position table is loaded and resampled to 32 x 32 (`_load_siglip`)
     preprocess=PreprocessCfg(size=512, interpolation="bicubic", **_HALF),
     pooled_dim=1024, grid_dim=1024, grid_stride=16, pooled_def="pooler output (attention-pool head)",
     grid_def="last hidden state after the final norm (32x32x1024)", layers=_vit_layers(24),

@@ -25,8 +25,8 @@ from ..encoders.registry import Encoder, PreprocessCfg, create_encoder, preproce
 from ..encoders.weights import local_weights_path
 
 # %% auto #0
-__all__ = ['read_image_u8', 'EncoderImages', 'load_masks', 'Features', 'image_digests', 'feature_key', 'default_workers',
-           'extract_features', 'compare_amp']
+__all__ = ['read_image_u8', 'EncoderImages', 'load_masks', 'Features', 'image_digests', 'feature_key', 'write_chunk',
+           'read_chunk', 'default_workers', 'extract_features', 'compare_amp']
 
 # %% ../../nbs/api/20_features.cache.ipynb #929932e2
 def _minmax_lut(lo:int, hi:int) -> list|None:
@@ -65,13 +65,14 @@ def load_masks(cohort:pd.DataFrame, # rows with `{target}_mask` columns
                target:str, # "pneumothorax" or "heart"
                pcfg:PreprocessCfg, # geometry of the encoder the masks go with
                size:int|None=None, # output size (default: the encoder input size)
+               rule:str="bilinear", # how masks are resized: "bilinear" (default) or "study" (see `preprocess_mask`)
               ) -> np.ndarray: # bool (N, size, size)
     "Decode masks and put them through the encoder's resize and crop."
     out = []
     for _, row in cohort.iterrows():
         m = index_mask(row, target)
         if m is None: raise CxrStudyError(f"image {row['image_id']}: no {target} mask in the index")
-        out.append(preprocess_mask(m, pcfg, size))
+        out.append(preprocess_mask(m, pcfg, size, rule))
     return np.stack(out) if out else np.zeros((0, size or pcfg.size, size or pcfg.size), bool)
 
 # %% ../../nbs/api/20_features.cache.ipynb #b6f36c88
@@ -144,6 +145,91 @@ def feature_key(encoder:Encoder, images:pd.DataFrame, root:Path, layers, init_se
     if amp: key["amp"] = "bf16"  # fp32 entries keep their key
     return key
 
+# %% ../../nbs/api/20_features.cache.ipynb #8096fc7a
+import hashlib, warnings  # chunk digests
+from ..core import remove_stale_temporaries
+
+_DIGEST = "__digest__"  # the key of a chunk's own digest in its .npz
+
+def _arrays_digest(arrays:dict) -> str:
+    "Content digest of named arrays: their names, dtypes, shapes and bytes."
+    h = hashlib.blake2b(digest_size=20)
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode()); h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+def _damaged(path:Path, why:str):
+    warnings.warn(f"{path}: damaged feature-cache file ({why}); it is not used and is computed again", RuntimeWarning, stacklevel=3)
+
+def write_chunk(path:Path, # the chunk's .npz
+                arrays:dict, # name -> array
+               ) -> Path:
+    "Write a chunk of features atomically, with the content digest of its arrays."
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f: np.savez(f, **arrays, **{_DIGEST: np.array(_arrays_digest(arrays))})
+    return path
+
+def read_chunk(path:Path, # the chunk's .npz
+              ) -> dict|None: # name -> array; None when missing or damaged
+    "A chunk's arrays when they match the digest stored with them; a damaged chunk is removed, with a warning naming it."
+    if not path.exists(): return None
+    try:
+        with np.load(path) as z: arrays = {k: z[k] for k in z.files}  # no pickles: allow_pickle stays False
+        ok = str(arrays.pop(_DIGEST)) == _arrays_digest(arrays)
+        why = "its content differs from the digest stored with it"
+    except Exception as e: ok, why = False, f"unreadable: {type(e).__name__}"
+    if ok: return arrays
+    _damaged(path, why); path.unlink(missing_ok=True)
+    return None
+
+def _chunks_todo(parts:Path, starts:list) -> list:
+    "The chunks still to compute (missing or damaged), after removing what killed writers left in the entry."
+    remove_stale_temporaries(parts.parent)
+    return [s for s in starts if read_chunk(parts/f"{s:08d}.npz") is None]
+
+def _join_chunks(parts:Path, starts:list, path:Path, names:list, n:int) -> dict:
+    "Join the chunks into one memory-mappable .npy per name, atomically; the content digest of each file."
+    with contextlib.ExitStack() as stack:
+        arrs, i = {}, 0
+        for s in starts:
+            c = read_chunk(parts/f"{s:08d}.npz")
+            if c is None: raise CxrStudyError(f"{parts/f'{s:08d}.npz'}: damaged while the features were extracted; run the same command again")
+            for k in names:
+                if k not in arrs:
+                    tmp = stack.enter_context(atomic_path(path/f"{k}.npy"))
+                    arrs[k] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, *c[k].shape[1:]))
+                arrs[k][i:i + len(c[k])] = c[k]
+            i += len(c[names[0]])
+        for a in arrs.values(): a.flush()
+        arrs.clear()
+    return {f"{k}.npy": file_digest(path/f"{k}.npy") for k in names}
+
+def _sealed(meta:dict) -> dict:
+    "`meta` with the digest of its own values (the time taken aside, so that the same features give the same meta.json)."
+    return {**meta, "digest": fingerprint({k: v for k, v in meta.items() if k not in ("digest", "seconds")}, n=40)}
+
+_seen = {}  # (path, size, mtime_ns) -> digest: each array file is hashed once per process
+
+def _entry_ok(path:Path) -> bool:
+    "Whether a cache entry is finished and intact; a damaged one loses its completion mark (meta.json), with a warning."
+    if not (path/"meta.json").exists(): return False
+    try:
+        meta = read_json(path/"meta.json")
+        bad = None if isinstance(meta, dict) and meta.get("digest", None) in (None, _sealed(meta)["digest"]) else path/"meta.json"
+    except (ValueError, OSError): meta, bad = {}, path/"meta.json"
+    for name, digest in ({} if bad else meta.get("files", {})).items():  # entries written before digests: not checked
+        f = path/name
+        try: st = f.stat()
+        except OSError: bad = f; break
+        k = (str(f), st.st_size, st.st_mtime_ns)
+        if k not in _seen: _seen[k] = file_digest(f)
+        if _seen[k] != digest: bad = f; break
+    if bad is None: return True
+    _damaged(bad, "its content differs from the digest the entry holds" if bad.name != "meta.json" else "meta.json unreadable or altered")
+    (path/"meta.json").unlink(missing_ok=True)
+    return False
+
 # %% ../../nbs/api/20_features.cache.ipynb #859e3359
 def default_workers(device=None, # where the encoder runs ("cpu", "cuda", a torch.device, None: the best available)
                    ) -> int:
@@ -162,6 +248,21 @@ class _Reads(torch.utils.data.Dataset):
 def _yield_to_model(worker_id:int):
     "Worker start beside a CPU forward: the lowest priority, so reading takes the cycles the model leaves and never stalls its threads."
     with contextlib.suppress(OSError): os.nice(19)
+
+@contextlib.contextmanager
+def _torch_threads(k:int):
+    "Torch on `k` threads inside the block, as before after it."
+    n = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try: yield
+    finally: torch.set_num_threads(n)
+
+def _build_threads() -> int:
+    "Threads to build an encoder on: one while the machine is busier than its cores, else as many as torch uses."
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try: busy = os.getloadavg()[0] > cores
+    except (AttributeError, OSError): busy = False
+    return 1 if busy else torch.get_num_threads()
 
 def _collate(items):
     err = next((x for x in items if isinstance(x, str)), None)
@@ -187,21 +288,22 @@ def extract_features(encoder:str, # registry name
     dev = get_device(device)
     amp = dev.type == "cuda" if amp is None else bool(amp)
     torch.manual_seed(init_seed)
-    enc = create_encoder(encoder, pretrained=pretrained, **(encoder_kwargs or {}))
+    with _torch_threads(_build_threads()):  # the same weights on any number of threads (see above)
+        enc = create_encoder(encoder, pretrained=pretrained, **(encoder_kwargs or {}))
     bad = [l for l in (layers or []) if l not in enc.cfg.layers]
     if bad: raise CxrStudyError(f"{encoder}: unknown layer(s) {bad}; available: {list(enc.cfg.layers)}")
     # reading every image to hash it on every call would cost as much as a small extraction: digests
     # are remembered by path, size and modification time
     key = feature_key(enc, images, root, layers, init_seed, pretrained, memo=cache_dir/"image-digests.parquet", amp=amp)
     path = cache_dir/f"{encoder}-{fingerprint(key)}"
-    if (path/"meta.json").exists(): return _open(path)
+    if _entry_ok(path): return _open(path)
     enc = enc.to(dev)
     with _lock(cache_dir/f".{path.name}.lock"):
-        if (path/"meta.json").exists(): return _open(path)
+        if _entry_ok(path): return _open(path)
         parts = path/"parts"; parts.mkdir(parents=True, exist_ok=True)
         ids = images["image_id"].tolist()
         starts = list(range(0, len(ids), chunk_size))
-        todo = [s for s in starts if not (parts/f"{s:08d}.npz").exists()]
+        todo = _chunks_todo(parts, starts)  # missing or damaged chunks
         names = ["pooled", "grid", *(layers or [])]
         t0 = time.time()
         bar = progress(total=len(ids), desc=f"features {encoder}", it=None)
@@ -226,23 +328,13 @@ def extract_features(encoder:str, # registry name
                             out[k].append(t.to(torch.float16).to("cpu", non_blocking=True))
                     n += len(x); bar.update(len(x))
                 if dev.type == "cuda": torch.cuda.synchronize(dev)
-                with atomic_path(parts/f"{s:08d}.npz") as tmp:
-                    with open(tmp, "wb") as f:
-                        np.savez(f, **{k: torch.cat(v).numpy() for k, v in out.items()})
+                write_chunk(parts/f"{s:08d}.npz", {k: torch.cat(v).numpy() for k, v in out.items()})
         finally: del batches_in  # stops the workers, also when a chunk fails
         bar.close()
         # join the chunks into memory-mappable arrays, then mark complete
-        chunks = [np.load(parts/f"{s:08d}.npz") for s in starts]
-        for n in names:
-            shape = (len(ids), *chunks[0][n].shape[1:])
-            with atomic_path(path/f"{n}.npy") as tmp:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-                i = 0
-                for c in chunks:
-                    a = c[n]; arr[i:i + len(a)] = a; i += len(a)
-                arr.flush(); del arr
-        write_json({"key": key, "image_ids": ids, "grids": names[1:], "weights_tag": enc.weights_tag,
-                    "seconds": round(time.time() - t0, 2), "device": str(dev), "amp": amp}, path/"meta.json")
+        files = _join_chunks(parts, starts, path, names, len(ids))
+        write_json(_sealed({"key": key, "image_ids": ids, "grids": names[1:], "weights_tag": enc.weights_tag, "files": files,
+                            "seconds": round(time.time() - t0, 2), "device": str(dev), "amp": amp}), path/"meta.json")
         shutil.rmtree(parts)
     return _open(path)
 

@@ -14,7 +14,7 @@ from ..core import CxrStudyError
 from .folds import critical_difference
 
 # %% auto #0
-__all__ = ['cd_cliques', 'plot_critical_difference', 'plot_forest', 'plot_subgroup_gaps']
+__all__ = ['cd_cliques', 'plot_critical_difference', 'plot_forest', 'plot_subgroup_gaps', 'plot_reliability', 'plot_roc_pr']
 
 # %% ../../nbs/api/67_stats.figures.ipynb #5d452af2
 def _figure(figsize):
@@ -133,4 +133,71 @@ def plot_subgroup_gaps(table:pd.DataFrame, # output of `subgroup_metrics`
     ax.set_xlabel(table.metric.iloc[0] if "metric" in table and len(table) else "estimate")
     ax.legend(fontsize=7, title=", ".join(group_cols), title_fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1))
     if title: ax.set_title(title, fontsize=10)
+    return fig
+
+# %% ../../nbs/api/67_stats.figures.ipynb #0c8be1f1
+def plot_reliability(bins:pd.DataFrame, # from `reliability_table`: one row per run and bin
+                     run_col:str="model", # one panel per value
+                     stats:pd.DataFrame|None=None, # from `calibration_table` (same `run_col`): ECE and Brier shown in each panel
+                     ncols:int=4, # panels per row
+                     title:str|None=None, # figure title
+                    ):
+    "Reliability diagrams, one panel per run, with bin counts below; returns a Figure."
+    missing = [c for c in [run_col, "lo", "hi", "n", "mean_pred", "frac_pos", "frac_lo", "frac_hi"] if c not in bins.columns]
+    if missing: raise CxrStudyError(f"reliability diagram needs column(s) {missing}; pass the output of reliability_table")
+    runs = list(dict.fromkeys(bins[run_col]))
+    nc = max(1, min(ncols, len(runs))); nr = max(1, -(-len(runs) // nc))
+    fig = _figure((2.9 * nc, 3.3 * nr))
+    gs = fig.add_gridspec(2 * nr, nc, height_ratios=[3, 1] * nr)
+    for i, run in enumerate(runs):
+        r, c = divmod(i, nc)
+        ax, axh = fig.add_subplot(gs[2 * r, c]), fig.add_subplot(gs[2 * r + 1, c])
+        b = bins[(bins[run_col] == run) & (bins.n > 0)]
+        ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+        ax.errorbar(b.mean_pred, b.frac_pos, yerr=[(b.frac_pos - b.frac_lo).clip(0), (b.frac_hi - b.frac_pos).clip(0)], fmt="o-", color="#4c72b0",
+                    ms=4, lw=1, elinewidth=0.8, capsize=2)
+        head = str(run)
+        if stats is not None and (s := stats[stats[run_col] == run]).size:  # the run's ECE and Brier score under its name
+            s = s.iloc[0]
+            head += f"\nECE {s.ece:.3f} ({s.ece_lo:.3f}-{s.ece_hi:.3f}), Brier {s.brier:.3f} ({s.brier_lo:.3f}-{s.brier_hi:.3f})"
+        ax.set_xlim(0, 1); ax.set_ylim(-0.02, 1.02); ax.set_title(head, fontsize=7)
+        ax.set_ylabel("fraction positive", fontsize=7); ax.tick_params(labelsize=7, labelbottom=False)
+        allb = bins[bins[run_col] == run]
+        axh.bar(allb.lo, allb.n, width=allb.hi - allb.lo, align="edge", color="0.6", edgecolor="white", lw=0.5)
+        axh.set_xlim(0, 1); axh.set_xlabel("mean predicted probability", fontsize=7); axh.set_ylabel("images", fontsize=7)
+        axh.tick_params(labelsize=7)
+    if title: fig.suptitle(title, fontsize=9)
+    return fig
+
+# %% ../../nbs/api/67_stats.figures.ipynb #8372e0c5
+def plot_roc_pr(preds:pd.DataFrame, # per-image predictions with y_true, y_score and `run_col`
+                run_col:str="model", # one curve per value
+                title:str|None=None, # figure title
+               ):
+    "ROC and precision-recall curves side by side, with AUROC / AUPRC in the legends; returns a Figure."
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    missing = [c for c in [run_col, "y_true", "y_score"] if c not in preds.columns]
+    if missing: raise CxrStudyError(f"ROC/PR curves need column(s) {missing}")
+    runs = list(dict.fromkeys(preds[run_col]))
+    fig = _figure((9, 3.6 + 0.16 * len(runs)))
+    roc, pr = fig.subplots(1, 2)
+    prevalence = []
+    for i, run in enumerate(runs):
+        g = preds[(preds[run_col] == run) & preds.y_true.notna() & preds.y_score.notna()]
+        y, s = g.y_true.to_numpy(int), g.y_score.to_numpy(float)
+        if len(np.unique(y)) < 2: continue
+        c = f"C{i % 10}"
+        fpr, tpr, _ = roc_curve(y, s)
+        roc.plot(fpr, tpr, color=c, lw=1.2, label=f"{run} (AUROC {roc_auc_score(y, s):.3f})")
+        prec, rec, _ = precision_recall_curve(y, s)
+        pr.plot(rec, prec, color=c, lw=1.2, drawstyle="steps-post", label=f"{run} (AUPRC {average_precision_score(y, s):.3f})")
+        prevalence.append(y.mean())
+    roc.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1)
+    if prevalence: pr.axhline(np.mean(prevalence), ls=":", color="0.5", lw=1)
+    roc.set_xlabel("1 - specificity", fontsize=8); roc.set_ylabel("sensitivity", fontsize=8); roc.set_title("ROC", fontsize=9)
+    pr.set_xlabel("recall (sensitivity)", fontsize=8); pr.set_ylabel("precision", fontsize=8); pr.set_title("precision-recall", fontsize=9)
+    for ax in (roc, pr):
+        ax.set_xlim(0, 1); ax.set_ylim(0, 1.02); ax.tick_params(labelsize=7); ax.set_aspect("equal")
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    if title: fig.suptitle(title, fontsize=9)
     return fig

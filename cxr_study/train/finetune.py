@@ -25,8 +25,9 @@ from ..encoders.registry import Encoder, PreprocessCfg, preprocess_image
 from ..data.readers import read_image
 
 # %% auto #0
-__all__ = ['MODES', 'FinetuneCfg', 'AdaptImages', 'Standardise', 'FinetuneModel', 'build_finetune_model', 'tiny_encoder',
-           'encoder_blocks', 'parameter_depths', 'lora_targets', 'configure_adaptation', 'augment_batch',
+__all__ = ['MODES', 'CHECKPOINT_FORMAT', 'FinetuneCfg', 'AdaptImages', 'Standardise', 'FinetuneModel', 'build_finetune_model',
+           'tiny_encoder', 'encoder_blocks', 'parameter_depths', 'lora_targets', 'configure_adaptation',
+           'augment_batch', 'state_digest', 'save_training_checkpoint', 'load_training_checkpoint', 'resume_state',
            'enable_grad_checkpointing', 'fit_finetune', 'predict_finetune', 'TensorPairs', 'encoder_changed']
 
 # %% ../../nbs/api/40_train.finetune.ipynb #cda94bef
@@ -236,6 +237,73 @@ def augment_batch(x:torch.Tensor, # (B, C, H, W) preprocessed images
         m = F.grid_sample(m[:, None].float(), mg, mode="nearest", align_corners=False)[:, 0] > 0.5
     return x, m
 
+# %% ../../nbs/api/40_train.finetune.ipynb #1d089d10
+import hashlib, warnings  # checkpoint digests
+
+CHECKPOINT_FORMAT = "cxr_study-checkpoint-1"
+
+def state_digest(obj) -> str:
+    "Content digest of a checkpoint's contents: tensors (dtype, shape, bytes), numbers, strings and containers."
+    h = hashlib.blake2b(digest_size=20)
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}|".encode()); h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, np.ndarray):
+            a = np.ascontiguousarray(o); h.update(f"A{a.dtype.str}{a.shape}|".encode()); h.update(a.reshape(-1).view(np.uint8))
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}|".encode())
+            for k in sorted(o, key=repr): walk(k); walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__[0]}{len(o)}|".encode())
+            for x in o: walk(x)
+        else: h.update(f"{type(o).__name__}:{o!r}|".encode())
+    walk(obj)
+    return h.hexdigest()
+
+def save_training_checkpoint(obj, # tensors, numbers, strings and containers of them
+                             path:str|Path, # the file (.pt)
+                            ) -> Path:
+    "Write a training checkpoint atomically, with the content digest of what it holds."
+    with atomic_path(path) as tmp: torch.save({"format": CHECKPOINT_FORMAT, "digest": state_digest(obj), "state": obj}, tmp)
+    return Path(path)
+
+def load_training_checkpoint(path:str|Path, # a file written by `save_training_checkpoint`
+                            ): # what it holds; None when it is damaged (with a warning naming it)
+    "A training checkpoint read weights-only and checked against its digest; a pickle with code is refused."
+    from cxr_study.encoders.weights import _numpy_scalars
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
+        if refused: raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused.group(1)}, which is not weights (it "
+                                        "could run code when loaded); it was not loaded. Delete it and run again.") from None
+        why = f"unreadable: {type(e).__name__}"
+    else:
+        ok = isinstance(ck, dict) and ck.get("format") == CHECKPOINT_FORMAT and ck.get("digest") == state_digest(ck.get("state"))
+        if ok: return ck["state"]
+        why = "its content differs from the digest stored with it"
+    warnings.warn(f"{path}: damaged checkpoint ({why}); it is not used", RuntimeWarning, stacklevel=2)
+    return None
+
+def resume_state(ckpt_dir:str|Path, # a fold's checkpoint folder
+                ) -> tuple|None: # (last checkpoint, best weights or None); None: start from the beginning
+    "What `fit_finetune` resumes from: `last.pt` and, when an epoch was best, `best.pt`, both intact; else the folder is cleared."
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir/"last.pt").exists(): return None
+    from cxr_study.core import remove_stale_temporaries
+    remove_stale_temporaries(ckpt_dir)  # what a killed writer left
+    last = load_training_checkpoint(ckpt_dir/"last.pt")
+    best = None
+    if last is not None and (ckpt_dir/"best.pt").exists(): best = load_training_checkpoint(ckpt_dir/"best.pt")
+    if last is not None and (best is not None or last["state"]["best_epoch"] < 0 and not (ckpt_dir/"best.pt").exists()):
+        return last, best
+    for f in ("last.pt", "best.pt"): (ckpt_dir/f).unlink(missing_ok=True)  # damaged: training starts again, to the same result
+    warnings.warn(f"{ckpt_dir}: checkpoints removed; this fold is trained again from the beginning", RuntimeWarning, stacklevel=2)
+    return None
+
 # %% ../../nbs/api/40_train.finetune.ipynb #b7d0fd7c
 def _set_train(model, cfg):
     model.train()
@@ -287,8 +355,7 @@ def _rng_state(rng, gen):
 def _set_rng_state(st, rng, gen):
     rng.bit_generator.state = st["numpy"]; gen.set_state(st["gen"]); torch.set_rng_state(st["torch"]); random.setstate(st["python"])
 
-def _save(obj, path):
-    with atomic_path(path) as tmp: torch.save(obj, tmp)
+def _save(obj, path): save_training_checkpoint(obj, path)
 
 def _cpu_state(model): return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -319,11 +386,11 @@ def fit_finetune(model:nn.Module, # FinetuneModel or any module with .encoder, .
     st = {"epoch": 0, "step": 0, "best": math.inf, "bad": 0, "best_epoch": -1, "done": False,
           "train_loss": [], "val_loss": [], "resumed_from": None}
     best_state = None
-    if ckpt_dir and (ckpt_dir/"last.pt").exists():
-        ck = torch.load(ckpt_dir/"last.pt", map_location="cpu", weights_only=False)
+    resume = resume_state(ckpt_dir) if ckpt_dir else None  # None: nothing to resume, or a damaged checkpoint (warned, removed)
+    if resume is not None:
+        ck, best_state = resume
         model.load_state_dict(ck["model"]); opt.load_state_dict(ck["opt"]); sched.load_state_dict(ck["sched"])
         _set_rng_state(ck["rng"], rng, gen); st = {**ck["state"], "resumed_from": ck["state"]["epoch"]}
-        if (ckpt_dir/"best.pt").exists(): best_state = torch.load(ckpt_dir/"best.pt", map_location="cpu", weights_only=True)
     trainable = [p for g in groups for p in g["params"]]
     vbatches = [list(range(i, min(i + cfg.batch_size, len(val)))) for i in range(0, len(val), cfg.batch_size)]
     while not st["done"] and st["epoch"] < cfg.max_epochs:

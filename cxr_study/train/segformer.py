@@ -44,6 +44,8 @@ def e2e_cfg(kind:str, # "classification" or "segmentation"
     return FinetuneCfg(**{"encoder_lr": E2E_ENCODER_LR[kind], "head_lr": 1e-4, "standardise": False, **overrides})
 
 # %% ../../nbs/api/41_train.segformer.ipynb #2e298fc9
+_SEGFORMER_NEW_HEAD = {"classification": ("classifier.",), "segmentation": ("decode_head.classifier.",)}
+
 class SegformerE2E(nn.Module):
     "SegFormer with its decoder (segmentation) or classification head, behind the fine-tuning interface."
     def __init__(self, kind:str, # "classification" or "segmentation"
@@ -63,10 +65,13 @@ class SegformerE2E(nn.Module):
             self.model = cls(SegformerConfig(**{**v["config"], **(config or {}), "num_labels": labels})); self.weights_tag = "random-init"
         else:
             from cxr_study.encoders.registry import WeightsCfg
-            from cxr_study.encoders.weights import resolve_weights, weights_tag
+            from cxr_study.encoders.weights import load_hf_model, resolve_weights, weights_tag
             # True: the variant's release; "org/name": another repo of the same layout; a path: a local release folder
             wfile = resolve_weights(variant, WeightsCfg(source=v["weights"], format="hf"), pretrained)
-            self.model = cls.from_pretrained(str(wfile.parent), num_labels=labels, ignore_mismatched_sizes=True)
+            # the head is new (1 or n_classes outputs instead of ADE20k's 150): it alone may be missing or reshaped;
+            # a classifier leaves the ADE20k decoder unused; every other key must match (named error otherwise)
+            self.model = load_hf_model(cls, wfile, num_labels=labels, new_head=_SEGFORMER_NEW_HEAD[kind],
+                                       ignore_prefixes=("decode_head.",) if kind == "classification" else ())
             self.weights_tag = weights_tag(pretrained, wfile)
         self.encoder = self.model.segformer
         self.head = self.model.classifier if kind == "classification" else self.model.decode_head
