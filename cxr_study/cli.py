@@ -304,7 +304,10 @@ def cmd_demo(a) -> int:
     _, problems = prepare_dataset(prepare_args("synthetic", "--root", raw, "--out", data, "--index-only"), log=lambda *_: None)
     for where, why in problems: print(f"problem: {where}: {why}", file=sys.stderr)
     # the demo is the shipped study file studies/demo.yaml, on this benchmark
-    cfg = load_study(shipped_study("demo"), {"data": str(data), "out": str(a.out), "tasks": a.tasks, "folds": a.folds, "seeds": [a.seed],
+    import yaml
+    abl = [x for x in yaml.safe_load(shipped_study("demo").read_text()).get("ablations") or [] if set(x["encoders"]) <= set(a.encoders)] \
+        if a.encoders else None  # --encoders narrows the ablations to those of the encoders named
+    cfg = load_study(shipped_study("demo"), {"data": str(data), "out": str(a.out), "tasks": a.tasks, "folds": a.folds, "seeds": [a.seed], "ablations": abl,
                                              "encoders": ["prior", *a.encoders] if a.encoders else None,
                                              "executor.kind": "inline" if a.executor == "inline" else "local"})
     st = run_study(cfg)
