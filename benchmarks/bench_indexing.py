@@ -234,7 +234,7 @@ def bench_siim(n: int = SIIM_IMAGES, before: bool = True, workers: int | None = 
 
 def bench_chexpert(n: int = N_TRAIN) -> dict:
     import argparse, contextlib, io
-    from cxr_study.data.prepare import add_prepare_arguments, run_prepare
+    from cxr_study.cli import add_prepare_arguments, cmd_prepare
     out = {}
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter(); make_chexpert_csv(Path(d) / "train.csv", n); out["write_s"] = round(time.perf_counter() - t0, 2)
@@ -243,7 +243,7 @@ def bench_chexpert(n: int = N_TRAIN) -> dict:
         p = argparse.ArgumentParser(); add_prepare_arguments(p)
         args = p.parse_args(["chexpert", "--root", d, "--out", str(Path(d) / "out"), "--index-only", "--all-views"])
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()): out["prepare_exit_code"] = run_prepare(args)
+        with contextlib.redirect_stdout(io.StringIO()): out["prepare_exit_code"] = cmd_prepare(args)
         out["prepare_index_only_all_views_s"] = round(time.perf_counter() - t0, 2)
     from cxr_study.data.mimic import index_mimic
     from cxr_study.data.nih import index_nih

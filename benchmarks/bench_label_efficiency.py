@@ -51,7 +51,7 @@ def prepare(d: Path, n: int, image_size: int = 1024):
     from cxr_study.data.index import write_index
     from cxr_study.data.prepare import build_image_cache, index_dataset
     from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
-    from cxr_study.sweeps import study_cohorts, study_images
+    from cxr_study.protocols import study_cohorts, study_images
     raw = make_synthetic_benchmark(d/"synthetic", SyntheticCfg(n_images=n, size=256, seed=STUDY_SEED))
     idx, _ = index_dataset("synthetic", raw)
     cached, problems = build_image_cache(idx, d/"prepared", image_size=image_size, workers=max(1, benchlib.cores() - 1))

@@ -47,8 +47,9 @@ from cxr_study.data.cohorts import make_cohort  # noqa: E402
 from cxr_study.data.index import index_mask  # noqa: E402
 from cxr_study.data.prepare import build_image_cache  # noqa: E402
 from cxr_study.data.synthetic import SyntheticCfg, index_synthetic, make_synthetic_benchmark  # noqa: E402
-from cxr_study.encoders.registry import create_encoder, get_encoder_cfg, preprocess_mask  # noqa: E402
-from cxr_study.features.cache import EncoderImages, default_workers, extract_features, load_masks  # noqa: E402
+from cxr_study.data.preprocess import load_masks, preprocess_mask  # noqa: E402
+from cxr_study.encoders.registry import create_encoder, get_encoder_cfg  # noqa: E402
+from cxr_study.features.cache import EncoderImages, default_workers, extract_features  # noqa: E402
 from cxr_study.heads.probes import SegProbeCfg, fit_seg_probe  # noqa: E402
 
 TITLE = "Segmentation linear probe: cached features against re-encoding every epoch"

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .core import CxrStudyError, STUDY_SEED
+from .encoders.registry import get_encoder_cfg, list_encoders
 from .report import Study, paired_test
-from .results import RUN_KEYS, main_metric, read_run_meta, run_path, task_kind
+from .results import RUN_KEYS, get_metric, main_metric, paired_metrics, read_run_meta, run_path, task_kind
 from .stats.multiplicity import holm
 
 # %% auto #0
@@ -27,7 +28,6 @@ ABLATIONS = {  # name -> what the variant changes
 def stride_default(encoder:str, # a registry name (without `@size`)
                   ) -> str|None: # the default entry it varies, or None
     "The entry that a stride-ablation entry varies: same builder, weights and preprocessing, another grid stride."
-    from cxr_study.encoders.registry import get_encoder_cfg, list_encoders
     try: v = get_encoder_cfg(encoder)
     except CxrStudyError: return None  # references such as the prior
     if "ablation" not in v.tags: return None
@@ -86,9 +86,9 @@ def ablation_table(study:Study,
         ids = a.index.intersection(b.index)
         a, b = a.loc[ids], b.loc[ids]
         med = lambda e, p, m: R[(R.encoder == e) & (R.task == pr.task) & (R.protocol == p)][m].median()
-        for metric in (["auroc", "auprc"] if kind == "classification" else [main_metric(kind).name]):
-            col = "y_score" if kind == "classification" else metric
-            y = a.y_true.to_numpy(float) if kind == "classification" else None
+        for metric in [m.name for m in paired_metrics(kind)]:
+            m = get_metric(metric); col = m.values
+            y = a[m.labels].to_numpy(float) if m.labels else None
             t = paired_test(metric, a[col].to_numpy(float), b[col].to_numpy(float), y, a.patient_id.to_numpy(), n_perm, seed)
             rows.append(dict(ablation=pr.ablation, task=pr.task, metric=metric, variant=pr.variant, default=pr.default, differs=pr.differs,
                              median_variant=med(pr.encoder_variant, pr.protocol_variant, metric),

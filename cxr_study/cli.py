@@ -8,19 +8,33 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-from .core import CxrStudyError, STUDY_SEED
+import cxr_study
+from .core import CxrStudyError, STUDY_SEED, read_json, write_json
+from .data.adapters import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, format_problems, label_counts
+from .data.index import MASK_TARGETS
+from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset
+from .data.preprocess import MASK_RULES
+from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
+from .encoders.registry import get_encoder_cfg, list_encoders
+from .encoders.weights import download_weights
+from .executors import execute_run, run_study
+from .plan import format_plan, plan_study
+from .protocols import protocol_names
+from .report import build_report, copy_report
+from .reporting import write_study_outputs
+from .studyfile import expand_study, load_study, shipped_study, study_out
+from .sweeps import RunSpec, run_experiment
 
 # %% auto #0
-__all__ = ['TASK_NAMES', 'DEMO_PROBE', 'build_parser', 'cmd_report', 'cmd_synthetic', 'prepare_args', 'study_from_args',
-           'cmd_plan', 'download_study_weights', 'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'cmd_run', 'cmd_encoders',
-           'main']
+__all__ = ['TASK_NAMES', 'DEMO_PROBE', 'build_parser', 'cmd_report', 'cmd_synthetic', 'study_from_args', 'cmd_plan',
+           'download_study_weights', 'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'cmd_run', 'cmd_encoders', 'main',
+           'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare']
 
 # %% ../nbs/api/71_cli.ipynb #790810b3
 TASK_NAMES = ("pneumothorax-cls", "cardiomegaly-cls", "pneumothorax-seg", "heart-seg")
-from .sweeps import PROTOCOLS
-from .encoders.registry import MASK_RULES
 DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
 
 def _add_common(p, data=True):
@@ -47,8 +61,8 @@ def _add_study_flags(p):
     a("--out", type=Path, default=None, help="study output folder")
     a("--encoders", nargs="+", default=None, help="registry names; add 'prior' for the floor reference")
     a("--tasks", nargs="+", default=None, choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
-    a("--protocols", nargs="+", default=None, choices=PROTOCOLS, metavar="PROTOCOL",
-      help=f"adaptation protocols: {', '.join(PROTOCOLS)} (default: linear-probe)")
+    a("--protocols", nargs="+", default=None, choices=protocol_names(), metavar="PROTOCOL",
+      help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
     a("--folds", type=int, nargs="+", default=None, help="test folds to run (default: all five)")
     a("--seed", dest="seeds", type=int, nargs="+", default=None, help="seed(s) (default: the study's, 5656); several: one study folder per seed")
     a("--pretrained", default=None, help="encoder weights: false (random init), true (each encoder's release), an org/name "
@@ -82,14 +96,8 @@ def _json(v):
 def _pretrained(v):
     return {"false": False, "true": True}.get(str(v).lower(), v)
 
-def build_parser() -> argparse.ArgumentParser:
-    "The argument parser of `cxr-study`."
-    ap = argparse.ArgumentParser(prog="cxr-study", description="How good are chest-X-ray foundation-model encoders? "
-                                 "Linear probes and fine-tuning with honest statistics.")
-    from cxr_study import __version__
-    ap.add_argument("--version", action="version", version=f"cxr_study {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_commands(sub):
+    "demo, synthetic, prepare: the synthetic benchmark and datasets."
     d = sub.add_parser("demo", help="the whole study offline, on the synthetic benchmark",
                        description="Write the synthetic benchmark, run every small encoder and the prior on the four tasks "
                                    "(linear probe, 5 folds) through papermill, and summarise.")
@@ -114,17 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=STUDY_SEED)
     s.add_argument("--overwrite", action="store_true", help="replace a benchmark written with other parameters")
 
-    from cxr_study.data.prepare import add_prepare_arguments
     pp = sub.add_parser("prepare", help="index a dataset (SIIM, CheXpert, MIMIC, NIH, CSV, synthetic) and cache its images",
                         description="Build the canonical index of a dataset on disk, optionally verify every image and mask, "
                                     "and write a preprocessed image cache; prints counts per label and the problems found.")
     add_prepare_arguments(pp)
 
+def _add_run_commands(sub):
+    "run, grid, plan, run-cell: experiments and studies."
     r = sub.add_parser("run", help="one experiment: encoder x task x protocol over the folds",
                        description="Run one experiment in this process (what each cell of a grid or a Slurm array does).")
     r.add_argument("--encoder", required=True, help="registry name or 'prior'")
     r.add_argument("--task", required=True, choices=TASK_NAMES)
-    r.add_argument("--protocol", default="linear-probe", choices=PROTOCOLS)
+    r.add_argument("--protocol", default="linear-probe", choices=protocol_names())
     _add_common(r)
     r.add_argument("--download", action="store_true", help="first fetch the encoder's weights into the Hugging Face cache (needs a network)")
 
@@ -157,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--wait", action="store_true", help="wait for another process running the same run (default: leave it)")
     rc.add_argument("--no-notebook", dest="notebooks", action="store_false", default=None, help="run without the papermill template")
 
+def _add_output_commands(sub):
+    "report, summarise, encoders: what the runs give, and the registry."
     rp = sub.add_parser("report", help="the study report: statistics, tables and figures from a study folder's runs",
                         description="Execute the report notebooks into <out>/report/ (a Quarto website: quarto render <out>/report), "
                                     "write every table as CSV under report/tables/, and with --html render the pages offline.")
@@ -175,18 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("encoders", help="list registered encoders with their preprocessing and provenance",
                        description="List the encoder registry.")
     e.add_argument("--tag", default=None, help="only encoders with this tag (e.g. small)")
+
+def build_parser() -> argparse.ArgumentParser:
+    "The argument parser of `cxr-study`."
+    ap = argparse.ArgumentParser(prog="cxr-study", description="How good are chest-X-ray foundation-model encoders? "
+                                 "Linear probes and fine-tuning with honest statistics.")
+    ap.add_argument("--version", action="version", version=f"cxr_study {cxr_study.__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub); _add_run_commands(sub); _add_output_commands(sub)
     return ap
 
 # %% ../nbs/api/71_cli.ipynb #337f5187
 def _print_summary(out):
-    from cxr_study.reporting import write_study_outputs
     paths = write_study_outputs(out)
     print((Path(out)/"summary.md").read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
 
 def cmd_report(out:Path, html:bool=True, n_boot:int=2000, n_perm:int=2000, force:bool=False) -> int:
     "Build the study report of a study folder (unless it is up to date with the runs) and say where it is."
-    from cxr_study.report import build_report
     t0 = time.time()
     rep = build_report(out, html=html, n_boot=n_boot, n_perm=n_perm, force=force)
     print(f"report: {rep} ({time.time() - t0:.0f} s); tables in {rep/'tables'}" +
@@ -198,20 +215,13 @@ def _status_exit(status) -> int:
     for _, r in failed.iterrows(): print(f"FAILED {r.encoder} / {r.task} / {r.protocol}: {r.message}", file=sys.stderr)
     return 1 if len(failed) else 0
 
-def cmd_synthetic(a) -> Path:
-    from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
+def cmd_synthetic(a:argparse.Namespace) -> Path:
+    "The `synthetic` command: write the synthetic benchmark with the flags' parameters."
     cfg = SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed)
     return make_synthetic_benchmark(a.out, cfg, overwrite=getattr(a, "overwrite", False))
 
-def prepare_args(*argv) -> argparse.Namespace:
-    "Parsed `prepare` arguments, as the command line would give them."
-    from cxr_study.data.prepare import add_prepare_arguments
-    p = argparse.ArgumentParser(prog="cxr-study prepare"); add_prepare_arguments(p)
-    return p.parse_args([str(v) for v in argv])
-
 def study_from_args(a:argparse.Namespace) -> "StudyCfg":
     "The study of a `grid` or `plan` command line: its study file (if any) with every given flag over it."
-    from cxr_study.studyfile import PROTOCOLS, load_study
     if a.config is None and (a.data is None or a.out is None or not a.encoders):
         raise CxrStudyError("give a study file (--config STUDY.yaml) or at least --data, --out and --encoders")
     workers = a.workers if a.workers in (None, "auto") else _int(a.workers, "--workers")
@@ -221,7 +231,7 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
          "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
          **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
     for key, v in (("probe", a.probe), ("mask_size", a.mask_size), ("mask_resize", a.mask_resize), ("adapt", a.adapt)):  # a flag's setting applies to every protocol
-        for p in PROTOCOLS: o[f"settings.{p}.{key}"] = v
+        for p in protocol_names(): o[f"settings.{p}.{key}"] = v
     for key in ("report", "n_boot", "n_perm"):
         if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
     return load_study(a.config, o)
@@ -232,7 +242,6 @@ def _int(v, flag):
 
 def cmd_plan(a) -> int:
     "Print a study's runs, compute and disk."
-    from cxr_study.plan import format_plan, plan_study
     cfg = study_from_args(a)
     print(format_plan(plan_study(cfg, epochs=getattr(a, "epochs", 30), utilisation=getattr(a, "utilisation", 0.4),
                                  gpus=getattr(a, "gpus", None)), cfg.name, str(Path(cfg.out).absolute())))
@@ -240,8 +249,6 @@ def cmd_plan(a) -> int:
 
 def download_study_weights(cfg) -> None:
     "Fetch the weights of every encoder of a study into the Hugging Face cache."
-    from cxr_study.encoders.weights import download_weights
-    from cxr_study.studyfile import expand_study
     if cfg.pretrained is False: print("--download: the study uses random-init encoders (pretrained: false); nothing to fetch"); return
     failed = []
     for e in sorted({s.encoder for s in expand_study(cfg)} - {"prior", "raw-pixels"}):
@@ -250,8 +257,6 @@ def download_study_weights(cfg) -> None:
     if failed: raise CxrStudyError(f"--download: no weights for {', '.join(failed)} (see above); nothing was run")
 
 def cmd_grid(a) -> int:
-    from cxr_study.executors import run_study
-    from cxr_study.studyfile import expand_study, study_out
     cfg = study_from_args(a)
     if a.dry_run: return cmd_plan(a)
     if a.download: download_study_weights(cfg)
@@ -277,9 +282,6 @@ def cmd_grid(a) -> int:
 def cmd_run_cell(a) -> int:
     "Execute one run of a study: what each local worker and each Slurm array task does."
     import json
-    from cxr_study.core import read_json, write_json
-    from cxr_study.executors import execute_run
-    from cxr_study.studyfile import RunSpec
     notebooks = True
     if a.spec is not None: spec = json.loads(a.spec)
     elif a.jobs is not None and a.index is not None:
@@ -293,15 +295,11 @@ def cmd_run_cell(a) -> int:
     return 1 if r["status"] == "failed" else 0
 
 def cmd_demo(a) -> int:
-    from cxr_study.data.prepare import prepare_dataset
-    from cxr_study.executors import run_study
-    from cxr_study.studyfile import load_study, shipped_study
     t0 = time.time()
-    raw = cmd_synthetic(argparse.Namespace(out=a.out/"data"/"synthetic", n_images=a.n_images, size=a.size,
-                                           shortcut=a.shortcut, seed=a.seed, overwrite=False))
+    raw = make_synthetic_benchmark(a.out/"data"/"synthetic", SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed))
     data = a.out/"data"/"prepared"
     # the synthetic DICOMs are indexed by the same adapters as real data; index-only keeps the DICOM reader in the loop
-    _, problems = prepare_dataset(prepare_args("synthetic", "--root", raw, "--out", data, "--index-only"), log=lambda *_: None)
+    _, problems = prepare_dataset("synthetic", raw, data, index_only=True, log=lambda *_: None)
     for where, why in problems: print(f"problem: {where}: {why}", file=sys.stderr)
     # the demo is the shipped study file studies/demo.yaml, on this benchmark
     import yaml
@@ -319,9 +317,7 @@ def cmd_demo(a) -> int:
     return code
 
 def cmd_run(a) -> int:
-    from cxr_study.sweeps import run_experiment
     if getattr(a, "download", False) and _pretrained(a.pretrained) is not False:
-        from cxr_study.encoders.weights import download_weights
         print(f"{a.encoder}: {download_weights(a.encoder, _pretrained(a.pretrained))}")
     r = run_experiment(a.encoder, a.task, a.protocol, a.data, a.out, folds=a.folds, seed=a.seed, pretrained=_pretrained(a.pretrained),
                        device=a.device, mask_size=a.mask_size, mask_resize=a.mask_resize, probe=a.probe, adapt=a.adapt)
@@ -330,7 +326,6 @@ def cmd_run(a) -> int:
 
 def cmd_encoders(a) -> int:
     import pandas as pd
-    from cxr_study.encoders.registry import get_encoder_cfg, list_encoders
     rows = []
     for n in list_encoders(tag=a.tag):
         c = get_encoder_cfg(n); p = c.preprocess
@@ -348,9 +343,7 @@ def main(argv:list|None=None) -> int:
             root = cmd_synthetic(a)
             print(f"{root}\nprepare it with: cxr-study prepare synthetic --root {root} --out <prepared folder>")
             return 0
-        if a.command == "prepare":
-            from cxr_study.data.prepare import run_prepare
-            return run_prepare(a)
+        if a.command == "prepare": return cmd_prepare(a)
         if a.command == "run": return cmd_run(a)
         if a.command == "grid": return cmd_grid(a)
         if a.command == "plan": return cmd_plan(a)
@@ -359,7 +352,6 @@ def main(argv:list|None=None) -> int:
         if a.command == "report":
             cmd_report(a.out, a.html, a.n_boot, a.n_perm, a.force)
             if a.copy_to:
-                from cxr_study.report import copy_report
                 print(f"copied to {copy_report(a.out/'report', a.copy_to)}")
             return 0
         if a.command == "encoders": return cmd_encoders(a)
@@ -370,6 +362,68 @@ def main(argv:list|None=None) -> int:
         print("interrupted: complete runs are kept; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+# %% ../nbs/api/71_cli.ipynb #39f94b44
+def add_prepare_arguments(parser:argparse.ArgumentParser) -> None:
+    "Add the `prepare` flags to an argparse parser; their defaults are `PrepareCfg`'s."
+    d = PrepareCfg()
+    a = parser.add_argument
+    a("dataset", choices=sorted(ADAPTERS), help="dataset layout: " + "; ".join(f"{k}: {v.description}" for k, v in sorted(ADAPTERS.items())))
+    a("--root", required=True, help="the dataset folder")
+    a("--out", required=True, help="output folder for the index, the image cache and the problem report")
+    a("--verify", action="store_true", help="open every image and mask, report the unreadable ones and leave them out (building the cache always does this)")
+    a("--index-only", action="store_true", help="write the index without building the image cache")
+    a("--image-size", type=int, default=d.image_size, help="side of the square cached images in pixels (default 1024); 0 keeps each image's size")
+    a("--workers", type=int, default=default_workers(), help="parallel processes for the image pass (and for SIIM's DICOM headers)")
+    a("--strict", action="store_true", help="exit with 1 when any problem was found")
+    g = parser.add_argument_group("labels (chexpert, mimic)")
+    g.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default=d.uncertain, help="uncertain (-1) labels become 0 (zeros, default), 1 (ones) or unknown (ignore)")
+    g.add_argument("--blank", choices=BLANK_POLICIES, default=d.blank, help="not-mentioned (blank) labels: unknown (default) or zeros")
+    g.add_argument("--no-finding", choices=NO_FINDING_POLICIES, default=d.no_finding,
+                   help="blank labels on rows whose 'No Finding' is 1: unknown (default) or negative (torchxrayvision's rule)")
+    g.add_argument("--all-views", action="store_true", help="keep lateral views too (default: frontal only)")
+    g.add_argument("--labeler", choices=("chexpert", "negbio"), default=d.labeler, help="MIMIC label file")
+    g.add_argument("--mimic-patients", help="MIMIC-IV patients.csv(.gz) for sex and age (default: ROOT/patients.csv(.gz) if present)")
+    g = parser.add_argument_group("SIIM")
+    g.add_argument("--rle-csv", help="SIIM RLE CSV under the root (default: train-rle.csv, else stage_2_train.csv)")
+    g.add_argument("--images-dir", help="SIIM DICOM folder under the root (default dicom-images-train)")
+    g = parser.add_argument_group("annotations (any dataset)")
+    g.add_argument("--chexmask", help="CheXmask CSV of this dataset: adds heart masks")
+    g.add_argument("--min-dice-rca", type=float, default=d.min_dice_rca, help="keep CheXmask masks with Dice RCA (Mean) at least this (default 0.7)")
+    g.add_argument("--chexmask-id-col", help="CheXmask image-id column (default: detected)")
+    g.add_argument("--tubes", help="chest-tube CSV: image id -> present/absent/unknown")
+    g.add_argument("--tube-id-col", default=d.tube_id_col, help="its image-id column (default ImageId)")
+    g.add_argument("--tube-col", default=d.tube_col, help="its chest-tube column (default ChestTube)")
+    g.add_argument("--quartile-edges", help="pneumothorax size quartile edges in %%, e.g. 0.37,0.78,1.66 (default: from the data)")
+    g = parser.add_argument_group("institutional CSV (csv)")
+    g.add_argument("--csv", help="the CSV (default ROOT/index.csv)")
+    g.add_argument("--image-col", default=d.image_col); g.add_argument("--patient-col", default=d.patient_col)
+    g.add_argument("--id-col"); g.add_argument("--label", action="append", help="CANONICAL=COLUMN, e.g. cardiomegaly=Cardiomegaly (repeatable)")
+    g.add_argument("--mask-col"); g.add_argument("--mask-target", choices=MASK_TARGETS, default=d.mask_target)
+    g.add_argument("--view-col"); g.add_argument("--sex-col"); g.add_argument("--age-col"); g.add_argument("--csv-tube-col")
+
+def parse_quartile_edges(s:str|None) -> tuple|None:
+    "`--quartile-edges 0.37,0.78,1.66` as three floats; None when not given."
+    if not s: return None
+    try: e = tuple(float(v) for v in s.split(","))
+    except ValueError: e = ()
+    if len(e) != 3: raise CxrStudyError(f"--quartile-edges {s!r}: give three comma-separated percentages, e.g. 0.37,0.78,1.66")
+    return e
+
+def prepare_cfg_from_args(a:argparse.Namespace) -> PrepareCfg:
+    "The `PrepareCfg` of a parsed `prepare` command line; other attributes of `a` are ignored."
+    given = {f.name: getattr(a, f.name) for f in fields(PrepareCfg) if hasattr(a, f.name)}
+    return PrepareCfg(**{**given, "quartile_edges": parse_quartile_edges(getattr(a, "quartile_edges", None))})
+
+def cmd_prepare(a:argparse.Namespace) -> int:
+    "The `prepare` command: index, verify, cache, print counts and problems; returns the exit code."
+    try: idx, problems = prepare_dataset(a.dataset, a.root, a.out, prepare_cfg_from_args(a))
+    except CxrStudyError as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+    print(f"\n{len(idx)} images, {idx['patient_id'].nunique()} patients -> {Path(a.out)/'index.parquet'}")
+    print(label_counts(idx).to_string())
+    print("\n" + format_problems(problems) + (f"\n(all listed in {Path(a.out)/'problems.csv'})" if problems else ""))
+    return 1 if (a.strict and problems) else 0
 
 # %% ../nbs/api/71_cli.ipynb #5b8adc5c
 #| eval: false

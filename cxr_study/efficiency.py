@@ -17,18 +17,25 @@ import numpy as np
 import pandas as pd
 
 from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
-from .results import RUN_KEYS, collect_results, is_complete, list_runs, main_metric, score_fold, task_kind, write_run
-from .studyfile import LABEL_EFFICIENCY, RunSpec, StudyCfg, study_out
-from .sweeps import REFERENCES, _pred_frame, _versions, study_cohorts, study_images
+from .data.cohorts import TASKS, get_task, split_masks
+from .data.index import read_index
+from .heads.probes import KNN_KS, fit_knn_probe
+from .protocols import Fold, Prepared, RunContext, get_protocol, reference_names
+from .reporting import row_label
+from .results import RUN_KEYS, collect_results, get_metric, is_complete, list_runs, main_metric, score_fold, task_kind, write_run
+from .stats.bootstrap import bootstrap_replicates, compute_metric, interval_from_replicates
+from .sweeps import RunSpec, _pred_frame, _versions, check_run, seg_columns, task_cohort
 
 # %% auto #0
-__all__ = ['FRACTIONS', 'SUBSET_SEEDS', 'EFFICIENCY_PROBES', 'label_subsets', 'efficiency_settings', 'efficiency_dir',
-           'subset_strata', 'run_label_efficiency', 'efficiency_specs', 'execute_efficiency', 'load_efficiency',
-           'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide', 'plot_efficiency']
+__all__ = ['FRACTIONS', 'SUBSET_SEEDS', 'LABEL_EFFICIENCY', 'LINEAR_PROBE', 'EFFICIENCY_PROBES', 'label_subsets',
+           'efficiency_settings', 'efficiency_dir', 'subset_strata', 'run_label_efficiency', 'execute_efficiency',
+           'load_efficiency', 'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide', 'plot_efficiency']
 
 # %% ../nbs/api/72_efficiency.ipynb #f992a9a1
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0) # shares of each training fold (the 1, 2, 5, 10, 25, 50, 100%)
 SUBSET_SEEDS = (0, 1, 2) # subset draws
+LABEL_EFFICIENCY = "label-efficiency" # the protocol label of label-efficiency runs, and their folder in a study
+LINEAR_PROBE = get_protocol("linear-probe") # the protocol whose probes the sweep trains on subsets
 EFFICIENCY_PROBES = ("linear", "knn") # linear: the study's probe of the task; knn: the weighted kNN probe (classification only)
 
 def _check_fractions(fractions, where="fractions") -> list[float]:
@@ -62,7 +69,6 @@ def efficiency_settings(adapt:dict|None=None, # fractions, seeds, probes, knn_ks
                         where:str="label_efficiency", # for messages: the study-file key
                        ) -> dict: # fractions (sorted), seeds, probes, knn_ks: what a run is identified by
     "The settings of a label-efficiency run with the defaults filled in, checked."
-    from cxr_study.heads.probes import KNN_KS
     a = dict(adapt or {})
     known = ("fractions", "seeds", "probes", "knn_ks", "encoders", "tasks")
     for k in a:
@@ -86,7 +92,6 @@ def efficiency_dir(study_dir:str|Path) -> Path:
 
 def subset_strata(cohort:pd.DataFrame, task:str) -> np.ndarray|None:
     "The strata of a task's subsets, as its folds are stratified: the label, the pneumothorax size quartile, or none."
-    from cxr_study.data.cohorts import get_task
     t = get_task(task)
     col = "y" if t.kind == "classification" else "ptx_size_quartile" if t.label == "pneumothorax" else None
     return cohort[col].to_numpy(float) if col in cohort else None
@@ -110,6 +115,40 @@ def _resume(partial:Path, params:dict) -> dict:
         if r.exists(): done[k] = (read_table(r), read_table(p))
     return done
 
+def _fit_subset(run:RunContext, prep:Prepared, probe:str, fold:Fold, knn_ks) -> tuple[dict, dict]:
+    "One probe on the training rows `fold.train` (positions): its per-image prediction columns and its results columns."
+    if probe == "linear":  # the linear-probe protocol itself, on a subset
+        fit = LINEAR_PROBE.fit_predict(run, prep, fold)
+        if run.task.kind == "segmentation": return seg_columns(fit.pred, prep.masks[fold.test], prep.size), fit.row
+        return {"y_true": run.cohort["y"].to_numpy()[fold.test], "y_score": fit.score}, fit.row
+    X, y = prep.extra["X"], run.cohort["y"].to_numpy()
+    f = fit_knn_probe(X[fold.train], y[fold.train], X[fold.val], y[fold.val], ks=knn_ks)
+    return {"y_true": y[fold.test], "y_score": f["model"].predict_proba(X[fold.test])[:, 1]}, {"k": f["k"]}
+
+def _efficiency_fold(run:RunContext, prep:Prepared, k:int, sweep:dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Every share x subset seed x probe of one test fold: its results rows and predictions."
+    s = split_masks(run.cohort["fold"], k)
+    tr, va, te = (np.flatnonzero(s[r]) for r in ("train", "val", "test"))
+    groups, strata = _patients(run.cohort), subset_strata(run.cohort, run.task.name)
+    subsets = {sd: label_subsets(groups[tr], None if strata is None else strata[tr], sweep["fractions"], seed=(sd, k)) for sd in sweep["seeds"]}
+    probes = [p for p in sweep["probes"] if p == "linear" or run.task.kind == "classification"]  # kNN: classification only
+    res, preds, memo = [], [], {}
+    for i, f in enumerate(sweep["fractions"]):
+        for sd in sweep["seeds"]:
+            sub = tr[subsets[sd][i]]
+            for p in probes:
+                key = (p, sub.tobytes())  # the same subset (100%, whatever the seed) is fitted once
+                if key not in memo:
+                    t0 = time.time(); cols, extra = _fit_subset(run, prep, p, Fold(k, sub, va, te), sweep["knn_ks"])
+                    memo[key] = (cols, extra, round(time.time() - t0, 2))
+                cols, extra, secs = memo[key]
+                fp = _pred_frame(run.cohort.iloc[te], fold=k, **cols, fraction=f, subset_seed=sd, probe=p, n_train=len(sub))
+                preds.append(fp)
+                res.append({"fold": k, "fraction": f, "subset_seed": sd, "probe": p, "n_train": len(sub),
+                            "n_train_patients": len(set(groups[sub])), "n_val": len(va), "n_test": len(te), **extra,
+                            **score_fold(fp, run.task.kind), "seconds": secs})
+    return pd.DataFrame(res), pd.concat(preds, ignore_index=True)
+
 def run_label_efficiency(encoder:str, # registry name
                          task:str, # pneumothorax-cls, cardiomegaly-cls, pneumothorax-seg, heart-seg
                          data_dir:str|Path=".", # folder with index.parquet
@@ -128,17 +167,9 @@ def run_label_efficiency(encoder:str, # registry name
                          input_size:int|None=None, # as run_experiment
                         ) -> dict: # results (per fold x fraction x seed x probe), predictions (per image), skipped
     "Train the probes of one encoder x task on nested subsets of each training fold, score them on the test folds, write one run."
-    from cxr_study.data.cohorts import get_task, split_masks
-    from cxr_study.data.index import read_index
-    from cxr_study.encoders.registry import cfg_at_size, get_encoder_cfg
-    from cxr_study.features.cache import extract_features, load_masks
-    from cxr_study.heads.probes import SegProbeCfg, fit_knn_probe, fit_logistic_probe, fit_seg_probe, predict_seg
-    from cxr_study.metrics import dice_iou
-    from cxr_study.results import EMPTY_MASK_SCORE
     t_start = time.time()
-    t = get_task(task)
-    if encoder in REFERENCES: raise CxrStudyError(f"{encoder!r} is a reference without a probe: label efficiency is a sweep of an encoder's probes")
-    ecfg = get_encoder_cfg(encoder) if input_size is None else cfg_at_size(get_encoder_cfg(encoder), input_size)
+    if encoder in reference_names(): raise CxrStudyError(f"{encoder!r} is a reference without a probe: label efficiency is a sweep of an encoder's probes")
+    _, cfg, t = check_run(encoder, task, LINEAR_PROBE.name, mask_resize or "bilinear", input_size)
     sweep = efficiency_settings(adapt, "adapt")
     data_dir, study_dir = Path(data_dir), Path(study_dir)
     spec = RunSpec(encoder, task, LABEL_EFFICIENCY, str(data_dir.absolute()), str(efficiency_dir(study_dir).absolute()), seed, tuple(folds),
@@ -150,79 +181,21 @@ def run_label_efficiency(encoder:str, # registry name
     if overwrite: shutil.rmtree(final/"partial", ignore_errors=True)
     done = _resume(final/"partial", params)  # test folds an interrupted run of the same parameters finished
     index = read_index(data_dir/"index.parquet")
-    cohorts = study_cohorts(index, seed)
-    if task not in cohorts: raise CxrStudyError(f"{data_dir}: the index has no {task} cohort (labels or masks missing)")
-    cohort = cohorts[task].reset_index(drop=True)
-    # the main run's features: the same images, settings and cache entry (nothing is extracted when it is complete)
-    feats = extract_features(encoder, study_images(index, seed), data_dir, cache_dir or study_dir/"cache", pretrained=pretrained, device=device,
-                             encoder_kwargs={"input_size": input_size} if input_size else None)
-    rows = feats.rows(cohort["image_id"].tolist())
-    probes = [p for p in sweep["probes"] if p == "linear" or t.kind == "classification"]  # kNN: classification only
-    if t.kind == "classification": X, y = np.asarray(feats.pooled[rows], np.float32), cohort["y"].to_numpy()
-    else:
-        size = mask_size or ecfg.preprocess.size
-        masks = load_masks(cohort, t.label, ecfg.preprocess, size, mask_resize)
-        pcfg_probe = SegProbeCfg(**{**(probe or {}), "seed": seed})
-        G = lambda idx: feats.grid[rows[idx]]  # reads only these rows of the memmap
-    groups, strata = _patients(cohort), subset_strata(cohort, task)
-
-    def fit(p, tr, va, te):
-        "One probe on training rows `tr`: its per-image prediction columns and its results columns."
-        if t.kind == "classification":
-            if p == "linear":
-                f = fit_logistic_probe(X[tr], y[tr], X[va], y[va], **({"Cs": Cs} if Cs else {})); extra = {"C": f["C"]}
-            else:
-                f = fit_knn_probe(X[tr], y[tr], X[va], y[va], ks=sweep["knn_ks"]); extra = {"k": f["k"]}
-            return {"y_true": y[te], "y_score": f["model"].predict_proba(X[te])[:, 1]}, extra
-        pr, hist = fit_seg_probe(G(tr), masks[tr], G(va), masks[va], class_weights=t.class_weights, cfg=pcfg_probe, device=device)
-        pred, _ = predict_seg(pr, G(te), size, device=device)
-        dice, iou = dice_iou(pred, masks[te], empty_score=EMPTY_MASK_SCORE)
-        return ({"dice": dice, "iou": iou, "gt_area_pct": 100 * masks[te].mean((1, 2)), "pred_area_pct": 100 * pred.mean((1, 2)), "mask_size": size},
-                {"best_epoch": hist["best_epoch"], "epochs": len(hist["val_loss"])})
-
+    run = RunContext(encoder, cfg, t, task_cohort(index, task, seed, data_dir), index, data_dir, study_dir, cache_dir, params, seed,
+                     pretrained, device, mask_size, mask_resize, probe, Cs, None, input_size)
+    prep = LINEAR_PROBE.prepare(run)  # the main run's features: the same cache entry (nothing is extracted when it is complete)
     for k in folds:
         if k in done: continue
-        s = split_masks(cohort["fold"], k)
-        tr, va, te = (np.flatnonzero(s[r]) for r in ("train", "val", "test"))
-        subsets = {sd: label_subsets(groups[tr], None if strata is None else strata[tr], sweep["fractions"], seed=(sd, k)) for sd in sweep["seeds"]}
-        res, preds, memo = [], [], {}
-        for i, f in enumerate(sweep["fractions"]):
-            for sd in sweep["seeds"]:
-                sub = tr[subsets[sd][i]]
-                for p in probes:
-                    key = (p, sub.tobytes())  # the same subset (100%, whatever the seed) is fitted once
-                    if key not in memo:
-                        t0 = time.time(); cols, extra = fit(p, sub, va, te); memo[key] = (cols, extra, round(time.time() - t0, 2))
-                    cols, extra, secs = memo[key]
-                    fp = _pred_frame(cohort.iloc[te], fold=k, **cols, fraction=f, subset_seed=sd, probe=p, n_train=len(sub))
-                    preds.append(fp)
-                    res.append({"fold": k, "fraction": f, "subset_seed": sd, "probe": p, "n_train": len(sub),
-                                "n_train_patients": len(set(groups[sub])), "n_val": len(va), "n_test": len(te), **extra,
-                                **score_fold(fp, t.kind), "seconds": secs})
-        done[k] = (pd.DataFrame(res), pd.concat(preds, ignore_index=True))
+        done[k] = _efficiency_fold(run, prep, k, sweep)
         write_table(done[k][1], final/"partial"/f"fold{k}.parquet"); write_table(done[k][0], final/"partial"/f"fold{k}.csv")  # resumable
-    label = {"encoder": spec.name, "weights": feats.meta["weights_tag"], "task": task, "protocol": LABEL_EFFICIENCY}
+    label = {"encoder": spec.name, "weights": prep.weights, "task": task, "protocol": LABEL_EFFICIENCY}
     write_run(spec.out_dir, label, pd.concat([done[k][0] for k in folds], ignore_index=True),
               pd.concat([done[k][1] for k in folds], ignore_index=True),
-              {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(feats.path), "versions": _versions()})
+              {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(prep.extra["feats"].path), "versions": _versions()})
     shutil.rmtree(final/"partial", ignore_errors=True)  # complete: resuming no longer needed
     return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": False}
 
 # %% ../nbs/api/72_efficiency.ipynb #f429cf53
-def efficiency_specs(cfg:StudyCfg, # a validated study with a label_efficiency key
-                     seed:int, # the study seed (one study folder per seed)
-                     options:dict, # the main grid's linear-probe options (pretrained, device, probe, Cs, mask_size, ...)
-                    ) -> list[RunSpec]:
-    "The label-efficiency runs of one study seed."
-    le = cfg.label_efficiency
-    if le is None: return []
-    encoders = [e for e in (le.encoders or cfg.encoders) if e in cfg.encoders and e not in REFERENCES]
-    tasks = [t for t in (le.tasks or cfg.tasks) if t in cfg.tasks]
-    sweep = efficiency_settings(dataclasses.asdict(le))
-    out = str(efficiency_dir(study_out(cfg, seed)))
-    return [RunSpec(e, t, LABEL_EFFICIENCY, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), {**options, "adapt": sweep}, LABEL_EFFICIENCY)
-            for e in encoders for t in tasks]
-
 def execute_efficiency(spec:RunSpec) -> dict:
     "Run a label-efficiency `RunSpec` (what `execute_run` does with the protocol `label-efficiency`)."
     if spec.protocol != LABEL_EFFICIENCY or Path(spec.out_dir).name != LABEL_EFFICIENCY:
@@ -233,7 +206,6 @@ def execute_efficiency(spec:RunSpec) -> dict:
 def load_efficiency(study_dir:str|Path, # a study folder
                    ) -> tuple[pd.DataFrame, pd.DataFrame]|None: # results, predictions (with `model`), or None without complete runs
     "The complete label-efficiency runs of a study."
-    from cxr_study.reporting import row_label
     d = efficiency_dir(study_dir)
     runs = list_runs(d)
     if not len(runs) or not runs.complete.any(): return None
@@ -247,14 +219,11 @@ def efficiency_curves(preds:pd.DataFrame, # label-efficiency predictions (load_e
                       seed:int=STUDY_SEED, # bootstrap seed
                      ) -> pd.DataFrame: # one row per run x probe x fraction
     "Every point of every curve: the main metric (mean over subset seeds) with its patient-clustered bootstrap CI and the seed range."
-    from cxr_study.reporting import row_label
-    from cxr_study.stats.bootstrap import bootstrap_replicates, compute_metric, interval_from_replicates
     rows = []
     for keys, g in preds.groupby([*RUN_KEYS, "probe", "fraction"], sort=True):
-        kind = task_kind(keys[2]); m = main_metric(kind).name
-        col = "y_score" if kind == "classification" else m
-        w = g.pivot_table(index=["image_id", "patient_id"], columns="subset_seed", values=col, aggfunc="first")
-        y = g.groupby("image_id").y_true.first().reindex(w.index.get_level_values(0)).to_numpy(float) if kind == "classification" else None
+        mm = main_metric(task_kind(keys[2])); m = mm.name
+        w = g.pivot_table(index=["image_id", "patient_id"], columns="subset_seed", values=mm.values, aggfunc="first")
+        y = g.groupby("image_id")[mm.labels].first().reindex(w.index.get_level_values(0)).to_numpy(float) if mm.labels else None
         cl = w.index.get_level_values(1).to_numpy()
         per_seed = [compute_metric(m, y, w[s].to_numpy(float)) for s in w.columns]
         vals = np.array([v for v, _ in per_seed], float)
@@ -279,7 +248,7 @@ def efficiency_vs_main(le_preds:pd.DataFrame, # label-efficiency predictions
     rows = []
     full = le_preds[(le_preds.fraction == 1.0) & (le_preds.probe == "linear")]
     for (enc, w, task), g in full.groupby(["encoder", "weights", "task"], sort=True):
-        col = "y_score" if task_kind(task) == "classification" else "dice"
+        col = main_metric(task_kind(task)).values
         m = main_preds[(main_preds.encoder == enc) & (main_preds.task == task) & (main_preds.protocol == "linear-probe")]
         j = g.merge(m[["fold", "image_id", col]], on=["fold", "image_id"], suffixes=("", "_main"))
         d = (j[col] - j[f"{col}_main"]).abs()
@@ -300,8 +269,6 @@ def plot_efficiency(curves:pd.DataFrame, # from efficiency_curves
                    ):
     "Label-efficiency curves per task: the metric against the share of the training fold (log axis), CIs as bands; returns a Figure."
     import matplotlib.pyplot as plt
-    from cxr_study.data.cohorts import TASKS
-    from cxr_study.results import get_metric
     tasks = [t for t in TASKS if t in set(curves.task)]
     models = sorted(curves.model.unique())
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}

@@ -20,8 +20,11 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, remove_stale_temporaries, write_json
-from .studyfile import RunSpec, SlurmCfg, StudyCfg, expand_study
-from .sweeps import REFERENCES, experiment_template, grid_runs, run_experiment
+from .data.cohorts import get_task
+from .efficiency import LABEL_EFFICIENCY, execute_efficiency
+from .protocols import run_protocol
+from .studyfile import SlurmCfg, StudyCfg, expand_study
+from .sweeps import RunSpec, experiment_template, grid_runs, run_experiment
 
 # %% auto #0
 __all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs', 'run_grid',
@@ -67,7 +70,6 @@ def execute_run(spec:RunSpec, # the run
                 wait:bool=False, # wait for another process holding the run (False: return "busy")
                ) -> dict: # status: done, skipped (complete), done elsewhere, busy or failed; seconds; message
     "Run one grid cell unless it is complete or being run by another process."
-    from cxr_study.studyfile import LABEL_EFFICIENCY
     row = dict(encoder=spec.name, task=spec.task, protocol=spec.protocol, seconds=0.0, message="")
     lock = run_lock(spec)
     try: lock.acquire(timeout=-1 if wait else 0)
@@ -78,7 +80,6 @@ def execute_run(spec:RunSpec, # the run
         t0 = time.time()
         try:
             if spec.protocol == LABEL_EFFICIENCY:  # probes on cached features: in this process, without an experiment notebook
-                from cxr_study.efficiency import execute_efficiency
                 execute_efficiency(spec)
             elif notebooks: _execute_notebook(spec)
             else: run_experiment(spec.encoder, spec.task, spec.protocol, spec.data_dir, spec.out_dir, folds=spec.folds,
@@ -176,14 +177,11 @@ def run_local(specs:list[RunSpec], # the runs
 def grid_specs(encoders, tasks, data_dir, out_dir, protocols=("linear-probe",), folds=(0, 1, 2, 3, 4), seed:int=STUDY_SEED,
                options:dict|None=None) -> list[RunSpec]:
     "The runs of encoders x tasks x protocols (those that apply), with one set of options."
-    from cxr_study.data.cohorts import get_task
-    from cxr_study.encoders.registry import get_encoder_cfg
-    from cxr_study.train.segformer import SEGFORMER_VARIANTS
-    for e in encoders:  # unknown names fail before any work (SegFormer variants are no encoders: protocol e2e)
-        if e not in REFERENCES and not ("e2e" in protocols and e in SEGFORMER_VARIANTS): get_encoder_cfg(e)
     for t in tasks: get_task(t)
+    cells = grid_runs(encoders, tasks, protocols)
+    for e, t, p in cells: run_protocol(e, p).resolve(e, get_task(t))  # unknown names fail before any work, with the names that would do
     data_dir, out_dir = str(Path(data_dir).absolute()), str(Path(out_dir).absolute())
-    return [RunSpec(e, t, p, data_dir, out_dir, seed, tuple(folds), dict(options or {})) for e, t, p in grid_runs(encoders, tasks, protocols)]
+    return [RunSpec(e, t, p, data_dir, out_dir, seed, tuple(folds), dict(options or {})) for e, t, p in cells]
 
 def run_grid(encoders:list, # encoder names (and references such as "prior")
              tasks:list, # task names

@@ -10,7 +10,8 @@ import warnings
 import numpy as np
 
 # %% auto #0
-__all__ = ['UndefinedMetricWarning', 'auroc', 'auprc', 'sensitivity', 'dice_iou']
+__all__ = ['UndefinedMetricWarning', 'auroc', 'auprc', 'sensitivity', 'auroc_weighted', 'auprc_weighted', 'auroc_rows',
+           'auprc_rows', 'dice_iou']
 
 # %% ../nbs/api/50_metrics.ipynb #120cbd65
 class UndefinedMetricWarning(UserWarning):
@@ -43,6 +44,61 @@ def sensitivity(y_true, y_score, threshold:float=0.5) -> float:
         warnings.warn("sensitivity undefined: no positives; returning NaN", UndefinedMetricWarning)
         return float("nan")
     return float((y_score[pos] >= threshold).mean())
+
+# %% ../nbs/api/50_metrics.ipynb #8678e05a
+def auroc_weighted(y:np.ndarray, # (n,) bool labels
+                   s:np.ndarray, # (n,) scores
+                   W:np.ndarray, # (B, n) non-negative per-image weights
+                  ) -> np.ndarray: # (B,) AUROC per weight row, NaN where a row weighs only one class
+    "AUROC under each row of per-image weights (the weighted Mann-Whitney statistic, ties counted half)."
+    order = np.argsort(s, kind="stable")
+    ss, yy = s[order], y[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
+    Wo = W[:, order]
+    wp = np.add.reduceat(Wo * yy, starts, axis=1)
+    wn = np.add.reduceat(Wo * ~yy, starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn
+    num = (wp * (below + 0.5 * wn)).sum(1)
+    den = wp.sum(1) * wn.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
+
+def auprc_weighted(y:np.ndarray, # (n,) bool labels
+                   s:np.ndarray, # (n,) scores
+                   W:np.ndarray, # (B, n) non-negative per-image weights
+                  ) -> np.ndarray: # (B,) average precision per weight row, NaN where a row weighs only one class
+    "Average precision under each row of per-image weights (scikit-learn's with `sample_weight`), tied scores as one threshold."
+    order = np.argsort(-s, kind="stable")
+    ss, yy = s[order], y[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
+    Wo = W[:, order]
+    tp = np.cumsum(np.add.reduceat(Wo * yy, starts, axis=1), axis=1)
+    fp = np.cumsum(np.add.reduceat(Wo * ~yy, starts, axis=1), axis=1)
+    npos, nneg = tp[:, -1:], fp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        rec = tp / npos
+        ap = (np.diff(rec, axis=1, prepend=0.0) * prec).sum(1)
+    return np.where((npos[:, 0] > 0) & (nneg[:, 0] > 0), ap, np.nan)
+
+def auroc_rows(S:np.ndarray, # (B, n) scores, one score vector per row
+               y:np.ndarray, # (n,) bool labels, both classes present
+              ) -> np.ndarray: # (B,)
+    "AUROC of each row of scores against the same labels, midranks for ties."
+    from scipy.stats import rankdata
+    m, n = y.sum(), (~y).sum()
+    return (rankdata(S, axis=1)[:, y].sum(1) - m * (m + 1) / 2) / (m * n)
+
+def auprc_rows(S:np.ndarray, # (B, n) scores, one score vector per row
+               y:np.ndarray, # (n,) bool labels, both classes present
+              ) -> np.ndarray: # (B,)
+    "Average precision of each row of scores against the same labels, tied scores as one threshold (as `auprc_weighted`)."
+    o = np.argsort(-S, axis=1, kind="stable")
+    ss, yy = np.take_along_axis(S, o, 1), y[o]
+    k = np.arange(1, S.shape[1] + 1)
+    prec = np.cumsum(yy, 1) / k
+    last = np.ones(ss.shape, bool); last[:, :-1] = ss[:, :-1] != ss[:, 1:]  # last image of a run of ties
+    end = np.minimum.accumulate(np.where(last, k - 1, S.shape[1])[:, ::-1], axis=1)[:, ::-1]
+    return (yy * np.take_along_axis(prec, end, 1)).sum(1) / y.sum()
 
 # %% ../nbs/api/50_metrics.ipynb #c2e6d310
 def dice_iou(pred:np.ndarray, # (N, H, W) or (H, W) bool predicted masks

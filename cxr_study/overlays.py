@@ -10,7 +10,15 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError
+from .core import CxrStudyError, read_json
+from .data.cohorts import get_task
+from .data.index import resolve_image_path
+from .data.preprocess import PreprocessCfg, load_masks, preprocess_image
+from .data.rle import chexmask_rle_decode
+from .encoders.registry import cfg_at_size, get_encoder_cfg
+from .features.cache import read_image_u8
+from .metrics import dice_iou
+from .protocols import get_protocol, reference_names
 from .report import Study
 from .results import read_run_meta, run_path, task_kind
 
@@ -23,8 +31,6 @@ def recorded_preprocess(meta:dict, # a run's run.json
                        ):
     "The preprocessing contract the run's feature cache records (PreprocessCfg), or None without a readable cache."
     from pathlib import Path
-    from cxr_study.core import read_json
-    from cxr_study.encoders.registry import PreprocessCfg
     if not meta.get("features"): return None
     f = Path(meta["features"])
     for d in (f, *([Path(study_dir)/"cache"/f.name] if study_dir is not None else [])):
@@ -40,17 +46,16 @@ def run_geometry(encoder:str, # the run's encoder key, e.g. "resnet18" or "resne
                  mask_size:int, # the size its masks were scored at (the predictions' `mask_size`)
                  meta:dict|None=None, # the whole run.json: its feature cache's record is used when readable
                  study_dir=None, # the study folder, to find a moved cache
+                 task:str="heart-seg", # the run's task (a segmentation task)
                 ):
     "The preprocessing contract (PreprocessCfg) the run's images and masks went through."
-    from cxr_study.encoders.registry import PreprocessCfg, cfg_at_size, get_encoder_cfg
     if meta is not None and (rec := recorded_preprocess(meta, study_dir)) is not None: return rec
     name = encoder.partition("@")[0]
-    try: cfg = get_encoder_cfg(name)
-    except CxrStudyError: return PreprocessCfg(size=int(mask_size))  # a reference: masks resized to their size
-    if params.get("input_size") is not None: return cfg_at_size(cfg, int(params["input_size"])).preprocess
-    if protocol == "linear-probe": return cfg.preprocess
-    from cxr_study.train.protocols import protocol_preprocess
-    return protocol_preprocess(name, protocol, params.get("adapt"))
+    if name in reference_names(): return PreprocessCfg(size=int(mask_size))  # a reference: masks resized to their size
+    proto = get_protocol(protocol)
+    cfg = proto.resolve(name, get_task(task))
+    if params.get("input_size") is not None: cfg = cfg_at_size(cfg, int(params["input_size"]))
+    return proto.preprocess(cfg, params.get("adapt"))
 
 # %% ../nbs/api/81b_overlays.ipynb #ccf5a0ed
 def _prediction_row(study:Study, encoder, task, protocol, image_id) -> pd.Series:
@@ -67,11 +72,6 @@ def overlay_arrays(study:Study, # a study read by load_study, with its dataset's
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: # image (s, s) float in [0, 1], true mask, predicted mask (bool)
     "One test image of one run at the run's mask geometry: the image, its true mask, and the run's stored predicted mask."
     from PIL import Image
-    from cxr_study.data.cohorts import get_task
-    from cxr_study.data.index import resolve_image_path
-    from cxr_study.data.rle import chexmask_rle_decode
-    from cxr_study.encoders.registry import preprocess_image
-    from cxr_study.features.cache import load_masks, read_image_u8
     r = _prediction_row(study, encoder, task, protocol, image_id)
     size = int(r.mask_size)
     pred = chexmask_rle_decode(r.pred_mask if isinstance(r.pred_mask, str) else "", size, size, where=f"{encoder} {image_id} pred_mask")
@@ -79,7 +79,7 @@ def overlay_arrays(study:Study, # a study read by load_study, with its dataset's
         raise CxrStudyError("the prepared dataset the runs were made on (index.parquet) is not available; the true masks and images come from it")
     meta = read_run_meta(run_path(study.path, encoder, task, protocol)) or {}
     params = meta.get("params", {})
-    pcfg = run_geometry(encoder, protocol, params, size, meta, study.path)
+    pcfg = run_geometry(encoder, protocol, params, size, meta, study.path, task)
     row = study.index[study.index.image_id == image_id]
     if not len(row): raise CxrStudyError(f"image {image_id} is not in the dataset's index")
     truth = load_masks(row, get_task(task).label, pcfg, size, params.get("mask_resize") or "bilinear")[0]
@@ -140,7 +140,6 @@ def plot_overlays(study:Study, cases:pd.DataFrame, # rows of `overlay_cases` (on
     import warnings
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
-    from cxr_study.metrics import dice_iou
     models, cols = list(dict.fromkeys(cases.model)), list(dict.fromkeys(cases.case))
     fig = Figure(figsize=(panel * len(cols) + 1.2, panel * len(models) + 0.9), layout="constrained")
     axs = fig.subplots(len(models), len(cols), squeeze=False)

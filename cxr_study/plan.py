@@ -12,8 +12,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .core import CxrStudyError
-from .studyfile import RunSpec, StudyCfg, expand_study
+import cxr_study
+from .core import CxrStudyError, read_json, write_json
+from .data.index import read_index
+from .efficiency import LABEL_EFFICIENCY
+from .encoders.registry import create_encoder, get_encoder_cfg
+from .protocols import get_protocol, reference_names, study_cohorts
+from .studyfile import StudyCfg, expand_study
+from .sweeps import RunSpec
 
 # %% auto #0
 __all__ = ['GPU_PEAK_BF16', 'STUDY_COHORT_SIZES', 'encoder_profile', 'cohort_sizes', 'run_cost', 'plan_study', 'format_plan']
@@ -24,8 +30,6 @@ def encoder_profile(name:str, # registry name (or a SegFormer variant)
                     input_size:int|None=None, # a common input size instead of the encoder's own
                    ) -> dict: # flops (one image, forward), size, pooled_dim, grid (C, h, w), layers {name: (C, h, w)}, params
     "FLOPs of one forward pass and the feature shapes of an encoder at its input size, counted on the meta device."
-    import cxr_study
-    from cxr_study.core import read_json, write_json
     key = f"{name}@{input_size or 'own'}@{cxr_study.__version__}"
     known = {}
     if memo is not None and Path(memo).is_file():
@@ -41,7 +45,6 @@ def encoder_profile(name:str, # registry name (or a SegFormer variant)
 @functools.lru_cache(maxsize=None)
 def _profile(name:str, input_size:int|None=None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
-    from cxr_study.encoders.registry import create_encoder
     with torch.device("meta"):
         enc = create_encoder(name, **({"input_size": input_size} if input_size else {}))
         cfg = enc.cfg; p = cfg.preprocess
@@ -60,13 +63,17 @@ def cohort_sizes(data_dir:str|Path, seed:int, tasks) -> tuple[dict, int, str]:
     "Images per task cohort and in their union (the feature cache's image set), from the prepared index, else the study's sizes."
     idx = Path(data_dir)/"index.parquet"
     if idx.is_file():
-        from cxr_study.data.index import read_index
-        from cxr_study.sweeps import study_cohorts
         cohorts = study_cohorts(read_index(idx), seed)
         sizes = {t: len(c) for t, c in cohorts.items()}
         return sizes, len(set().union(*[set(c["image_id"]) for c in cohorts.values()])) if cohorts else 0, "index"
     sizes = {t: STUDY_COHORT_SIZES[t] for t in tasks}
     return sizes, max(sizes.values(), default=0), "study"
+
+def _feature_run(spec:RunSpec) -> tuple[bool, bool]:
+    "Whether a run reads the feature cache (probes, label efficiency), and whether it caches layers besides the grid."
+    if spec.protocol == LABEL_EFFICIENCY: return True, False  # the linear probe's features
+    p = get_protocol(spec.protocol)
+    return p.features, p.features and p.cached_layers(get_encoder_cfg(spec.encoder), spec.options.get("adapt")) is not None
 
 def _ft_epochs(spec:RunSpec, epochs:int) -> int:
     cap = (spec.options.get("adapt") or {}).get("max_epochs")
@@ -74,10 +81,11 @@ def _ft_epochs(spec:RunSpec, epochs:int) -> int:
 
 def run_cost(spec:RunSpec, n_task:int, n_union:int, first_of_cache:bool, epochs:int=30, memo=None) -> dict:
     "Forward-pass equivalents, FLOPs and disk of one run."
-    if spec.encoder == "prior": return {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}
+    if spec.encoder in reference_names(): return {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}
     prof = encoder_profile(spec.encoder, memo, spec.options.get("input_size"))
-    if spec.protocol in ("linear-probe", "multiscale-probe", "label-efficiency"):  # label efficiency: the linear probe's features
-        shapes = [prof["grid"]] + (list(prof["layers"].values()) if spec.protocol == "multiscale-probe" else [])
+    features, layers = _feature_run(spec)
+    if features:
+        shapes = [prof["grid"]] + (list(prof["layers"].values()) if layers else [])
         per_img = 2 * (prof["pooled_dim"] + sum(math.prod(s) for s in shapes))
         passes = float(n_union) if first_of_cache else 0.0
         return {"passes": passes, "flops": passes * prof["flops"], "cache_bytes": per_img * n_union if first_of_cache else 0, "ckpt_bytes": 0}
@@ -102,8 +110,9 @@ def plan_study(cfg:StudyCfg, # a validated study
         if k not in sizes: sizes[k] = cohort_sizes(s.data_dir, s.seed, [t.task for t in specs if t.data_dir == s.data_dir])
         by_task, union, source = sizes[k]
         done = s.complete()
-        cache_key = (s.name, s.data_dir, s.seed, s.protocol == "multiscale-probe", str(s.options.get("pretrained")))
-        first = cache_key not in seen_cache and s.protocol in ("linear-probe", "multiscale-probe", "label-efficiency")
+        features, layers = _feature_run(s) if s.encoder not in reference_names() else (False, False)
+        cache_key = (s.name, s.data_dir, s.seed, layers, str(s.options.get("pretrained")))
+        first = cache_key not in seen_cache and features
         if first: seen_cache.add(cache_key)
         c = run_cost(s, by_task.get(s.task, 0), union, first and not done, epochs, memo) if not done else \
             {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}
@@ -112,7 +121,7 @@ def plan_study(cfg:StudyCfg, # a validated study
     runs = pd.DataFrame(rows)
     n_gpus = gpus or (cfg.executor.workers if isinstance(cfg.executor.workers, int) else None) or max(1, len(cfg.executor.devices or []))
     comp = []
-    for enc, g in runs[runs.encoder != "prior"].groupby("encoder", sort=False):
+    for enc, g in runs[~runs.base.isin(reference_names())].groupby("encoder", sort=False):
         prof = encoder_profile(g.base.iloc[0], memo, int(g.input_size.iloc[0]) if pd.notna(g.input_size.iloc[0]) else None)
         comp.append(dict(encoder=enc, input=prof["size"], gflops_per_image=round(prof["flops"] / 1e9, 1), runs=len(g),
                          to_run=int((~g.complete).sum()), pflops=g.flops.sum() / 1e15, cache_gb=g.cache_bytes.sum() / 1e9,

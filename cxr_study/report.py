@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, read_json, write_table
-from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, read_run_meta,
+from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, progress, read_json, write_json, write_table
+from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                                task_kind)
 from .reporting import row_label
 from .stats.bootstrap import bootstrap_ci
@@ -22,6 +22,12 @@ from .stats.folds import friedman_test, friedman_two_conditions, nemenyi_test
 from .stats.multiplicity import holm
 from .stats.paired import delong_test, paired_bootstrap_test, paired_permutation_test
 from .stats.subgroups import shortcut_analysis, subgroup_metrics, tube_effects
+from .data.cohorts import TASKS, make_cohort
+from .data.index import read_index
+from .data.table1 import cohort_table1
+from .efficiency import efficiency_dir
+from .site import quarto_config, render_html
+import cxr_study
 
 # %% auto #0
 __all__ = ['PAPER_MODELS', 'PAPER_TASKS', 'PAPER_PROTOCOLS', 'REPORT_PAGES', 'Study', 'load_study', 'study_overview',
@@ -45,7 +51,6 @@ class Study:
 def load_study(study_dir:str|Path, # a study folder with runs/
               ) -> Study:
     "Read a study folder's complete runs, and the index of the dataset they ran on."
-    from cxr_study.data.index import read_index
     study_dir = Path(study_dir)
     res, pred = collect_results(study_dir)
     runs = list_runs(study_dir)
@@ -75,8 +80,6 @@ def study_overview(study:Study) -> str:
 # %% ../nbs/api/81_report.ipynb #be2de85d
 def cohort_tables(study:Study) -> dict[str, pd.DataFrame]:
     "Table 1 per task (rows: characteristic, item; columns: folds then All), for the tasks the study ran."
-    from cxr_study.data.cohorts import make_cohort
-    from cxr_study.data.table1 import cohort_table1
     if study.index is None: return {}
     out = {}
     for task in sorted(study.results.task.unique()):
@@ -98,9 +101,8 @@ def main_results(study:Study,
         p = P[(P[list(RUN_KEYS)] == pd.Series(dict(zip(RUN_KEYS, keys)))).all(1)]
         for m in metrics_for(kind):
             v = g[m.name].dropna().to_numpy(float)
-            y = p.y_true.to_numpy(float) if kind == "classification" else None
-            vals = p.y_score.to_numpy(float) if kind == "classification" else p[m.name].to_numpy(float)
-            ci = bootstrap_ci(m.name, vals, y, p.patient_id.to_numpy(), level=level, n_boot=n_boot, seed=seed)
+            ps = m.select(p); y, vals = m.inputs(ps)  # the rows and columns the metric table says it reads
+            ci = bootstrap_ci(m.name, vals, y, ps.patient_id.to_numpy(), level=level, n_boot=n_boot, seed=seed)
             rows.append({**dict(zip(RUN_KEYS, keys)), "model": g.model.iloc[0], "metric": m.name, "main": m.main,
                          "median": np.median(v) if v.size else np.nan, "fold_min": v.min() if v.size else np.nan,
                          "fold_max": v.max() if v.size else np.nan, "n_folds": v.size, "pooled": ci.estimate,
@@ -112,7 +114,6 @@ def wide_summary(main:pd.DataFrame, # from main_results
                  digits:int=3,
                 ) -> pd.DataFrame:
     "Models x tasks of the main metrics: median [fold range] and the pooled bootstrap CI."
-    from cxr_study.data.cohorts import TASKS
     m = main[main["main"]].copy()
     f = lambda x: f"{x:.{digits}f}"
     m["cell"] = [f"{f(r['median'])} [{f(r.fold_min)}, {f(r.fold_max)}]; CI {f(r.ci_lo)}-{f(r.ci_hi)}" if r.n_folds else "n/a"
@@ -169,15 +170,15 @@ def friedman_tables(study:Study,
             pd.DataFrame(pairs, columns=[*base, "a", "b", "rank_a", "rank_b", "diff", "p", "cd", "significant"]))
 
 # %% ../nbs/api/81_report.ipynb #030f7b8e
-def _pair_frame(P, task, protocol, a, b, col):
-    g = P[(P.task == task) & (P.protocol == protocol) & P.model.isin([a, b])]
-    w = g.pivot_table(index=["image_id", "patient_id"], columns="model", values=col, aggfunc="first").dropna()
-    y = g.groupby("image_id").y_true.first().reindex(w.index.get_level_values(0)).to_numpy(float) if col == "y_score" else None
+def _pair_frame(P, task, protocol, a, b, m):
+    g = m.select(P[(P.task == task) & (P.protocol == protocol) & P.model.isin([a, b])])
+    w = g.pivot_table(index=["image_id", "patient_id"], columns="model", values=m.values, aggfunc="first").dropna()
+    y = g.groupby("image_id")[m.labels].first().reindex(w.index.get_level_values(0)).to_numpy(float) if m.labels else None
     return w[a].to_numpy(float), w[b].to_numpy(float), y, w.index.get_level_values(1).to_numpy()
 
 def paired_test(metric:str, a, b, y, clusters, n_perm:int=2000, seed:int=STUDY_SEED) -> dict:
     "One paired comparison on the same images: clustered DeLong for AUROC, a clustered permutation test otherwise."
-    if metric == "auroc":
+    if get_metric(metric).paired == "delong":
         r = delong_test(y, a, b, clusters=clusters)
         return dict(test="DeLong (patient-clustered)", estimate_a=r.auc_a, estimate_b=r.auc_b, diff=r.diff, lo=r.lo, hi=r.hi, p=r.p,
                     n=len(a), reason=r.reason)
@@ -197,9 +198,9 @@ def paired_vs_best(study:Study,
         med = g.groupby("model")[mm.name].median().dropna()
         if len(med) < 2: continue
         best = med.idxmax() if mm.higher_is_better else med.idxmin()
-        for metric in (["auroc", "auprc"] if kind == "classification" else ["dice"]):
+        for metric in [m.name for m in paired_metrics(kind)]:
             for model in [m for m in med.index if m != best]:
-                a, b, y, cl = _pair_frame(P, task, protocol, model, best, "y_score" if kind == "classification" else metric)
+                a, b, y, cl = _pair_frame(P, task, protocol, model, best, get_metric(metric))
                 rows.append(dict(task=task, protocol=protocol, metric=metric, model=model, best=best,
                                  **paired_test(metric, a, b, y, cl, n_perm, seed)))
     out = pd.DataFrame(rows, columns=["task", "protocol", "metric", "model", "best", "test", "estimate_a", "estimate_b", "diff", "lo", "hi",
@@ -219,11 +220,11 @@ def lp_vs_ft(study:Study, n_perm:int=2000, seed:int=STUDY_SEED,
         m = main_metric(task_kind(task))
         v = g.pivot_table(index="fold", columns="protocol", values=m.name, aggfunc="first").dropna()
         fr = friedman_two_conditions(v[a], v[b])
-        col = "y_score" if task_kind(task) == "classification" else m.name
+        col = m.values
         pa = P[(P.task == task) & (P.model == model) & (P.protocol == a)].set_index("image_id")
         pb = P[(P.task == task) & (P.model == model) & (P.protocol == b)].set_index("image_id")
         ids = pa.index.intersection(pb.index)
-        y = pa.loc[ids, "y_true"].to_numpy(float) if col == "y_score" else None
+        y = pa.loc[ids, m.labels].to_numpy(float) if m.labels else None
         t = paired_test(m.name, pb.loc[ids, col].to_numpy(float), pa.loc[ids, col].to_numpy(float), y, pa.loc[ids, "patient_id"].to_numpy(), n_perm, seed)
         rows.append(dict(task=task, model=model, metric=m.name, median_a=v[a].median(), median_b=v[b].median(), n_folds=len(v),
                          p_friedman=fr["p"], test=t["test"], diff=t["diff"], lo=t["lo"], hi=t["hi"], p=t["p"], n=t["n"], reason=t["reason"] or fr["reason"]))
@@ -273,7 +274,6 @@ def plot_main(main:pd.DataFrame, # from main_results
              ):
     "Main metric per task: fold medians with the fold range, and the pooled bootstrap CI; returns a Figure."
     import matplotlib.pyplot as plt
-    from cxr_study.data.cohorts import TASKS
     m = main[main["main"]]
     tasks = [t for t in TASKS if t in set(m.task)]
     fig, axs = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 0.9 + 0.45 * m.model.nunique()), squeeze=False, sharey=True)
@@ -367,7 +367,6 @@ REPORT_PAGES = (("index", "Study report"), ("cohorts", "Cohorts"), ("comparisons
 
 def report_template(name:str) -> Path:
     "Path of a report notebook template: shipped in the package, or in nbs/reports of a source checkout."
-    import cxr_study
     here = Path(cxr_study.__file__).parent
     for p in (here/"reports"/f"{name}.ipynb", here.parent/"nbs"/"reports"/f"{name}.ipynb"):
         if p.exists(): return p
@@ -386,9 +385,6 @@ def _execute(template:Path, out:Path, params:dict):
 
 def _report_key(study:Study, **settings) -> dict:
     "What a report is made from: every complete run's run.json (by content), the settings and the package version."
-    import cxr_study
-    from cxr_study.core import file_digest
-    from cxr_study.efficiency import efficiency_dir
     done = study.runs[study.runs.complete]
     le = list_runs(efficiency_dir(study.path)); le = le[le.complete] if len(le) else le  # the label-efficiency page's runs
     digests = lambda r: {f"{e}/{t}/{p}": file_digest(Path(d)/"run.json") for e, t, p, d in zip(r.encoder, r.task, r.protocol, r.path)}
@@ -402,7 +398,6 @@ def _build_report(study_dir:str|Path, # a study folder with complete runs
                  force:bool=False, # rebuild even when the report is up to date with the runs
                 ) -> Path: # the report folder
     "Execute the report notebooks into STUDY/report with every table as CSV; optionally render the HTML site."
-    from cxr_study.core import write_json
     study_dir = Path(study_dir).absolute()
     study = load_study(study_dir)  # fails early, and clearly, without complete runs
     final = study_dir/"report"
@@ -423,7 +418,6 @@ def _build_report(study_dir:str|Path, # a study folder with complete runs
             dst = stage/r.notebook; dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(study_dir/r.notebook, dst)
             runs.append((r.notebook, f"{r.model} / {r.task} / {r.protocol}"))
-        from cxr_study.site import quarto_config, render_html
         pages = [(f"{n}.ipynb", title) for n, title in REPORT_PAGES]
         (stage/"_quarto.yml").write_text(quarto_config("cxr_study report", pages, runs))
         if html: render_html(stage, pages, runs)

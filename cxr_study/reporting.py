@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError
+from .core import CxrStudyError, atomic_path, write_table
+from .data.cohorts import TASKS, get_task
+from .encoders.registry import get_encoder_cfg
 from .results import collect_results, main_metric, metrics_for, task_kind
 
 # %% auto #0
@@ -19,7 +21,6 @@ __all__ = ['row_label', 'summarise', 'summary_table', 'plot_summary', 'plot_run'
 # %% ../nbs/api/80_reporting.ipynb #4ba51bbd
 def row_label(encoder:str, weights:str) -> str:
     "Display name of an encoder row, marking untrained encoders and references."
-    from cxr_study.encoders.registry import get_encoder_cfg
     if encoder == "prior": return "prior (reference)"
     base, _, size = encoder.partition("@")  # "rad-dino@448": the encoder at a common input size
     try: name = get_encoder_cfg(base).label + (f" @ {size} px" if size else "")
@@ -45,7 +46,6 @@ def summary_table(summary:pd.DataFrame, # from summarise
                   digits:int=3,
                  ) -> pd.DataFrame: # encoders x tasks, "median [low, high]"
     "The study-style wide table: one row per encoder, one column per task."
-    from cxr_study.data.cohorts import TASKS
     s = summary[summary.metric.isin([main_metric(task_kind(t)).name for t in summary.task.unique()])] if main_only else summary
     fmt = lambda r: f"{r['median']:.{digits}f} [{r['low']:.{digits}f}, {r['high']:.{digits}f}]" if r["n_folds"] else "n/a"
     s = s.assign(value=s.apply(fmt, axis=1), column=s.task.map(lambda t: f"{TASKS[t].display} {main_metric(TASKS[t].kind).label}")
@@ -59,11 +59,10 @@ def plot_summary(results:pd.DataFrame, # per-fold results
                 ):
     "Fold values (dots) and medians (bars) of each task's main metric, one panel per task."
     import matplotlib.pyplot as plt
-    from cxr_study.data.cohorts import TASKS, get_task
     tasks = [t for t in TASKS if t in set(results.task)]
     fig, axs = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 0.45 * results.encoder.nunique() + 1.6), squeeze=False)
     for ax, t in zip(axs[0], tasks):
-        m = main_metric(get_task(t).kind).name
+        mm = main_metric(get_task(t).kind); m = mm.name
         g = results[results.task == t].assign(label=lambda d: [row_label(e, w) + ("" if p == "linear-probe" else f" / {p}")
                                                                 for e, w, p in zip(d.encoder, d.weights, d.protocol)])
         med = g.groupby("label")[m].median().sort_values()
@@ -72,7 +71,7 @@ def plot_summary(results:pd.DataFrame, # per-fold results
             v = g.loc[g.label == l, m]
             ax.plot(v, np.full(len(v), i), "k.", ms=4)
         ax.set_yticks(range(len(med)), med.index, fontsize=8); ax.set_title(TASKS[t].display, fontsize=10)
-        ax.set_xlabel(m.upper()); ax.set_xlim(0, 1); ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(mm.label); ax.set_xlim(0, 1); ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -97,7 +96,6 @@ def plot_run(predictions:pd.DataFrame, # one run's per-image predictions
 def write_study_outputs(out_dir:str|Path, # the study folder (with runs/)
                        ) -> dict: # paths written
     "Collect all complete runs; write results.csv, predictions.parquet, summary.csv, summary.md and a figure."
-    from cxr_study.core import atomic_path, write_table
     out_dir = Path(out_dir)
     res, pred = collect_results(out_dir)
     s = summarise(res)

@@ -5,23 +5,28 @@
 # %% ../nbs/api/00a_results.ipynb #7235e89d
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError, read_json, read_table, write_json, write_table
-from .metrics import auprc, auroc, sensitivity
+from .core import CxrStudyError, file_digest, fingerprint, read_json, read_table, write_json, write_table
+from .metrics import auprc, auprc_rows, auprc_weighted, auroc, auroc_rows, auroc_weighted, sensitivity
 
 # %% auto #0
-__all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLUMNS', 'EMPTY_MASK_SCORE', 'METRIC_TABLE',
+__all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLUMNS', 'EMPTY_MASK_SCORE', 'KINDS', 'METRIC_TABLE',
            'RUN_FILES', 'LOGISTIC_CS', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric',
-           'get_metric', 'score_fold', 'check_predictions', 'check_results', 'run_path', 'run_name', 'run_params',
-           'read_run_meta', 'is_complete', 'write_run', 'list_runs', 'collect_results']
+           'paired_metrics', 'get_metric', 'score_fold', 'register_metric', 'unregister_metric', 'registered_metric',
+           'check_predictions', 'check_results', 'run_path', 'run_name', 'run_params', 'read_run_meta', 'is_complete',
+           'write_run', 'list_runs', 'collect_results']
 
 # %% ../nbs/api/00a_results.ipynb #31224c8f
 RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
@@ -48,51 +53,99 @@ def require_columns(df:pd.DataFrame, # the table to check
     return df
 
 # %% ../nbs/api/00a_results.ipynb #417097ad
+KINDS = ("classification", "segmentation")  # the task kinds a metric can score
+_NEEDS = (None, "both", "positive", "negative")
+_PAIRED = (None, "delong", "permutation")
+
 @dataclass(frozen=True)
 class MetricCfg:
-    "One metric: how a fold's predictions are scored, and how the report shows it."
-    name:str # column name in results.csv, e.g. "auroc"
+    "One metric, declared once: how a fold is scored for results.csv, what the statistics resample, how the report shows it."
+    name:str # key of the table and column of results.csv, e.g. "auroc" (snake_case)
     kind:str # "classification" or "segmentation"
     label:str # display name, e.g. "AUROC"
-    pooled:Callable # predictions of one fold (DataFrame) -> float
-    per_image:Callable|None=None # predictions -> per-image values (NaN = not counted); None for rank metrics
+    per_image:Callable|None=None # a mean over images: (y_true or None, values, threshold) -> (n,) per-image values, NaN = not counted
+    weighted:Callable|None=None # any other metric: (y (n,) bool, values (n,), W (B, n)) -> (B,) its value under per-image weights
+    pooled:Callable|None=None # one fold's predictions -> float, for results.csv; None = the mean of `per_image` (or `weighted` with unit weights)
+    values:str="y_score" # the prediction column the metric is computed from
+    labels:str|None="y_true" # the label column; None for metrics without labels (Dice, IoU, detection)
+    needs:str|None=None # classes a sample must hold: "both", "positive" or "negative"; set: the bootstrap keeps the label strata
+    rows:Callable|None=None # predictions -> the rows the metric counts (detection: images with a true mask); None = all
+    permuted:Callable|None=None # a rank metric: (scores (B, n), y (n,) bool) -> (B,), for the paired permutation test
+    paired:str|None=None # the report's paired test: "delong" (AUROC only) or "permutation"; None = not compared there
     higher_is_better:bool=True
     main:bool=False # the task kind's headline metric (the study's: AUROC, Dice)
     per_fold:bool=True # a column of results.csv (False: computed by the statistics only, from the predictions)
 
+    def __post_init__(self):
+        bad = lambda why: CxrStudyError(f"metric {self.name!r}: {why}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", str(self.name)): raise bad("the name must be snake_case (it is a column name)")
+        if self.kind not in KINDS: raise bad(f"kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if (self.per_image is None) == (self.weighted is None): raise bad("give exactly one of per_image (a mean over images) and weighted")
+        if self.weighted is not None and self.labels is None: raise bad("a weighted (non-mean) metric needs a label column")
+        if self.needs not in _NEEDS: raise bad(f"needs {self.needs!r}: use one of {_NEEDS}")
+        if self.needs and self.labels is None: raise bad(f"needs={self.needs!r} asks for labels; set labels to the label column")
+        if self.paired not in _PAIRED: raise bad(f"paired {self.paired!r}: use one of {_PAIRED}")
+        if self.permuted is not None and self.weighted is None: raise bad("permuted is the form of a rank metric; a mean over images is permuted per image")
+
+    def select(self, preds:pd.DataFrame) -> pd.DataFrame:
+        "The rows of a predictions table this metric counts."
+        return preds if self.rows is None else self.rows(preds)
+
+    def inputs(self, preds:pd.DataFrame) -> tuple[np.ndarray|None, np.ndarray]:
+        "The labels (None without a label column) and the values of a predictions table, as float arrays."
+        return (None if self.labels is None else preds[self.labels].to_numpy(float)), preds[self.values].to_numpy(float)
+
+    def score(self, preds:pd.DataFrame) -> float:
+        "The metric on one fold's predictions, as results.csv holds it."
+        f = self.select(preds)
+        if self.pooled is not None: return self.pooled(f)
+        y, v = self.inputs(f)
+        if self.per_image is not None:
+            p = self.per_image(y, v, 0.5)
+            return float(np.nanmean(p)) if (~np.isnan(p)).any() else float("nan")
+        ok = ~(np.isnan(v) | np.isnan(y))
+        return float(self.weighted(y[ok] == 1, v[ok], np.ones((1, int(ok.sum()))))[0])
+
+# %% ../nbs/api/00a_results.ipynb #b84ffe49
 def _cls(f): return f.y_true.to_numpy(float), f.y_score.to_numpy(float)
-def _sens_per_image(f):
-    y, s = _cls(f)
-    return np.where(y == 1, (s >= 0.5).astype(float), np.nan)
-def _spec_per_image(f):
-    y, s = _cls(f)
-    return np.where(y == 0, (s < 0.5).astype(float), np.nan)
-def _det_per_image(f):
-    return np.where(f.gt_area_pct.to_numpy(float) > 0, (f.pred_area_pct.to_numpy(float) > 0).astype(float), np.nan)
 def _mean_of(col): return lambda f: float(np.nanmean(f[col].to_numpy(float))) if f[col].notna().any() else float("nan")
-def _nanmean(per_image): return lambda f: float(np.nanmean(v)) if (~np.isnan(v := per_image(f))).any() else float("nan")
+def _as_is(y, v, threshold=0.5): return v
+def _sens_images(y, v, threshold=0.5): return np.where((y == 1) & ~np.isnan(v), (v >= threshold).astype(float), np.nan)
+def _spec_images(y, v, threshold=0.5): return np.where((y == 0) & ~np.isnan(v), (v < threshold).astype(float), np.nan)
+def _det_images(y, v, threshold=0.5): return np.where(np.isnan(v), np.nan, (v > 0).astype(float))  # v: predicted mask area
+def _with_true_mask(f): return f[f.gt_area_pct > 0] if "gt_area_pct" in f else f
 
 METRIC_TABLE = {m.name: m for m in [
-    MetricCfg("auroc", "classification", "AUROC", lambda f: auroc(*_cls(f)), main=True),
-    MetricCfg("auprc", "classification", "AUPRC", lambda f: auprc(*_cls(f))),
-    MetricCfg("sensitivity", "classification", "sensitivity at 0.5", lambda f: sensitivity(*_cls(f)), _sens_per_image),
-    MetricCfg("dice", "segmentation", "Dice", _mean_of("dice"), lambda f: f.dice.to_numpy(float), main=True),
-    MetricCfg("iou", "segmentation", "IoU", _mean_of("iou"), lambda f: f.iou.to_numpy(float)),
-    MetricCfg("specificity", "classification", "specificity at 0.5", _nanmean(_spec_per_image), _spec_per_image, per_fold=False),
-    MetricCfg("detection", "segmentation", "detection rate", _nanmean(_det_per_image), _det_per_image, per_fold=False),
+    MetricCfg("auroc", "classification", "AUROC", weighted=auroc_weighted, pooled=lambda f: auroc(*_cls(f)), needs="both",
+              permuted=auroc_rows, paired="delong", main=True),
+    MetricCfg("auprc", "classification", "AUPRC", weighted=auprc_weighted, pooled=lambda f: auprc(*_cls(f)), needs="both",
+              permuted=auprc_rows, paired="permutation"),
+    MetricCfg("sensitivity", "classification", "sensitivity at 0.5", per_image=_sens_images, pooled=lambda f: sensitivity(*_cls(f)),
+              needs="positive"),
+    MetricCfg("dice", "segmentation", "Dice", per_image=_as_is, pooled=_mean_of("dice"), values="dice", labels=None,
+              paired="permutation", main=True),
+    MetricCfg("iou", "segmentation", "IoU", per_image=_as_is, pooled=_mean_of("iou"), values="iou", labels=None),
+    MetricCfg("specificity", "classification", "specificity at 0.5", per_image=_spec_images, needs="negative", per_fold=False),
+    MetricCfg("detection", "segmentation", "detection rate", per_image=_det_images, values="pred_area_pct", labels=None,
+              rows=_with_true_mask, per_fold=False),
 ]}
 
+# %% ../nbs/api/00a_results.ipynb #60afb05c
 def metrics_for(kind:str, # "classification" or "segmentation"
                 per_fold:bool=True, # only the columns of results.csv (False: also the statistics-only metrics)
                ) -> list[MetricCfg]:
     "The metrics of a task kind, the main one first."
-    if kind not in ("classification", "segmentation"): raise CxrStudyError(f"kind {kind!r}: classification or segmentation")
+    if kind not in KINDS: raise CxrStudyError(f"kind {kind!r}: classification or segmentation")
     ms = [m for m in METRIC_TABLE.values() if m.kind == kind and (m.per_fold or not per_fold)]
     return sorted(ms, key=lambda m: not m.main)
 
 def main_metric(kind:str) -> MetricCfg:
     "The headline metric of a task kind (AUROC for classification, Dice for segmentation)."
     return metrics_for(kind)[0]
+
+def paired_metrics(kind:str) -> list[MetricCfg]:
+    "The metrics of a task kind the report compares between models with a paired test (the main one first)."
+    return [m for m in metrics_for(kind, per_fold=False) if m.paired]
 
 def get_metric(name:str) -> MetricCfg:
     "A metric of the table by name, with the valid names when unknown."
@@ -103,7 +156,31 @@ def score_fold(predictions:pd.DataFrame, # one fold's per-image predictions of o
                kind:str, # "classification" or "segmentation"
               ) -> dict: # metric name -> value
     "Every metric of the kind on one fold's predictions: the per-fold row of results.csv."
-    return {m.name: m.pooled(predictions) for m in metrics_for(kind)}
+    return {m.name: m.score(predictions) for m in metrics_for(kind)}
+
+# %% ../nbs/api/00a_results.ipynb #3b44a9a5
+def register_metric(cfg:MetricCfg, # the metric
+                    replace:bool=False, # replace a metric of the same name (otherwise refused)
+                   ) -> MetricCfg:
+    "Add a metric to the table; the runner, the statistics and the report pick it up."
+    if not isinstance(cfg, MetricCfg): raise CxrStudyError(f"register_metric takes a MetricCfg, got {type(cfg).__name__}")
+    if cfg.name in METRIC_TABLE and not replace:
+        raise CxrStudyError(f"metric {cfg.name!r} is already in the table; choose another name, or pass replace=True")
+    if cfg.main and any(m.main and m.kind == cfg.kind and m.name != cfg.name for m in METRIC_TABLE.values()):
+        raise CxrStudyError(f"metric {cfg.name!r}: {cfg.kind} already has its main metric ({main_metric(cfg.kind).name}); set main=False")
+    METRIC_TABLE[cfg.name] = cfg
+    return cfg
+
+def unregister_metric(name:str) -> MetricCfg:
+    "Remove a metric from the table (it must be there); returns it."
+    return METRIC_TABLE.pop(get_metric(name).name)
+
+@contextmanager
+def registered_metric(cfg:MetricCfg) -> Iterator[MetricCfg]:
+    "Register `cfg` for the length of a `with` block only."
+    register_metric(cfg)
+    try: yield cfg
+    finally: METRIC_TABLE.pop(cfg.name, None)
 
 # %% ../nbs/api/00a_results.ipynb #48ebd9db
 def check_predictions(df:pd.DataFrame, # per-image predictions of one or more runs
@@ -150,16 +227,12 @@ def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None
 
 def _jsonable(params): return json.loads(json.dumps(params, default=str))
 
-import functools, warnings  # damage checks below
-
 def _meta_digest(meta:dict) -> str:
     "Content digest of a run.json's values (its own `digest` left out)."
-    from cxr_study.core import fingerprint
     return fingerprint({k: v for k, v in meta.items() if k != "digest"}, n=40)
 
 @functools.lru_cache(maxsize=512)
 def _digest_at(path:str, size:int, mtime_ns:int) -> str:
-    from cxr_study.core import file_digest
     return file_digest(path)
 
 def _damaged(path:Path, why:str) -> None:
@@ -206,7 +279,6 @@ def write_run(out_dir:str|Path, # the study folder
     folder = run_path(out_dir, keys["encoder"], keys["task"], keys["protocol"])
     (folder/"run.json").unlink(missing_ok=True)
     write_table(res, folder/"results.csv"); write_table(pr, folder/"predictions.parquet")
-    from cxr_study.core import file_digest
     meta = {**keys, **_jsonable(meta or {}), "files": {f: file_digest(folder/f) for f in RUN_FILES if f != "run.json"}}
     write_json({**meta, "digest": _meta_digest(meta)}, folder/"run.json")  # the digests of the files and of itself
     return folder

@@ -15,14 +15,18 @@ import yaml
 
 from .core import CxrStudyError, STUDY_SEED
 from .data.cohorts import TASKS
-from .encoders.registry import MASK_RULES
+from .data.preprocess import MASK_RULES
 from .results import is_complete, run_name, run_params, run_path
-from .sweeps import PROTOCOLS, REFERENCES, grid_runs
+import cxr_study
+from .efficiency import LABEL_EFFICIENCY, efficiency_dir, efficiency_settings
+from .encoders.registry import list_encoders
+from .protocols import protocol_names, reference_names
+from .sweeps import RunSpec, grid_runs
+from .train.segformer import SEGFORMER_VARIANTS
 
 # %% auto #0
-__all__ = ['LABEL_EFFICIENCY', 'SETTING_KEYS', 'EXECUTOR_KINDS', 'SlurmCfg', 'ExecutorCfg', 'ReportCfg', 'GridCfg',
-           'EfficiencyCfg', 'StudyCfg', 'validate_study', 'load_study', 'RunSpec', 'study_out', 'expand_study',
-           'shipped_study']
+__all__ = ['SETTING_KEYS', 'EXECUTOR_KINDS', 'SlurmCfg', 'ExecutorCfg', 'ReportCfg', 'GridCfg', 'EfficiencyCfg', 'StudyCfg',
+           'validate_study', 'load_study', 'study_out', 'efficiency_specs', 'expand_study', 'shipped_study']
 
 # %% ../nbs/api/70a_studyfile.ipynb #7201cafd
 @dataclass
@@ -65,7 +69,6 @@ class GridCfg:
     settings:dict|None=None # per protocol: probe, Cs, mask_size, mask_resize, adapt (merged over the study's)
     description:str=""
 
-LABEL_EFFICIENCY = "label-efficiency" # the protocol of label-efficiency runs, and their folder in a study (see cxr_study.efficiency)
 
 @dataclass
 class EfficiencyCfg:
@@ -150,7 +153,7 @@ def _names(where, values, allowed, what):
 def _check_settings(where, settings):
     if not isinstance(settings, dict): raise CxrStudyError(f"{where}: expected a mapping of protocol -> settings")
     for p, s in settings.items():
-        if p not in PROTOCOLS: raise _unknown(f"{where}.", p, list(PROTOCOLS))
+        if p not in protocol_names(): raise _unknown(f"{where}.", p, protocol_names())
         if not isinstance(s, dict): raise CxrStudyError(f"{where}.{p}: expected a mapping of {', '.join(SETTING_KEYS)}")
         for k, v in s.items():
             if k not in SETTING_KEYS: raise _unknown(f"{where}.{p}.", k, list(SETTING_KEYS))
@@ -167,9 +170,7 @@ def _check_settings(where, settings):
     return settings
 
 def _encoder_names():
-    from cxr_study.encoders.registry import list_encoders
-    from cxr_study.train.segformer import SEGFORMER_VARIANTS
-    return [*REFERENCES, *list_encoders(), *[v for v in SEGFORMER_VARIANTS if v not in list_encoders()]]
+    return [*reference_names(), *list_encoders(), *[v for v in SEGFORMER_VARIANTS if v not in list_encoders()]]
 
 # %% ../nbs/api/70a_studyfile.ipynb #ce5b5eb2
 def _subgrids(cfg, key, encoders, seen):
@@ -186,17 +187,16 @@ def _subgrids(cfg, key, encoders, seen):
             _names(f"{w}.tasks", g.tasks, list(TASKS), "task")
             nodata = [t for t in g.tasks if t not in cfg.data]
             if nodata: raise CxrStudyError(f"{w}.tasks: no dataset folder (data) for {', '.join(nodata)}")
-        if g.protocols is not None: _names(f"{w}.protocols", g.protocols, list(PROTOCOLS), "protocol")
+        if g.protocols is not None: _names(f"{w}.protocols", g.protocols, protocol_names(), "protocol")
         if g.settings is not None: _check_settings(f"{w}.settings", g.settings)
         out.append(g)
     return out
 
 def _check_efficiency(cfg, encoders):
-    from cxr_study.efficiency import efficiency_settings
     le, w = cfg.label_efficiency, "label_efficiency"
     if le.encoders is not None:
         _names(f"{w}.encoders", le.encoders, encoders, "encoder")
-        refs = [e for e in le.encoders if e in REFERENCES]
+        refs = [e for e in le.encoders if e in reference_names()]
         if refs: raise CxrStudyError(f"{w}.encoders: {refs[0]!r} is a reference without a probe; list encoders only")
     if le.tasks is not None:
         _names(f"{w}.tasks", le.tasks, list(TASKS), "task")
@@ -226,7 +226,7 @@ def validate_study(raw:dict, # the parsed YAML
         encoders = _encoder_names()
         _names("encoders", cfg.encoders, encoders, "encoder")
         _names("tasks", cfg.tasks, list(TASKS), "task")
-        _names("protocols", cfg.protocols, list(PROTOCOLS), "protocol")
+        _names("protocols", cfg.protocols, protocol_names(), "protocol")
         nodata = [t for t in cfg.tasks if t not in cfg.data]
         if nodata: raise CxrStudyError(f"data: no dataset folder for task(s) {', '.join(nodata)}")
         if not cfg.folds or any(not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < 5 for k in cfg.folds):
@@ -267,39 +267,6 @@ def load_study(path:str|Path|None=None, # a YAML study file; None: the study com
         if v is not None: _set_dotted(raw, k, v)
     return validate_study(raw, str(path) if path is not None else "study")
 
-# %% ../nbs/api/70a_studyfile.ipynb #0aaaf4b7
-@dataclass(frozen=True)
-class RunSpec:
-    "One run with every setting it needs: what `run_experiment` is called with."
-    encoder:str
-    task:str
-    protocol:str
-    data_dir:str # absolute: prepared dataset folder
-    out_dir:str # absolute: study folder
-    seed:int=STUDY_SEED
-    folds:tuple=(0, 1, 2, 3, 4)
-    options:dict=field(default_factory=dict, hash=False) # pretrained, device, probe, Cs, mask_size, mask_resize, adapt
-    group:str="main" # "main" or the ablation's name
-
-    @property
-    def name(self) -> str: return run_name(self.encoder, self.options.get("input_size"))  # what the run is filed under
-    @property
-    def key(self) -> tuple: return (self.out_dir, self.name, self.task, self.protocol)
-    @property
-    def label(self) -> str: return f"{self.name} / {self.task} / {self.protocol}"
-    @property
-    def path(self) -> Path: return run_path(self.out_dir, self.name, self.task, self.protocol)
-    def params(self) -> dict:
-        "The parameters the run is identified by (as `run_experiment` records them)."
-        o = self.options
-        return run_params(self.protocol, self.folds, self.seed, self.data_dir, o.get("pretrained", False), o.get("mask_size"),
-                          o.get("probe"), o.get("Cs"), o.get("adapt"), o.get("input_size"),
-                          o.get("mask_resize") or "bilinear")
-    def complete(self) -> bool: return is_complete(self.out_dir, self.name, self.task, self.protocol, self.params())
-    def to_dict(self) -> dict: return {**dataclasses.asdict(self), "folds": list(self.folds)}
-    @classmethod
-    def from_dict(cls, d:dict) -> "RunSpec": return cls(**{**d, "folds": tuple(d["folds"])})
-
 # %% ../nbs/api/70a_studyfile.ipynb #a2043c9b
 def study_out(cfg:StudyCfg, seed:int) -> Path:
     "The study folder of one seed: `out`, or `out/seed-<s>` when the study has several seeds."
@@ -312,6 +279,20 @@ def _options(cfg:StudyCfg, settings:dict, protocol:str) -> dict:
     o.update({k: v for k, v in settings.get(protocol, {}).items() if v is not None})
     return o
 
+def efficiency_specs(cfg:StudyCfg, # a validated study with a label_efficiency key
+                     seed:int, # the study seed (one study folder per seed)
+                     options:dict, # the main grid's linear-probe options (pretrained, device, probe, Cs, mask_size, ...)
+                    ) -> list[RunSpec]:
+    "The label-efficiency runs of one study seed (`cxr_study.efficiency`), filed under `<study>/label-efficiency`."
+    le = cfg.label_efficiency
+    if le is None: return []
+    encoders = [e for e in (le.encoders or cfg.encoders) if e in cfg.encoders and e not in reference_names()]
+    tasks = [t for t in (le.tasks or cfg.tasks) if t in cfg.tasks]
+    sweep = efficiency_settings(dataclasses.asdict(le))
+    out = str(efficiency_dir(study_out(cfg, seed)))
+    return [RunSpec(e, t, LABEL_EFFICIENCY, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), {**options, "adapt": sweep}, LABEL_EFFICIENCY)
+            for e in encoders for t in tasks]
+
 def expand_study(cfg:StudyCfg) -> list[RunSpec]:
     "Every run of the study (main grid, baselines, ablations, label efficiency), once each."
     grids = [GridCfg("main", cfg.encoders, cfg.tasks, cfg.protocols, cfg.settings), *cfg.baselines, *cfg.ablations]
@@ -319,20 +300,18 @@ def expand_study(cfg:StudyCfg) -> list[RunSpec]:
     for seed in cfg.seeds:
         out = str(study_out(cfg, seed))
         for g in grids:
-            settings = {p: {**cfg.settings.get(p, {}), **(g.settings or {}).get(p, {})} for p in PROTOCOLS}
+            settings = {p: {**cfg.settings.get(p, {}), **(g.settings or {}).get(p, {})} for p in protocol_names()}
             for e, t, p in grid_runs(g.encoders or cfg.encoders, g.tasks or cfg.tasks, g.protocols or cfg.protocols):
                 s = RunSpec(e, t, p, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), _options(cfg, settings, p), g.name)
                 if s.key in seen: continue
                 seen.add(s.key); specs.append(s)
         if cfg.label_efficiency is not None:  # the main grid's linear-probe settings, so that the 100% point is its run
-            from cxr_study.efficiency import efficiency_specs
             specs += efficiency_specs(cfg, seed, _options(cfg, cfg.settings, "linear-probe"))
     return specs
 
 # %% ../nbs/api/70a_studyfile.ipynb #b7579974
 def shipped_study(name:str) -> Path:
     "Path of a study file shipped with cxr_study (`paper`, `demo`), installed or in a source checkout."
-    import cxr_study
     here = Path(cxr_study.__file__).parent
     for p in (here/"studies"/f"{name}.yaml", here.parent/"studies"/f"{name}.yaml"):
         if p.is_file(): return p

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from cxr_study.data.chexpert import CHEXPERT_COLUMNS, CHEXPERT_OBSERVATIONS
-from cxr_study.data.prepare import add_prepare_arguments, run_prepare
+from cxr_study.cli import add_prepare_arguments, cmd_prepare
 from cxr_study.data.readers import write_dicom
 from cxr_study.data.rle import chexmask_rle_encode, siim_rle_encode
 
@@ -222,5 +222,5 @@ def prepare(*argv) -> tuple[int, str]:
     p = argparse.ArgumentParser(prog="cxr-study prepare"); add_prepare_arguments(p)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        rc = run_prepare(p.parse_args([str(a) for a in argv]))
+        rc = cmd_prepare(p.parse_args([str(a) for a in argv]))
     return rc, out.getvalue()

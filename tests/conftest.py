@@ -9,9 +9,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 def prepare_synthetic(raw, out):
     "Index a synthetic benchmark folder with the `prepare` adapters (index only: images stay DICOM)."
-    from cxr_study.cli import prepare_args
     from cxr_study.data.prepare import prepare_dataset
-    prepare_dataset(prepare_args("synthetic", "--root", raw, "--out", out, "--index-only"), log=lambda *_: None)
+    prepare_dataset("synthetic", raw, out, index_only=True, log=lambda *_: None)
     return out
 
 

@@ -14,7 +14,8 @@ import pytest
 
 import adapter_fixtures as fx
 from cxr_study.data.index import INDEX_COLUMNS, index_mask, read_index, resolve_image_path
-from cxr_study.data.prepare import ADAPTERS, add_prepare_arguments, index_dataset, run_prepare
+from cxr_study.cli import add_prepare_arguments, cmd_prepare
+from cxr_study.data.prepare import ADAPTERS, index_dataset
 from cxr_study.data.readers import read_image
 
 
@@ -32,7 +33,7 @@ def parse(*argv):
 def prepare(*argv):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        rc = run_prepare(parse(*argv))
+        rc = cmd_prepare(parse(*argv))
     return rc, out.getvalue()
 
 
@@ -162,11 +163,13 @@ def test_prepare_help_lists_every_adapter():
     for opt in ("--uncertain", "--min-dice-rca", "--tubes", "--workers", "--verify", "--image-size"): assert opt in h
 
 
-def test_run_prepare_tolerates_extra_cli_attributes(tmp_path, monkeypatch):
-    "The CLI may add its own attributes (a handler, a subcommand name): prepare ignores them."
+def test_cmd_prepare_tolerates_extra_cli_attributes(tmp_path, monkeypatch):
+    "The CLI may add its own attributes (a handler, a subcommand name): prepare ignores them; prepare.json records the prepare options."
     monkeypatch.setenv("CXR_STUDY_PROGRESS", "0")
     fx.nih(tmp_path/"nih")
-    args = parse("nih", "--root", tmp_path/"nih", "--out", tmp_path/"out", "--index-only")
-    args.handler, args.subcommand = run_prepare, "prepare"
-    with contextlib.redirect_stdout(io.StringIO()): assert run_prepare(args) == 0
-    assert json.loads((tmp_path/"out"/"prepare.json").read_text())["options"]["subcommand"] == "prepare"
+    args = parse("nih", "--root", tmp_path/"nih", "--out", tmp_path/"out", "--index-only", "--min-dice-rca", 0.8)
+    args.handler, args.subcommand = cmd_prepare, "prepare"
+    with contextlib.redirect_stdout(io.StringIO()): assert cmd_prepare(args) == 0
+    opts = json.loads((tmp_path/"out"/"prepare.json").read_text())["options"]
+    assert "subcommand" not in opts and "handler" not in opts
+    assert opts["min_dice_rca"] == 0.8 and opts["uncertain"] == "zeros" and opts["tube_col"] == "ChestTube"   # given, and the flags' defaults

@@ -146,3 +146,50 @@ def test_siim_image_listed_as_negative_and_positive(tmp_path):
     assert len(idx) == 4 and np.isnan(i.loc["1.2.276.0.7230010.3.1.4.1", "pneumothorax"])
     assert i.loc["1.2.276.0.7230010.3.1.4.2", "pneumothorax"] == 0.0
     assert len(problems) == 1 and problems[0][0].endswith("train-rle.csv:lines 2, 4, 6") and "both -1 and region rows" in problems[0][1]
+
+
+def test_synthetic_annotations_damaged_lines_cost_only_their_own_labels(tmp_path):
+    """The synthetic benchmark's label, chest-tube and CheXmask files go through the adapters' joins: a damaged
+    line (an unreadable value, ids padded with spaces, a repeat that disagrees, a CheXmask row below the quality
+    threshold) costs that image's label or mask only, and is reported with its line; every other label is kept."""
+    root = tmp_path/"syn"
+    fx.synthetic(root)
+    truth = pd.read_csv(root/"ground-truth.csv", dtype={"image_id": str}).set_index("image_id")
+    ids = list(truth.index)
+    tubes = root/"chest-tube-labels.csv"
+    rows = tubes.read_text().splitlines()
+    rows[2] = f"{ids[1]},maybe"                                            # unreadable value (line 3)
+    rows[3] = f"  {ids[2]}  ,{truth.loc[ids[2], 'chest_tube']}"           # id padded with spaces: still matched
+    rows.append(f"{ids[4]},{1 - truth.loc[ids[4], 'chest_tube']}")        # ids[4] again, other value (line 10)
+    tubes.write_text("\n".join(rows) + "\n")
+    cm = pd.read_csv(root/"chexmask-synthetic.csv", dtype=str, keep_default_na=False)
+    cm.loc[5, "Dice RCA (Mean)"] = "0.5"                                   # below 0.7: no heart mask for ids[5]
+    cm.to_csv(root/"chexmask-synthetic.csv", index=False)
+    labels = root/"cardiomegaly-labels.csv"
+    lab = labels.read_text().splitlines()
+    lab[7] = lab[7].replace(f",{truth.loc[ids[6], 'cardiomegaly']},", ",yes,", 1)   # 'yes' reads as 1
+    labels.write_text("\n".join(lab) + "\n")
+    idx, problems = index_dataset("synthetic", root)
+    i = idx.set_index("image_id")
+    assert np.isnan(i.loc[ids[1], "chest_tube"]) and np.isnan(i.loc[ids[4], "chest_tube"])
+    keep = [k for k in ids if k not in (ids[1], ids[4])]
+    assert i.loc[keep, "chest_tube"].tolist() == truth.loc[keep, "chest_tube"].astype(float).tolist()
+    assert i.loc[ids[6], "cardiomegaly"] == 1.0
+    others = [k for k in ids if k != ids[6]]
+    assert i.loc[others, "cardiomegaly"].tolist() == truth.loc[others, "cardiomegaly"].astype(float).tolist()
+    assert i["heart_mask"].isna().tolist() == [k == ids[5] for k in i.index]
+    where = {w.rsplit(":", 1)[-1]: r for w, r in problems}
+    assert len(problems) == 2, problems
+    assert "maybe" in where["line 3"] and "different ChestTube" in where["lines 6, 10"]
+
+
+def test_synthetic_tube_csv_with_a_lost_line_end_is_refused_with_its_line(tmp_path):
+    "Two tube rows run together (a lost line end): refused, naming the line, rather than read shifted into other images' labels."
+    root = tmp_path/"syn"
+    fx.synthetic(root)
+    tubes = root/"chest-tube-labels.csv"
+    rows = tubes.read_text().splitlines()
+    rows[2:4] = [rows[2] + rows[3]]
+    tubes.write_text("\n".join(rows) + "\n")
+    rc, log = prepare("synthetic", "--root", root, "--out", tmp_path/"out", "--index-only")
+    assert rc == 2 and "chest-tube-labels.csv:line 3" in log and "more fields than the header" in log, log

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from cxr_study.core import CxrStudyError
-from cxr_study.encoders.registry import create_encoder, get_encoder_cfg, list_encoders, preprocess_image
+from cxr_study.data.preprocess import preprocess_image
+from cxr_study.encoders.registry import create_encoder, get_encoder_cfg, list_encoders
 from cxr_study.encoders.zoo import reference_processor
 
 ALL = list_encoders()

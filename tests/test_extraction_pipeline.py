@@ -10,7 +10,8 @@ import torch
 from cxr_study.core import STUDY_SEED
 from cxr_study.data.prepare import build_image_cache, index_dataset
 from cxr_study.data.readers import read_image
-from cxr_study.encoders.registry import Encoder, create_encoder, get_encoder_cfg, list_encoders, preprocess_image
+from cxr_study.data.preprocess import preprocess_image
+from cxr_study.encoders.registry import Encoder, create_encoder, get_encoder_cfg, list_encoders
 from cxr_study.features.cache import extract_features
 
 BATCH = 3

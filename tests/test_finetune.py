@@ -14,7 +14,7 @@ import torch
 
 from cxr_study.data.cohorts import get_task, make_cohort, split_masks
 from cxr_study.data.index import read_index
-from cxr_study.features.cache import load_masks
+from cxr_study.data.preprocess import load_masks
 from cxr_study.train.finetune import (AdaptImages, FinetuneCfg, TensorPairs, build_finetune_model, encoder_changed,
                                       fit_finetune, tiny_encoder)
 
@@ -109,7 +109,7 @@ def test_interrupted_fit_resumes_to_the_identical_result(tmp_path):
 _SCRIPT = textwrap.dedent("""
     import dataclasses, os, signal, sys
     from cxr_study.encoders.registry import register_encoder
-    from cxr_study.train import protocols
+    from cxr_study import protocols
     from cxr_study.train.finetune import fit_finetune, tiny_encoder
     from cxr_study.sweeps import run_experiment
 

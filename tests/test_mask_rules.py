@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_study.encoders.registry import get_encoder_cfg, preprocess_mask
-from cxr_study.features.cache import load_masks
+from cxr_study.data.preprocess import load_masks, preprocess_mask
+from cxr_study.encoders.registry import get_encoder_cfg
 
 transformers = pytest.importorskip("transformers")
 FIX = json.loads((Path(__file__).parent/"fixtures"/"release_preprocessing.json").read_text())

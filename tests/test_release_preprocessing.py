@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_study.encoders.registry import cfg_at_size, get_encoder_cfg, list_encoders, preprocess_image
+from cxr_study.data.preprocess import preprocess_image
+from cxr_study.encoders.registry import cfg_at_size, get_encoder_cfg, list_encoders
 
 RELEASES = {k: v for k, v in json.loads((Path(__file__).parent / "fixtures" / "release_preprocessing.json").read_text()).items()
             if not k.startswith("_")}

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from cxr_study.core import CxrStudyError
-from cxr_study.stats.bootstrap import METRICS, bootstrap_ci, bootstrap_table, compute_metric
+from cxr_study.results import METRIC_TABLE
+from cxr_study.stats.bootstrap import bootstrap_ci, bootstrap_table, compute_metric
 from cxr_study.stats.folds import fold_metrics, friedman_two_conditions, mannwhitney_folds, median_ci
 from cxr_study.stats.multiplicity import benjamini_hochberg, holm
 from cxr_study.stats.subgroups import shortcut_analysis, subgroup_gaps, subgroup_metrics
@@ -31,7 +32,7 @@ def test_some_empty_masks_are_left_out_of_the_mean():
     assert compute_metric("dice", None, v) == (pytest.approx(0.6), "")
 
 
-@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("metric", list(METRIC_TABLE))
 def test_every_metric_on_empty_input(metric):
     y = np.array([], float)
     value, why = compute_metric(metric, y, y)

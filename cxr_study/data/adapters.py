@@ -13,16 +13,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..core import CxrStudyError, csv_lines, csv_records, read_csv_text
+from ..core import CxrStudyError, csv_lines, csv_records, progress, read_csv_text
 from .index import LABELS, mask_area_pct, size_quartiles
 from .rle import chexmask_rle_encode
 
 # %% auto #0
 __all__ = ['UNCERTAIN_POLICIES', 'BLANK_POLICIES', 'NO_FINDING_POLICIES', 'CHEXMASK_ID_COLUMNS', 'problems_frame',
            'format_problems', 'read_csv_checked', 'short_rows', 'find_file', 'healthy_rows', 'map_observation',
-           'map_binary', 'drop_conflicting_duplicates', 'default_key', 'identity_key', 'join_tube_labels',
-           'join_heart_masks', 'read_mask_file', 'image_size', 'encode_mask_files', 'outside_root', 'finish_index',
-           'label_counts']
+           'map_binary', 'drop_conflicting_duplicates', 'default_key', 'identity_key', 'join_label_csv',
+           'join_tube_labels', 'join_heart_masks', 'read_mask_file', 'image_size', 'encode_mask_files', 'outside_root',
+           'finish_index', 'label_counts']
 
 # %% ../../nbs/api/08_data.adapters.ipynb #3c91fe73
 def problems_frame(problems:list[tuple[str, str]], # (where, reason) pairs
@@ -181,6 +181,40 @@ def _keyed_join(index, key, src_keys, path, what) -> np.ndarray:
     pos = pd.Series(np.arange(len(src_keys)), index=src_keys.values)
     return ik.map(pos).fillna(-1).astype(int).values
 
+def _merge_binary(index, col, new, path) -> list[tuple[str, str]]:
+    "Fill `index[col]` (in place) where unknown; a value contradicting one already known is reported and left unknown."
+    cur = index[col].astype(float).values
+    clash = ~np.isnan(cur) & ~np.isnan(new) & (cur != new)
+    index[col] = np.where(clash, np.nan, np.where(np.isnan(cur), new, cur))
+    if not clash.any(): return []
+    return [(str(path), f"{int(clash.sum())} image(s) (first {index['image_id'].values[clash][0]}) have a {col.replace('_', '-')} "
+                        "label contradicting one already known; left unknown")]
+
+def join_label_csv(index:pd.DataFrame, # canonical index
+                   path:str|Path, # CSV: one row per image id
+                   columns:dict, # its column -> canonical column (a label or "chest_tube"), e.g. {"Cardiomegaly": "cardiomegaly"}
+                   id_col:str="ImageId", # its image-id column
+                   key:Callable=default_key, # id -> image key (the adapter's)
+                   what:str="label CSV", # what the file is, for messages
+                  ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    "Set binary columns (labels, `chest_tube`) from a CSV keyed by image id, reporting bad rows, conflicts and unmatched ids."
+    bad = [d for d in columns.values() if d not in (*LABELS, "chest_tube")]
+    if bad: raise CxrStudyError(f"{path}: cannot join {bad}: the canonical binary columns are {[*LABELS, 'chest_tube']}")
+    df = read_csv_checked(path, [id_col, *columns], what, usecols=[id_col, *columns])
+    problems, vals = [], {}
+    for src, dst in columns.items():
+        v, pr = map_binary(df[src], path, src); vals[f"_v_{dst}"] = v.values; problems += pr
+    df = df.assign(**vals, _k=key(df[id_col]).values, _line=np.arange(len(df)))
+    df, pr = drop_conflicting_duplicates(df, "_k", list(vals), path, "image", ", ".join(columns), "_line"); problems += pr
+    where = _keyed_join(index, key, df["_k"], path, " and ".join(d.replace("_", "-") for d in columns.values()) + " labels")
+    index = index.copy()
+    for dst in columns.values():
+        new = np.where(where >= 0, df[f"_v_{dst}"].values[np.maximum(where, 0)], np.nan) if len(df) else np.full(len(index), np.nan)
+        problems += _merge_binary(index, dst, new, path)
+    unmatched = np.setdiff1d(np.arange(len(df)), where[where >= 0])
+    if len(unmatched): problems.append((csv_lines(path, df["_line"].values[unmatched]), f"{len(unmatched)} annotated id(s) (first {df[id_col].iloc[unmatched[0]]}) have no image in the index"))
+    return index, problems
+
 def join_tube_labels(index:pd.DataFrame, # canonical index
                      path:str|Path, # CSV: image id -> present/absent/unknown
                      id_col:str="ImageId", # its image-id column
@@ -188,20 +222,7 @@ def join_tube_labels(index:pd.DataFrame, # canonical index
                      key:Callable=default_key, # id -> image key (the adapter's)
                     ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     "Set `chest_tube` from an annotation CSV, reporting bad rows, conflicts and unmatched ids."
-    df = read_csv_checked(path, [id_col, tube_col], "chest-tube CSV", usecols=[id_col, tube_col])
-    vals, problems = map_binary(df[tube_col], path, tube_col)
-    df = df.assign(_v=vals.values, _k=key(df[id_col]).values, _line=np.arange(len(df)))
-    df, pr = drop_conflicting_duplicates(df, "_k", ["_v"], path, "image", tube_col, "_line"); problems += pr
-    where = _keyed_join(index, key, df["_k"], path, "chest-tube labels")
-    index = index.copy()
-    new = np.where(where >= 0, df["_v"].values[np.maximum(where, 0)], np.nan) if len(df) else np.full(len(index), np.nan)
-    cur = index["chest_tube"].astype(float).values
-    clash = ~np.isnan(cur) & ~np.isnan(new) & (cur != new)
-    if clash.any(): problems.append((str(path), f"{int(clash.sum())} image(s) (first {index['image_id'].values[clash][0]}) have a chest-tube label contradicting one already known; left unknown"))
-    index["chest_tube"] = np.where(clash, np.nan, np.where(np.isnan(cur), new, cur))
-    unmatched = np.setdiff1d(np.arange(len(df)), where[where >= 0])
-    if len(unmatched): problems.append((csv_lines(path, df["_line"].values[unmatched]), f"{len(unmatched)} annotated id(s) (first {df[id_col].iloc[unmatched[0]]}) have no image in the index"))
-    return index, problems
+    return join_label_csv(index, path, {tube_col: "chest_tube"}, id_col=id_col, key=key, what="chest-tube CSV")
 
 # %% ../../nbs/api/08_data.adapters.ipynb #fc133556
 CHEXMASK_ID_COLUMNS = ("ImageID", "Image ID", "Image Index", "Path", "dicom_id", "ImageId")
@@ -289,7 +310,6 @@ def encode_mask_files(mask_paths:list, # mask files (None/NaN: no mask)
                      ) -> pd.DataFrame: # rle, height, width, problem (a string; missing when fine)
     "Read many mask files into index RLEs, checking each against its image's size."
     from concurrent.futures import ThreadPoolExecutor
-    from cxr_study.core import progress
     image_paths = image_paths if image_paths is not None else [None] * len(mask_paths)
     tasks = [(m, i) for m, i in zip(mask_paths, image_paths)]
     todo = [k for k, (m, _) in enumerate(tasks) if isinstance(m, (str, Path))]

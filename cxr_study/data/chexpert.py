@@ -39,6 +39,38 @@ def _view(fl:pd.Series, appa:pd.Series) -> pd.Series:
     lateral = fl.str.strip().str.lower() == "lateral"
     return v.where(~lateral | v.isin(["LL", "RL"]), "LATERAL")
 
+def _read_chexpert_csv(p:Path, root:Path, labels:dict, uncertain:str, blank:str, no_finding:str,
+                      problems:list, # problems found are appended here
+                     ) -> pd.DataFrame: # one row per kept image: ids, metadata, labels, its file and line
+    "One CheXpert CSV: its rows with a well-formed Path inside `root`, labels mapped under the policies."
+    df = read_csv_checked(p, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *labels, *(["No Finding"] if no_finding == "negative" else [])], "CheXpert CSV")
+    short = short_rows(p, len(df))
+    if short.any(): problems.append((csv_lines(p, short), f"row has fewer fields than the header ({len(df.columns)}): a cut-off line; row left out"))
+    df["Path"] = df["Path"].str.strip().str.replace("\\", "/", regex=False)
+    parts = df["Path"].str.extract(r"^(?:(?P<release>[^/]+)/)?(?P<rel>(?P<split>[^/]+)/(?P<patient>patient\d+)/(?P<study>study\d+)/[^/]+)$")
+    bad = parts["rel"].isna().values & ~short
+    if bad.any():
+        problems.append((csv_lines(p, bad), "Path is not <release>/<split>/patientN/studyM/<view>.jpg; row left out"))
+    escapes = ~short & ~bad & outside_root(parts["rel"].fillna(""), root)
+    if escapes.any(): problems.append((csv_lines(p, escapes), f"Path leads out of the dataset folder {root}; row left out"))
+    keep = ~(short | bad | escapes)
+    df, parts, lines = df[keep], parts[keep], np.flatnonzero(keep)
+    out = pd.DataFrame({"image_id": parts["rel"].values, "image_path": parts["rel"].values,
+                        "patient_id": parts["patient"].values, "study_id": (parts["patient"] + "/" + parts["study"]).values,
+                        "split": parts["split"].values,
+                        "sex": df["Sex"].str.strip().map(_SEX).values,
+                        "age": pd.to_numeric(df["Age"], errors="coerce").values,
+                        "view": _view(df["Frontal/Lateral"], df["AP/PA"]).values,
+                        "_frontal": (df["Frontal/Lateral"].str.strip().str.lower() == "frontal").values,
+                        "_line": lines, "_file": str(p)})
+    nf = healthy_rows(df["No Finding"], "negative") if "No Finding" in df else np.zeros(len(df), bool)
+    healthy = nf if no_finding == "negative" else None
+    for src, dst in labels.items():
+        v, pr = map_observation(df[src], p, src, uncertain, blank, lines=lines, healthy=healthy)
+        out[dst] = v.values; problems += pr
+        out[f"_nf_blank_{dst}"] = nf & df[src].str.strip().isin(["", "nan"]).values  # what the No Finding rule concerns
+    return out
+
 def index_chexpert(root:str|Path, # the CheXpert-v1.0(-small) folder, holding train.csv and valid.csv
                    csvs:tuple=("train.csv", "valid.csv"), # label files to read (each also as .gz; missing ones are skipped)
                    uncertain:str="zeros", # -1 labels: zeros (U-Zeros, default), ones (U-Ones) or ignore (NaN)
@@ -53,35 +85,8 @@ def index_chexpert(root:str|Path, # the CheXpert-v1.0(-small) folder, holding tr
     paths = [next((f for f in (root/c, root/f"{c}.gz") if f.exists()), None) for c in csvs]
     paths = [p for p in paths if p is not None]
     if not paths: raise CxrStudyError(f"{root}: none of {list(csvs)} found, also gzipped (is this the CheXpert-v1.0 or -small folder?)")
-    frames, problems = [], []
-    for p in paths:
-        df = read_csv_checked(p, ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *labels, *(["No Finding"] if no_finding == "negative" else [])], "CheXpert CSV")
-        short = short_rows(p, len(df))
-        if short.any(): problems.append((csv_lines(p, short), f"row has fewer fields than the header ({len(df.columns)}): a cut-off line; row left out"))
-        df["Path"] = df["Path"].str.strip().str.replace("\\", "/", regex=False)
-        parts = df["Path"].str.extract(r"^(?:(?P<release>[^/]+)/)?(?P<rel>(?P<split>[^/]+)/(?P<patient>patient\d+)/(?P<study>study\d+)/[^/]+)$")
-        bad = parts["rel"].isna().values & ~short
-        if bad.any():
-            problems.append((csv_lines(p, bad), "Path is not <release>/<split>/patientN/studyM/<view>.jpg; row left out"))
-        escapes = ~short & ~bad & outside_root(parts["rel"].fillna(""), root)
-        if escapes.any(): problems.append((csv_lines(p, escapes), f"Path leads out of the dataset folder {root}; row left out"))
-        keep = ~(short | bad | escapes)
-        df, parts, lines = df[keep], parts[keep], np.flatnonzero(keep)
-        out = pd.DataFrame({"image_id": parts["rel"].values, "image_path": parts["rel"].values,
-                            "patient_id": parts["patient"].values, "study_id": (parts["patient"] + "/" + parts["study"]).values,
-                            "split": parts["split"].values,
-                            "sex": df["Sex"].str.strip().map(_SEX).values,
-                            "age": pd.to_numeric(df["Age"], errors="coerce").values,
-                            "view": _view(df["Frontal/Lateral"], df["AP/PA"]).values,
-                            "_frontal": (df["Frontal/Lateral"].str.strip().str.lower() == "frontal").values,
-                            "_line": lines, "_file": str(p)})
-        nf = healthy_rows(df["No Finding"], "negative") if "No Finding" in df else np.zeros(len(df), bool)
-        healthy = nf if no_finding == "negative" else None
-        for src, dst in labels.items():
-            v, pr = map_observation(df[src], p, src, uncertain, blank, lines=lines, healthy=healthy)
-            out[dst] = v.values; problems += pr
-            out[f"_nf_blank_{dst}"] = nf & df[src].str.strip().isin(["", "nan"]).values  # what the No Finding rule concerns
-        frames.append(out)
+    problems = []
+    frames = [_read_chexpert_csv(p, root, labels, uncertain, blank, no_finding, problems) for p in paths]
     df = pd.concat(frames, ignore_index=True)
     kept = []
     for f, g in df.groupby("_file", sort=False):  # duplicates are reported against their own file

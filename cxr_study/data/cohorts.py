@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, STUDY_SEED
+from .index import size_quartiles
 
 # %% auto #0
 __all__ = ['TASKS', 'TaskCfg', 'get_task', 'build_cohort', 'assign_folds', 'fold_roles', 'split_masks', 'make_cohort']
@@ -110,7 +111,6 @@ def split_masks(folds:pd.Series, k:int, n_folds:int=5) -> dict:
 
 def make_cohort(index:pd.DataFrame, task:str, seed:int=STUDY_SEED, n_folds:int=5, **kw) -> pd.DataFrame:
     "Cohort with folds: `build_cohort` then `assign_folds`; pneumothorax cohorts get size quartiles (strata for segmentation)."
-    from cxr_study.data.index import size_quartiles
     t = get_task(task)
     c = build_cohort(index, t, seed=seed, **kw)
     if t.label == "pneumothorax" and "ptx_size_pct" in c:  # the subgroups of the shortcut analysis, for both task kinds

@@ -27,6 +27,52 @@ def mimic_image_path(subject_id:pd.Series, study_id:pd.Series, dicom_id:pd.Serie
     s = subject_id.astype(str)
     return "files/p" + s.str[:2] + "/p" + s + "/s" + study_id.astype(str) + "/" + dicom_id.astype(str) + ".jpg"
 
+def _read_mimic_metadata(meta_p:Path, problems:list) -> pd.DataFrame:
+    "The metadata CSV: rows with numeric subject and study ids and a dicom_id, conflicting repeats left out (problems appended)."
+    meta = read_csv_checked(meta_p, ["dicom_id", "subject_id", "study_id", "ViewPosition"], "MIMIC metadata CSV",
+                            usecols=["dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns", "StudyDate"])
+    meta = meta.assign(_line=np.arange(len(meta)))
+    ids_ok = meta["subject_id"].str.fullmatch(r"\d+") & meta["study_id"].str.fullmatch(r"\d+") & (meta["dicom_id"].str.strip() != "")
+    if (~ids_ok).any(): problems.append((csv_lines(meta_p, ~ids_ok.values), "subject_id/study_id not numeric or dicom_id blank; row left out"))
+    meta = meta[ids_ok]
+    meta, pr = drop_conflicting_duplicates(meta, "dicom_id", ["subject_id", "study_id", "ViewPosition"], meta_p, "dicom_id", "metadata", "_line")
+    problems += pr
+    return meta
+
+def _read_mimic_labels(lab_p:Path, labeler:str, labels:dict, uncertain:str, blank:str, no_finding:str, problems:list) -> pd.DataFrame:
+    "The per-study label CSV, mapped under the policies, with the rows the No Finding rule concerns; conflicting repeats left out."
+    lab = read_csv_checked(lab_p, ["subject_id", "study_id", *labels, *(["No Finding"] if no_finding == "negative" else [])], f"MIMIC {labeler} CSV")
+    lab = lab.assign(_line=np.arange(len(lab)))
+    nf = healthy_rows(lab["No Finding"], "negative") if "No Finding" in lab else np.zeros(len(lab), bool)
+    for src, dst in labels.items():
+        v, pr = map_observation(lab[src], lab_p, src, uncertain, blank, healthy=nf if no_finding == "negative" else None)
+        lab[dst] = v.values; problems += pr
+        lab[f"_nf_blank_{dst}"] = nf & lab[src].str.strip().isin(["", "nan"]).values
+    lab, pr = drop_conflicting_duplicates(lab, "study_id", list(labels.values()), lab_p, "study_id", "labels", "_line")
+    problems += pr
+    return lab
+
+def _add_mimic_split(idx:pd.DataFrame, root:Path, problems:list) -> None:
+    "Add the official `split` column (in place); without a split CSV, a problem says so."
+    try:
+        split_p = find_file(root, ["mimic-cxr-2.1.0-split.csv", "mimic-cxr-2.0.0-split.csv"], "MIMIC split CSV")
+        sp = read_csv_checked(split_p, ["dicom_id", "split"], "MIMIC split CSV", usecols=["dicom_id", "split"]).drop_duplicates("dicom_id")
+        idx["split"] = idx["image_id"].map(sp.set_index("dicom_id")["split"]).values
+    except CxrStudyError as e:
+        problems.append((str(root), f"{e}; no split column"))
+
+def _add_mimic_demographics(idx:pd.DataFrame, study_date:pd.Series|None, root:Path, patients:str|Path|None) -> None:
+    "Add sex and age at the study (in place) from MIMIC-IV patients, when that file is given or found under `root`."
+    if patients is None:
+        patients = next((p for p in (root/"patients.csv", root/"patients.csv.gz") if p.exists()), None)
+    if patients is None: return
+    pat = read_csv_checked(patients, ["subject_id", "gender", "anchor_age", "anchor_year"], "MIMIC-IV patients CSV",
+                           usecols=["subject_id", "gender", "anchor_age", "anchor_year"]).drop_duplicates("subject_id").set_index("subject_id")
+    sub = idx["patient_id"]
+    idx["sex"] = sub.map(pat["gender"].str.strip().str.upper()).where(lambda s: s.isin(["M", "F"])).values
+    year = pd.to_numeric(study_date.str[:4], errors="coerce").values if study_date is not None else np.nan
+    idx["age"] = (pd.to_numeric(sub.map(pat["anchor_age"]), errors="coerce") + year - pd.to_numeric(sub.map(pat["anchor_year"]), errors="coerce")).values
+
 def index_mimic(root:str|Path, # the MIMIC-CXR-JPG version folder (holding the CSVs and files/)
                 labeler:str="chexpert", # label file: chexpert or negbio
                 uncertain:str="zeros", # -1 labels: zeros (default), ones or ignore
@@ -43,23 +89,8 @@ def index_mimic(root:str|Path, # the MIMIC-CXR-JPG version folder (holding the C
     lab_p = find_file(root, [f"mimic-cxr-2.1.0-{labeler}.csv", f"mimic-cxr-2.0.0-{labeler}.csv"], f"MIMIC {labeler} label CSV")
     meta_p = find_file(root, ["mimic-cxr-2.1.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv"], "MIMIC metadata CSV")
     problems = []
-    meta = read_csv_checked(meta_p, ["dicom_id", "subject_id", "study_id", "ViewPosition"], "MIMIC metadata CSV",
-                            usecols=["dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns", "StudyDate"])
-    meta = meta.assign(_line=np.arange(len(meta)))
-    ids_ok = meta["subject_id"].str.fullmatch(r"\d+") & meta["study_id"].str.fullmatch(r"\d+") & (meta["dicom_id"].str.strip() != "")
-    if (~ids_ok).any(): problems.append((csv_lines(meta_p, ~ids_ok.values), "subject_id/study_id not numeric or dicom_id blank; row left out"))
-    meta = meta[ids_ok]
-    meta, pr = drop_conflicting_duplicates(meta, "dicom_id", ["subject_id", "study_id", "ViewPosition"], meta_p, "dicom_id", "metadata", "_line")
-    problems += pr
-    lab = read_csv_checked(lab_p, ["subject_id", "study_id", *labels, *(["No Finding"] if no_finding == "negative" else [])], f"MIMIC {labeler} CSV")
-    lab = lab.assign(_line=np.arange(len(lab)))
-    nf = healthy_rows(lab["No Finding"], "negative") if "No Finding" in lab else np.zeros(len(lab), bool)
-    for src, dst in labels.items():
-        v, pr = map_observation(lab[src], lab_p, src, uncertain, blank, healthy=nf if no_finding == "negative" else None)
-        lab[dst] = v.values; problems += pr
-        lab[f"_nf_blank_{dst}"] = nf & lab[src].str.strip().isin(["", "nan"]).values
-    lab, pr = drop_conflicting_duplicates(lab, "study_id", list(labels.values()), lab_p, "study_id", "labels", "_line")
-    problems += pr
+    meta = _read_mimic_metadata(meta_p, problems)
+    lab = _read_mimic_labels(lab_p, labeler, labels, uncertain, blank, no_finding, problems)
     view = meta["ViewPosition"].str.strip().str.upper()
     n_all = len(meta)
     if frontal_only: meta, view = meta[view.isin(MIMIC_FRONTAL)], view[view.isin(MIMIC_FRONTAL)]
@@ -76,21 +107,8 @@ def index_mimic(root:str|Path, # the MIMIC-CXR-JPG version folder (holding the C
     idx["study_id"] = m["study_id"].values
     for src, dst in (("Rows", "height"), ("Columns", "width")):
         if src in m: idx[dst] = pd.to_numeric(m[src], errors="coerce").values
-    try:
-        split_p = find_file(root, ["mimic-cxr-2.1.0-split.csv", "mimic-cxr-2.0.0-split.csv"], "MIMIC split CSV")
-        sp = read_csv_checked(split_p, ["dicom_id", "split"], "MIMIC split CSV", usecols=["dicom_id", "split"]).drop_duplicates("dicom_id")
-        idx["split"] = idx["image_id"].map(sp.set_index("dicom_id")["split"]).values
-    except CxrStudyError as e:
-        problems.append((str(root), f"{e}; no split column"))
-    if patients is None:
-        patients = next((p for p in (root/"patients.csv", root/"patients.csv.gz") if p.exists()), None)
-    if patients is not None:
-        pat = read_csv_checked(patients, ["subject_id", "gender", "anchor_age", "anchor_year"], "MIMIC-IV patients CSV",
-                               usecols=["subject_id", "gender", "anchor_age", "anchor_year"]).drop_duplicates("subject_id").set_index("subject_id")
-        sub = idx["patient_id"]
-        idx["sex"] = sub.map(pat["gender"].str.strip().str.upper()).where(lambda s: s.isin(["M", "F"])).values
-        year = pd.to_numeric(m["StudyDate"].str[:4], errors="coerce").values if "StudyDate" in m else np.nan
-        idx["age"] = (pd.to_numeric(sub.map(pat["anchor_age"]), errors="coerce") + year - pd.to_numeric(sub.map(pat["anchor_year"]), errors="coerce")).values
+    _add_mimic_split(idx, root, problems)
+    _add_mimic_demographics(idx, m["StudyDate"] if "StudyDate" in m else None, root, patients)
     idx.attrs["mimic"] = {"images": n_all, "non_frontal_left_out": n_all - len(meta) if frontal_only else 0,
                           "images_without_labels": int(m["_lab_subject"].isna().sum())}
     idx = validate_index(finish_index(idx), where=str(root))

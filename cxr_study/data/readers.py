@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import CxrStudyError
+from ..core import CxrStudyError, atomic_path
 
 # %% auto #0
 __all__ = ['read_dicom', 'write_dicom', 'read_png', 'read_image', 'to_uint8']
@@ -90,7 +90,6 @@ def write_dicom(path:str|Path, # destination .dcm
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid, UID
-    from cxr_study.core import atomic_path
     pixels = np.ascontiguousarray(pixels)
     if pixels.dtype not in (np.uint8, np.uint16): raise CxrStudyError(f"{path}: pixels must be uint8 or uint16, got {pixels.dtype}")
     meta = FileMetaDataset()

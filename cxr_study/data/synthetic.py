@@ -16,7 +16,10 @@ import pandas as pd
 from scipy import ndimage
 
 from ..core import CxrStudyError, STUDY_SEED, atomic_path, fingerprint, progress, read_json, write_json
+from .adapters import identity_key, join_heart_masks, join_label_csv, join_tube_labels
+from .readers import to_uint8, write_dicom
 from .rle import chexmask_rle_encode, siim_rle_encode
+from .siim import index_siim
 
 # %% auto #0
 __all__ = ['SyntheticCfg', 'synth_image', 'make_synthetic_benchmark', 'index_synthetic']
@@ -63,23 +66,27 @@ def _lung(u, v, side, a):
     dome = v < a["dome_v"] - 0.06 * (side * (u - 0.5) - 0.2) ** 2 * 4 + (0.015 if side > 0 else 0.0)
     return inside & medial & dome
 
-def _render(cfg:SyntheticCfg, a:dict, rng:np.random.Generator):
-    "Render one image: returns image (float, [0, 1]), heart mask, pneumothorax mask, ptx region list, tube flag."
-    S = cfg.size
+def _grid(S:int, a:dict) -> tuple[np.ndarray, np.ndarray]:
+    "Normalised coordinates (u across, v down) of an S x S image under the image's affine jitter."
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) / (S - 1)
-    # affine jitter of the coordinate grid
     th, sc = a["rot"], a["scale"]
     u0, v0 = xx - 0.5 - a["shift"][0], yy - 0.5 - a["shift"][1]
     u = (np.cos(th) * u0 + np.sin(th) * v0) / sc + 0.5
     v = (-np.sin(th) * u0 + np.cos(th) * v0) / sc + 0.5
-    img = np.full((S, S), 0.04)
+    return u, v
+
+def _body(u, v, a:dict) -> tuple[np.ndarray, np.ndarray]:
+    "Air around a soft-tissue body outline, thicker in the middle: the image so far and the body mask."
+    img = np.full(u.shape, 0.04)
     body = ((u - 0.5) / a["body_ax"]) ** 2 + ((v - 0.58) / 0.56) ** 2 < 1
     img[body] = 0.42
     img += 0.05 * np.clip(1 - np.abs(u - 0.5) / a["body_ax"], 0, 1) * body  # thicker in the middle
-    # abdomen below the diaphragm is soft tissue; lungs are air with markings
+    return img, body
+
+def _draw_lungs(img, u, v, a:dict, markings) -> tuple[np.ndarray, list]:
+    "Paint both lung fields with `markings` (in place), collapsing a lung where `a` has a pneumothorax; its mask and regions."
+    S = img.shape[0]
     lungs = {s: _lung(u, v, s, a) for s in (-1, 1)}
-    markings = np.clip(_smooth_noise(rng, (S, S), S / 170) - 0.6, 0, None) * 0.05
-    markings += np.clip(_smooth_noise(rng, (S, S), S / 90) - 0.8, 0, None) * 0.05
     hilum = {s: np.exp(-(((u - (0.5 + s * 0.11)) / 0.14) ** 2 + ((v - 0.45) / 0.16) ** 2)) for s in (-1, 1)}
     ptx = np.zeros((S, S), bool); ptx_regions = []
     for s in (-1, 1):
@@ -102,7 +109,10 @@ def _render(cfg:SyntheticCfg, a:dict, rng:np.random.Generator):
         if collapse > 0:
             img[region] = 0.10
             img[line] = 0.30
-    # mediastinum and spine
+    return ptx, ptx_regions
+
+def _draw_heart(img, u, v, a:dict, body) -> np.ndarray:
+    "Paint mediastinum, spine and the heart (in place); the heart mask."
     medi = (np.abs(u - 0.5) < a["medi_half"] + 0.01) & (v > 0.08) & body
     img[medi] = np.maximum(img[medi], 0.55)
     spine = (np.abs(u - 0.5) < 0.035) & body
@@ -113,7 +123,10 @@ def _render(cfg:SyntheticCfg, a:dict, rng:np.random.Generator):
     heart = ((u - hcx) / hw) ** 2 + ((v - hcy) / (0.11 + 0.35 * hw)) ** 2 < 1
     heart &= v < a["dome_v"] + 0.02
     img[heart] = np.maximum(img[heart], 0.5) + 0.06
-    # ribs: posterior arcs over each lung, and clavicles
+    return heart
+
+def _draw_ribs(img, u, v, a:dict, body) -> None:
+    "Paint posterior rib arcs over each lung, and the clavicles (in place)."
     for s in (-1, 1):
         for i in range(9):
             y0 = 0.2 + i * 0.065
@@ -122,28 +135,47 @@ def _render(cfg:SyntheticCfg, a:dict, rng:np.random.Generator):
             img[rib] += 0.09
         clav = (np.abs(v - (0.17 + 0.18 * (s * (u - 0.5) - 0.15) ** 2)) < 0.012) & (s * (u - 0.5) > 0.03) & (s * (u - 0.5) < 0.32)
         img[clav] += 0.12
-    # chest tube: enters through the lateral chest wall and runs up towards the apex
-    if a["tube"]:
-        s = a["tube_side"]
-        t = np.linspace(0, 1, 400)
-        p0 = np.array([0.5 + s * (a["body_ax"] + 0.05), 0.75]); p1 = np.array([0.5 + s * 0.42, 0.52])
-        p2 = np.array([0.5 + s * a["tube_tip"][0], a["tube_tip"][1]])
-        pts = (1 - t)[:, None] ** 2 * p0 + 2 * ((1 - t) * t)[:, None] * p1 + (t ** 2)[:, None] * p2
-        # back to pixel coordinates through the inverse of the grid jitter
-        du, dv = (pts[:, 0] - 0.5) * sc, (pts[:, 1] - 0.5) * sc
-        px = np.cos(th) * du - np.sin(th) * dv + 0.5 + a["shift"][0]
-        py = np.sin(th) * du + np.cos(th) * dv + 0.5 + a["shift"][1]
-        tube = np.zeros((S, S), bool)
-        ok = (px >= 0) & (px < 1) & (py >= 0) & (py < 1)
-        tube[(py[ok] * (S - 1)).astype(int), (px[ok] * (S - 1)).astype(int)] = True
-        tube = ndimage.binary_dilation(tube, iterations=max(1, round(S / 200)))
-        img[tube] += 0.35
-    # acquisition: blur, exposure (gamma), contrast, noise
+
+def _draw_tube(img, a:dict) -> None:
+    "Paint a chest tube (in place): it enters through the lateral chest wall and runs up towards the apex."
+    S, s = img.shape[0], a["tube_side"]
+    th, sc = a["rot"], a["scale"]
+    t = np.linspace(0, 1, 400)
+    p0 = np.array([0.5 + s * (a["body_ax"] + 0.05), 0.75]); p1 = np.array([0.5 + s * 0.42, 0.52])
+    p2 = np.array([0.5 + s * a["tube_tip"][0], a["tube_tip"][1]])
+    pts = (1 - t)[:, None] ** 2 * p0 + 2 * ((1 - t) * t)[:, None] * p1 + (t ** 2)[:, None] * p2
+    # back to pixel coordinates through the inverse of the grid jitter
+    du, dv = (pts[:, 0] - 0.5) * sc, (pts[:, 1] - 0.5) * sc
+    px = np.cos(th) * du - np.sin(th) * dv + 0.5 + a["shift"][0]
+    py = np.sin(th) * du + np.cos(th) * dv + 0.5 + a["shift"][1]
+    tube = np.zeros((S, S), bool)
+    ok = (px >= 0) & (px < 1) & (py >= 0) & (py < 1)
+    tube[(py[ok] * (S - 1)).astype(int), (px[ok] * (S - 1)).astype(int)] = True
+    tube = ndimage.binary_dilation(tube, iterations=max(1, round(S / 200)))
+    img[tube] += 0.35
+
+def _acquire(img, a:dict, noise:float, rng:np.random.Generator) -> np.ndarray:
+    "Acquisition: blur, exposure (gamma), contrast and brightness, then noise (one draw from `rng`); clipped to [0, 1]."
+    S = img.shape[0]
     img = ndimage.gaussian_filter(img, a["blur"] * S / 256)
     img = np.clip(img, 0, 1) ** a["gamma"]
     img = a["contrast"] * (img - 0.5) + 0.5 + a["brightness"]
-    img = img + cfg.noise * rng.standard_normal(img.shape)
-    return np.clip(img, 0, 1), heart, ptx, ptx_regions
+    img = img + noise * rng.standard_normal(img.shape)
+    return np.clip(img, 0, 1)
+
+def _render(cfg:SyntheticCfg, a:dict, rng:np.random.Generator):
+    "Render one image: returns image (float, [0, 1]), heart mask, pneumothorax mask and the list of pneumothorax regions."
+    S = cfg.size
+    u, v = _grid(S, a)
+    img, body = _body(u, v, a)
+    # lungs are air with markings; `rng` is drawn from in this order: markings (two fields), then noise
+    markings = np.clip(_smooth_noise(rng, (S, S), S / 170) - 0.6, 0, None) * 0.05
+    markings += np.clip(_smooth_noise(rng, (S, S), S / 90) - 0.8, 0, None) * 0.05
+    ptx, ptx_regions = _draw_lungs(img, u, v, a, markings)
+    heart = _draw_heart(img, u, v, a, body)
+    _draw_ribs(img, u, v, a, body)
+    if a["tube"]: _draw_tube(img, a)
+    return _acquire(img, a, cfg.noise, rng), heart, ptx, ptx_regions
 
 # %% ../../nbs/api/05_data.synthetic.ipynb #c657953e
 def _patients(cfg:SyntheticCfg, rng):
@@ -197,7 +229,6 @@ def make_synthetic_benchmark(out:str|Path, # folder to create
                             ) -> Path:
     "Write the synthetic benchmark in SIIM/CheXmask formats; a no-op when it already exists with `cfg`."
     from pydicom.uid import generate_uid
-    from cxr_study.data.readers import to_uint8, write_dicom
     out = Path(out)
     key = {"cfg": dataclasses.asdict(cfg), "format": 1}
     if (out/"synthetic.json").exists():
@@ -250,12 +281,11 @@ def make_synthetic_benchmark(out:str|Path, # folder to create
 # %% ../../nbs/api/05_data.synthetic.ipynb #6717aa09
 def index_synthetic(root:str|Path, # a folder written by make_synthetic_benchmark
                    ) -> tuple[pd.DataFrame, list]: # canonical index, problems
-    "Canonical index of the synthetic benchmark, through the SIIM, CheXmask, label and tube readers."
-    from cxr_study.data.siim import index_siim
-    from cxr_study.data.index import join_chexmask, join_labels, join_chest_tubes
+    "Canonical index of the synthetic benchmark, through the SIIM adapter and the CheXmask, label and chest-tube joins."
     root = Path(root)
     idx, problems = index_siim(root)
-    idx = join_chexmask(idx, root/"chexmask-synthetic.csv")
-    idx = join_labels(idx, root/"cardiomegaly-labels.csv", {"Cardiomegaly": "cardiomegaly"})
-    idx = join_chest_tubes(idx, root/"chest-tube-labels.csv")
+    idx, pr = join_heart_masks(idx, root/"chexmask-synthetic.csv", key=identity_key); problems += pr
+    idx.attrs.pop("chexmask", None)  # its counts are for real CheXmask files; the benchmark's index (and its parquet) stays without them
+    idx, pr = join_label_csv(idx, root/"cardiomegaly-labels.csv", {"Cardiomegaly": "cardiomegaly"}, key=identity_key); problems += pr
+    idx, pr = join_tube_labels(idx, root/"chest-tube-labels.csv", key=identity_key); problems += pr
     return idx, problems

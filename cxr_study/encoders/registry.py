@@ -15,99 +15,11 @@ import torch
 from torch import nn
 
 from ..core import CxrStudyError
+from ..data.preprocess import PreprocessCfg
 
 # %% auto #0
-__all__ = ['MASK_RULES', 'PreprocessCfg', 'preprocess_image', 'preprocess_mask', 'EncoderOutput', 'Encoder', 'StagedEncoder',
-           'WeightsCfg', 'EncoderCfg', 'register_encoder', 'list_encoders', 'get_encoder_cfg', 'create_encoder',
-           'cfg_at_size']
-
-# %% ../../nbs/api/10_encoders.registry.ipynb #1c9b4add
-_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
-
-@dataclass(frozen=True)
-class PreprocessCfg:
-    "How an image becomes an encoder's input tensor."
-    size:int=224 # square model input, pixels
-    resize:str="squash" # "squash": resize to size x size; "shortest-crop": shortest edge to `resize_to`, then centre crop
-    resize_to:int|None=None # shortest-edge target for "shortest-crop" (default: `size`)
-    interpolation:str="bicubic" # PIL filter: nearest, bilinear, bicubic, lanczos, box, hamming
-    mean:tuple=(0.485, 0.456, 0.406) # per channel, after scaling to [0, 1]
-    std:tuple=(0.229, 0.224, 0.225)
-    channels:int=3 # 3: the gray image replicated; 1: kept gray
-    crop_offset:str="round" # centre-crop offset of an odd margin: "round" (torchvision, timm, open_clip) or "floor" (transformers)
-    crop_pct:float|None=None # timm's crop fraction: "shortest-crop" then resizes the shortest edge to floor(size / crop_pct)
-
-    def __post_init__(self):
-        if self.resize not in ("squash", "shortest-crop"):
-            raise CxrStudyError(f"PreprocessCfg.resize must be 'squash' or 'shortest-crop', got {self.resize!r}")
-        if self.interpolation not in _PIL_RESAMPLE:
-            raise CxrStudyError(f"PreprocessCfg.interpolation must be one of {sorted(_PIL_RESAMPLE)}, got {self.interpolation!r}")
-        if self.crop_offset not in ("round", "floor"):
-            raise CxrStudyError(f"PreprocessCfg.crop_offset must be 'round' or 'floor', got {self.crop_offset!r}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise CxrStudyError("PreprocessCfg: mean and std need one value per channel")
-        if self.crop_pct is not None:
-            import math
-            if self.resize != "shortest-crop" or not 0 < self.crop_pct <= 1:
-                raise CxrStudyError(f"PreprocessCfg.crop_pct needs resize='shortest-crop' and a fraction in (0, 1], got {self.crop_pct!r}")
-            want = math.floor(self.size / self.crop_pct)  # timm's eval transform: Resize(floor(size / crop_pct)), CenterCrop(size)
-            if self.resize_to is None: object.__setattr__(self, "resize_to", want)
-            elif self.resize_to != want:
-                raise CxrStudyError(f"PreprocessCfg: resize_to={self.resize_to} contradicts crop_pct={self.crop_pct} "
-                                    f"(the shortest edge goes to floor({self.size} / {self.crop_pct}) = {want}); give one of them")
-
-# %% ../../nbs/api/10_encoders.registry.ipynb #6bac5970
-def _geometry(pcfg:PreprocessCfg, h:int, w:int):
-    "Resized (w, h) and the crop box (left, top, right, bottom) for an h x w image."
-    if pcfg.resize == "squash": return (pcfg.size, pcfg.size), (0, 0, pcfg.size, pcfg.size)
-    short = pcfg.resize_to or pcfg.size
-    if h <= w: nh, nw = short, int(short * w / h)
-    else: nw, nh = short, int(short * h / w)
-    if pcfg.crop_offset == "floor": left, top = (nw - pcfg.size) // 2, (nh - pcfg.size) // 2
-    else: left, top = int(round((nw - pcfg.size) / 2.0)), int(round((nh - pcfg.size) / 2.0))
-    return (nw, nh), (left, top, left + pcfg.size, top + pcfg.size)
-
-def preprocess_image(img:np.ndarray, # float (H, W) in [0, 1], or uint8 (H, W)
-                     pcfg:PreprocessCfg, # the encoder's contract
-                    ) -> torch.Tensor: # float32 (channels, size, size)
-    "Apply an encoder's preprocessing contract to one gray radiograph."
-    from PIL import Image
-    from cxr_study.data.readers import to_uint8
-    u8 = img if img.dtype == np.uint8 else to_uint8(img)
-    im = Image.fromarray(u8, mode="L")
-    (nw, nh), box = _geometry(pcfg, *u8.shape)
-    im = im.resize((nw, nh), resample=_PIL_RESAMPLE[pcfg.interpolation]).crop(box)
-    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
-    x = x.expand(pcfg.channels, *x.shape)
-    mean = torch.tensor(pcfg.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(pcfg.std, dtype=torch.float32)[:, None, None]
-    return (x - mean) / std
-
-MASK_RULES = ("bilinear", "study") # how a ground-truth mask is resized; "bilinear" is the default
-
-def preprocess_mask(mask:np.ndarray, # bool (H, W)
-                    pcfg:PreprocessCfg, # the encoder's contract: same geometry as its images
-                    size:int|None=None, # output size; default the encoder's input size
-                    rule:str="bilinear", # "bilinear": area-preserving, at 0.5; "study": the study's processor rule, at 0.66
-                   ) -> np.ndarray: # bool (size, size)
-    """Put a mask through the same resize and crop as the image.
-
-    `rule="bilinear"` (the default) resizes the mask as a float image bilinearly and keeps pixels at 0.5 or more,
-    which keeps a structure's area under resizing. `rule="study"` is what the study did: the mask as an 8-bit image
-    through the encoder's own processor (its interpolation, e.g. bicubic), scaled to [0, 1] and kept above 0.66;
-    thin structures (small pneumothoraces) come out a few percent smaller."""
-    from PIL import Image
-    if rule not in MASK_RULES: raise CxrStudyError(f"mask rule must be one of {', '.join(MASK_RULES)}, got {rule!r}")
-    (nw, nh), box = _geometry(pcfg, *mask.shape)
-    if rule == "study":
-        f = _PIL_RESAMPLE[pcfg.interpolation]
-        im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L").resize((nw, nh), resample=f).crop(box)
-        if size is not None and size != pcfg.size: im = im.resize((size, size), resample=f)
-        return np.asarray(im, dtype=np.float32) / 255.0 > 0.66
-    im = Image.fromarray(np.asarray(mask, dtype=np.float32), mode="F")
-    im = im.resize((nw, nh), resample=Image.BILINEAR).crop(box)
-    if size is not None and size != pcfg.size: im = im.resize((size, size), resample=Image.BILINEAR)
-    return np.asarray(im) >= 0.5
+__all__ = ['EncoderOutput', 'Encoder', 'StagedEncoder', 'WeightsCfg', 'EncoderCfg', 'register_encoder', 'list_encoders',
+           'get_encoder_cfg', 'create_encoder', 'cfg_at_size']
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #3dbeb59b
 class EncoderOutput(NamedTuple):
@@ -205,21 +117,13 @@ def register_encoder(cfg:EncoderCfg, # the entry
     _REGISTRY[cfg.name] = cfg
     return cfg
 
-def _load_builtin():
-    # importing the modules that hold built-in entries registers them
-    import cxr_study.encoders.small  # noqa: F401
-    import cxr_study.encoders.zoo  # noqa: F401  (transformers-based study encoders)
-    import cxr_study.encoders.timm_zoo  # noqa: F401  (timm / open_clip-based study encoders)
-
 def list_encoders(tag:str|None=None, # only entries carrying this tag, e.g. "small"
                  ) -> list[str]:
     "Names of registered encoders."
-    _load_builtin()
     return sorted(n for n, c in _REGISTRY.items() if tag is None or tag in c.tags)
 
 def get_encoder_cfg(name:str) -> EncoderCfg:
     "The registry entry for `name`, with a helpful error for unknown names."
-    _load_builtin()
     if name not in _REGISTRY:
         import difflib
         close = difflib.get_close_matches(name, _REGISTRY, n=3)

@@ -12,26 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import CxrStudyError
-from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, StagedEncoder, WeightsCfg,
-                                         cfg_at_size, register_encoder)
-from .weights import check_keys, hf_cached_file, load_checkpoint, resolve_weights, weights_tag  # noqa: F401
+from ..data.preprocess import PreprocessCfg
+from .registry import (Encoder, EncoderCfg, EncoderOutput, StagedEncoder, WeightsCfg, cfg_at_size,
+                                         register_encoder)
+from .weights import load_timm_weights, resolve_weights, weights_tag
 
 # %% auto #0
 __all__ = ['RawPixels', 'TimmEncoder']
-
-# %% ../../nbs/api/11_encoders.small.ipynb #63aefb9c
-_TIMM_HEADS = ("head.", "fc.")  # timm's classifier names (ViT, ResNet): in every release, unused here
-
-def _load_timm(model:nn.Module, cfg:EncoderCfg, path:Path):
-    "Load a timm release (or a state dict in its layout) into `model`, the classifier aside."
-    sd = load_checkpoint(path)
-    if isinstance(sd.get("state_dict"), dict): sd = sd["state_dict"]  # a training checkpoint
-    pe = getattr(model, "pos_embed", None)
-    if pe is not None and "pos_embed" in sd and sd["pos_embed"].shape != pe.shape:  # a ViT at a common input size
-        from timm.layers import resample_abs_pos_embed
-        sd = {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], new_size=model.patch_embed.grid_size,
-                                                        num_prefix_tokens=getattr(model, "num_prefix_tokens", 1))}
-    check_keys(model, sd, f"{Path(path).name} ({cfg.name})", ignore_prefixes=_TIMM_HEADS)
 
 # %% ../../nbs/api/11_encoders.small.ipynb #54c294ca
 class RawPixels(Encoder):
@@ -96,7 +83,7 @@ def _build_timm(cfg, pretrained=False,
     modules = [fi["module"].replace("blocks.", "block") for fi in model.feature_info]
     layer_index = {n: modules.index(n) for n in cfg.layers if n in modules}
     enc = TimmEncoder(cfg, model, grid_layer, layer_index)
-    if path is not None: _load_timm(model, cfg, path)
+    if path is not None: load_timm_weights(model, path, cfg.name)
     enc.weights_tag = weights_tag(pretrained, path)
     return enc
 

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import CxrStudyError
-from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, StagedEncoder, WeightsCfg,
-                                         cfg_at_size, register_encoder)
-from .weights import check_keys, load_checkpoint, resolve_weights, weights_tag
+from ..data.preprocess import PreprocessCfg
+from .registry import (Encoder, EncoderCfg, EncoderOutput, StagedEncoder, WeightsCfg, cfg_at_size,
+                                         register_encoder)
+from .weights import check_keys, load_checkpoint, load_open_clip_visual, resolve_weights, weights_tag
 from .zoo import register_reference, torchvision_squash_reference
 
 # %% auto #0
@@ -268,9 +269,7 @@ def _build_biomedclip(cfg:EncoderCfg, pretrained=False, input_size:int|None=None
     cfg = cfg_at_size(cfg, input_size)
     oc = biomedclip_config("vit_tiny_patch16_224" if reduced else "vit_base_patch16_224")
     visual = _build_vision_tower(oc["embed_dim"], CLIPVisionCfg(**oc["vision_cfg"]))
-    if path is not None:
-        sd = load_checkpoint(path)
-        check_keys(visual, {k[7:]: v for k, v in sd.items() if k.startswith("visual.")}, Path(path).name)
+    if path is not None: load_open_clip_visual(visual, path)
     if cfg.preprocess.size != 224: visual.trunk.set_input_size(img_size=cfg.preprocess.size)  # resample position embeddings
     enc = OpenClipTimmEncoder(cfg, visual)
     if reduced: enc.cfg = dataclasses.replace(cfg, layers=tuple(f"block{i}" for i in range(len(visual.trunk.blocks))) + ("final",),

@@ -5,20 +5,26 @@
 # %% ../../nbs/api/10a_encoders.weights.ipynb #e6baac0a
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..core import CxrStudyError
+from .registry import get_encoder_cfg
 
 # %% auto #0
-__all__ = ['HF_WEIGHT_FILES', 'checkpoint_format', 'load_checkpoint', 'is_repo_id', 'local_weights_path', 'weight_files',
-           'config_files', 'hf_cache_dir', 'hf_cached', 'hf_download_command', 'missing_weights_error', 'hub_repo_id',
-           'resolve_weights', 'hf_cached_file', 'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights',
-           'key_problems', 'load_hf_model', 'check_keys']
+__all__ = ['HF_WEIGHT_FILES', 'TIMM_HEADS', 'checkpoint_format', 'torch_load_weights_only', 'refused_global', 'load_checkpoint',
+           'is_repo_id', 'local_weights_path', 'weight_files', 'config_files', 'hf_cache_dir', 'hf_cached',
+           'hf_download_command', 'missing_weights_error', 'hub_repo_id', 'resolve_weights', 'hf_cached_file',
+           'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights', 'key_problems', 'load_hf_model',
+           'check_keys', 'load_timm_weights', 'load_open_clip_visual', 'checkpoint_positions',
+           'resample_siglip_positions', 'load_siglip_release']
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #0baf4acd
 def checkpoint_format(path:str|Path) -> str:
@@ -35,6 +41,17 @@ def _numpy_scalars() -> list:
              np.float16, np.float32, np.float64)
     return [core.multiarray.scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
 
+def torch_load_weights_only(path:str|Path, # a torch pickle (zip archive) file
+                           ): # what it holds: tensors, numbers, strings, numpy scalars and containers of them
+    "`torch.load` with `weights_only=True`, numpy scalars allowed and nothing else; torch's own error for anything more."
+    with torch.serialization.safe_globals(_numpy_scalars()):  # numpy scalars of training checkpoints, nothing more
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+def refused_global(e:Exception) -> str|None:
+    "The global (e.g. 'builtins.print') whose unpickling a weights-only load refused, from torch's error; None for other errors."
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))  # torch's two wordings
+    return m.group(1) if m else None
+
 def load_checkpoint(path:str|Path, # a .safetensors, .bin, .pt, .pth or .pth.tar file
                     key:str|None=None, # nested state dict to take, e.g. "teacher"
                    ) -> dict[str, torch.Tensor]:
@@ -45,14 +62,11 @@ def load_checkpoint(path:str|Path, # a .safetensors, .bin, .pt, .pth or .pth.tar
         from safetensors.torch import load_file
         sd = load_file(str(path))
     else:
-        try:
-            with torch.serialization.safe_globals(_numpy_scalars()):  # numpy scalars of training checkpoints, nothing more
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+        try: sd = torch_load_weights_only(path)
         except Exception as e:
-            import re
-            refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))  # torch's two wordings
+            refused = refused_global(e)
             if refused:
-                raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused.group(1)}, which is not weights "
+                raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused}, which is not weights "
                                     "(it could run code when loaded). cxr_study reads checkpoints weights-only and never "
                                     "unpickles anything else; convert the file to a plain state dict or safetensors.") from None
             raise CxrStudyError(f"{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
@@ -241,7 +255,6 @@ def download_weights(name:str, # registry name
                      token:str|None=None, # a hub token; None: huggingface_hub's own (HF_TOKEN, or `hf auth login`)
                     ) -> Path|None:
     "Fetch the weights `create_encoder(name, pretrained)` loads into the Hugging Face cache; the file it will load."
-    from cxr_study.encoders.registry import get_encoder_cfg
     cfg = get_encoder_cfg(name)
     w = cfg.weights
     if pretrained is None or pretrained is False: return None
@@ -325,3 +338,80 @@ def check_keys(model:torch.nn.Module, # the module about to receive the weights
     bad = key_problems([k for k in own if k not in sd], [k for k in sd if k not in own], (), ignore_prefixes, harmless_missing)
     if any(bad.values()): raise _key_error(source, type(model).__name__, bad)
     model.load_state_dict(sd, strict=False)
+
+# %% ../../nbs/api/10a_encoders.weights.ipynb #ac286534
+TIMM_HEADS = ("head.", "fc.")  # timm's classifier names (ViT, ResNet): in every release, unused by an encoder
+
+def load_timm_weights(model:nn.Module, # a timm model (built with num_classes=0)
+                      path:str|Path, # a timm release file, or a training checkpoint holding its state dict under "state_dict"
+                      name:str, # registry name, for messages
+                     ):
+    "Load a timm release (or a state dict in its layout) into `model`, the classifier aside."
+    sd = load_checkpoint(path)
+    if isinstance(sd.get("state_dict"), dict): sd = sd["state_dict"]  # a training checkpoint
+    pe = getattr(model, "pos_embed", None)
+    if pe is not None and "pos_embed" in sd and sd["pos_embed"].shape != pe.shape:  # a ViT at a common input size
+        from timm.layers import resample_abs_pos_embed
+        sd = {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], new_size=model.patch_embed.grid_size,
+                                                        num_prefix_tokens=getattr(model, "num_prefix_tokens", 1))}
+    check_keys(model, sd, f"{Path(path).name} ({name})", ignore_prefixes=TIMM_HEADS)
+
+def load_open_clip_visual(visual:nn.Module, # an open_clip vision tower (a CLIP model's `visual`)
+                          path:str|Path, # an open_clip release file: the whole CLIP model's state dict
+                         ):
+    "Load the vision tower of an open_clip release; the text tower and the logit scale are left out."
+    sd = load_checkpoint(path)
+    check_keys(visual, {k[7:]: v for k, v in sd.items() if k.startswith("visual.")}, Path(path).name)
+
+# %% ../../nbs/api/10a_encoders.weights.ipynb #ad0823c3
+def _vision_pos_key(keys) -> str|None:
+    "The vision position table's key: `vision_model.embeddings...` in a full SigLIP release, `embeddings...` in a vision-only one."
+    return next((k for k in keys if k.endswith("embeddings.position_embedding.weight") and not k.startswith("text_model.")), None)
+
+def checkpoint_positions(weights_file:str|Path, # a SigLIP release's weights file (safetensors, a shard index, or torch)
+                        ) -> int|None: # rows of the vision position table; None if the file has none
+    "How many vision positions a SigLIP release holds, read from the file's header where it can (no weights loaded)."
+    p = Path(weights_file)
+    if p.name.endswith(".index.json"):
+        wm = json.loads(p.read_text()).get("weight_map", {})
+        key = _vision_pos_key(wm)
+        if key is None: return None
+        p = p.parent / wm[key]
+    if checkpoint_format(p) == "safetensors":
+        from safetensors import safe_open
+        with safe_open(str(p), "pt") as f:
+            key = _vision_pos_key(f.keys())
+            return None if key is None else f.get_slice(key).get_shape()[0]
+    sd = load_checkpoint(p)
+    key = _vision_pos_key(sd)
+    return None if key is None else sd[key].shape[0]
+
+def resample_siglip_positions(model:nn.Module, # transformers SiglipVisionModel
+                              image_size:int, # the input size the position table is moved to
+                             ) -> nn.Module:
+    "Move a SigLIP vision model's position table to `image_size`, with transformers' own `interpolate_pos_encoding` (bicubic)."
+    emb = getattr(model, "vision_model", model).embeddings  # transformers 5 has no `vision_model` wrapper
+    n, dim = (image_size // emb.patch_size) ** 2, emb.embed_dim
+    w = emb.position_embedding.weight
+    with torch.no_grad():
+        table = emb.interpolate_pos_encoding(w.new_zeros(1, n, dim), image_size, image_size)[0].clone()
+    emb.position_embedding = nn.Embedding(n, dim, _weight=table, device=w.device, dtype=w.dtype)
+    emb.image_size, emb.num_patches, emb.num_positions = image_size, n, n
+    emb.register_buffer("position_ids", torch.arange(n, device=w.device).expand((1, -1)), persistent=False)
+    model.config.image_size = emb.config.image_size = image_size
+    return model
+
+def load_siglip_release(cls, # e.g. transformers.SiglipVisionModel
+                        wfile:Path, # the release's weights file
+                        conf, # the architecture's config, at the input size wanted
+                        **load_kw, # passed to `load_hf_model`, e.g. ignore_prefixes of the text tower
+                       ) -> tuple: # (model, the release's own input size when its position table was resampled, else None)
+    "A SigLIP release into `cls` at `conf.image_size`: loaded at its own position grid, then resampled if that grid differs."
+    rows = checkpoint_positions(wfile)
+    side = math.isqrt(rows) if rows else 0
+    if not rows or side * side != rows or side * conf.patch_size == conf.image_size:
+        return load_hf_model(cls, wfile, conf, **load_kw), None  # the usual case; a malformed table fails here, named
+    native = copy.deepcopy(conf)
+    native.image_size = side * conf.patch_size  # e.g. 384 for a 24 x 24 table at patch 16
+    model = load_hf_model(cls, wfile, native, **load_kw)  # strict, at the release's own grid
+    return resample_siglip_positions(model, conf.image_size), native.image_size

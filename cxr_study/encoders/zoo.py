@@ -5,23 +5,21 @@
 # %% ../../nbs/api/12_encoders.zoo.ipynb #1f87852f
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core import CxrStudyError
-from .registry import (Encoder, EncoderCfg, EncoderOutput, PreprocessCfg, WeightsCfg,
-                                         cfg_at_size, register_encoder)
-from .weights import checkpoint_format, load_checkpoint, load_hf_model, resolve_weights, weights_tag
+from ..data.preprocess import PreprocessCfg
+from .registry import (Encoder, EncoderCfg, EncoderOutput, WeightsCfg, cfg_at_size, get_encoder_cfg,
+                                         register_encoder)
+from .weights import load_hf_model, load_siglip_release, resolve_weights, weights_tag
 
 # %% auto #0
-__all__ = ['register_reference', 'reference_processor', 'torchvision_squash_reference', 'checkpoint_positions',
-           'resample_siglip_positions', 'HFViTEncoder', 'SegformerEncoder', 'save_hf_release']
+__all__ = ['register_reference', 'reference_processor', 'torchvision_squash_reference', 'HFViTEncoder', 'SegformerEncoder',
+           'save_hf_release']
 
 # %% ../../nbs/api/12_encoders.zoo.ipynb #15fd6d66
 _REFERENCES:dict = {}
@@ -36,7 +34,6 @@ def reference_processor(name:str, # registry name
                         pcfg:PreprocessCfg|None=None, # default: the entry's own contract
                        ):
     "The release's own preprocessing as a callable on a PIL image, or None if none is recorded."
-    from cxr_study.encoders.registry import get_encoder_cfg
     cfg = get_encoder_cfg(name)
     make = _REFERENCES.get(name)
     return None if make is None else make(pcfg or cfg.preprocess)
@@ -111,54 +108,6 @@ _HF_LOAD = {"dinov2": dict(harmless_missing=("embeddings.mask_token",),  # used 
             "siglip": dict(ignore_prefixes=("text_model.", "logit_scale", "logit_bias")),  # the text tower
             "segformer": dict()}
 
-def _vision_pos_key(keys) -> str|None:
-    "The vision position table's key: `vision_model.embeddings...` in a full SigLIP release, `embeddings...` in a vision-only one."
-    return next((k for k in keys if k.endswith("embeddings.position_embedding.weight") and not k.startswith("text_model.")), None)
-
-def checkpoint_positions(weights_file:str|Path, # a SigLIP release's weights file (safetensors, a shard index, or torch)
-                        ) -> int|None: # rows of the vision position table; None if the file has none
-    "How many vision positions a SigLIP release holds, read from the file's header where it can (no weights loaded)."
-    p = Path(weights_file)
-    if p.name.endswith(".index.json"):
-        wm = json.loads(p.read_text()).get("weight_map", {})
-        key = _vision_pos_key(wm)
-        if key is None: return None
-        p = p.parent / wm[key]
-    if checkpoint_format(p) == "safetensors":
-        from safetensors import safe_open
-        with safe_open(str(p), "pt") as f:
-            key = _vision_pos_key(f.keys())
-            return None if key is None else f.get_slice(key).get_shape()[0]
-    sd = load_checkpoint(p)
-    key = _vision_pos_key(sd)
-    return None if key is None else sd[key].shape[0]
-
-def resample_siglip_positions(model:nn.Module, # transformers SiglipVisionModel
-                              image_size:int, # the input size the position table is moved to
-                             ) -> nn.Module:
-    "Move a SigLIP vision model's position table to `image_size`, with transformers' own `interpolate_pos_encoding` (bicubic)."
-    emb = getattr(model, "vision_model", model).embeddings  # transformers 5 has no `vision_model` wrapper
-    n, dim = (image_size // emb.patch_size) ** 2, emb.embed_dim
-    w = emb.position_embedding.weight
-    with torch.no_grad():
-        table = emb.interpolate_pos_encoding(w.new_zeros(1, n, dim), image_size, image_size)[0].clone()
-    emb.position_embedding = nn.Embedding(n, dim, _weight=table, device=w.device, dtype=w.dtype)
-    emb.image_size, emb.num_patches, emb.num_positions = image_size, n, n
-    emb.register_buffer("position_ids", torch.arange(n, device=w.device).expand((1, -1)), persistent=False)
-    model.config.image_size = emb.config.image_size = image_size
-    return model
-
-def _load_siglip(cls, wfile:Path, conf):
-    "A SigLIP release into `cls` at `conf.image_size`: loaded at its own position grid, then resampled if that grid differs."
-    rows = checkpoint_positions(wfile)
-    side = math.isqrt(rows) if rows else 0
-    if not rows or side * side != rows or side * conf.patch_size == conf.image_size:
-        return load_hf_model(cls, wfile, conf, **_HF_LOAD["siglip"]), None  # the usual case; a malformed table fails here, named
-    native = copy.deepcopy(conf)
-    native.image_size = side * conf.patch_size  # e.g. 384 for a 24 x 24 table at patch 16
-    model = load_hf_model(cls, wfile, native, **_HF_LOAD["siglip"])  # strict, at the release's own grid
-    return resample_siglip_positions(model, conf.image_size), native.image_size
-
 def _build_hf(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduced:bool=False, **kw):
     "Builder of the transformers-based entries."
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
@@ -175,7 +124,7 @@ def _build_hf(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduce
         conf, cls = _segformer_config(reduced), transformers.SegformerForSemanticSegmentation
     resampled = None
     if wfile is None: model = cls(conf).eval()
-    elif fam == "siglip": model, resampled = _load_siglip(cls, wfile, conf)
+    elif fam == "siglip": model, resampled = load_siglip_release(cls, wfile, conf, **_HF_LOAD["siglip"])
     else: model = load_hf_model(cls, wfile, conf, **_HF_LOAD[fam])
     if reduced:  # the reduced member's own widths, so heads built from `cfg` fit it
         width = conf.hidden_sizes[-1] if fam == "segformer" else conf.hidden_size
@@ -311,7 +260,7 @@ register_encoder(EncoderCfg(
 register_encoder(EncoderCfg(
     name="chexagent-vision", builder=_build_hf, arch="SigLIP ViT-L/16 (transformers SiglipVisionModel)",
     # 512 px, bicubic, mean = std = 0.5: the CheXagent family's SiglipImageProcessor (see the XrayCLIP sibling release);
-    # a release with a 384-px (24 x 24) position table is loaded and resampled to 32 x 32 (`_load_siglip`)
+    # a release with a 384-px (24 x 24) position table is loaded and resampled to 32 x 32 (`load_siglip_release`)
     preprocess=PreprocessCfg(size=512, interpolation="bicubic", **_HALF),
     pooled_dim=1024, grid_dim=1024, grid_stride=16, pooled_def="pooler output (attention-pool head)",
     grid_def="last hidden state after the final norm (32x32x1024)", layers=_vit_layers(24),

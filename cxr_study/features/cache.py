@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +20,16 @@ import pandas as pd
 import torch
 
 from ..core import (CxrStudyError, STUDY_SEED, atomic_path, file_digest, fingerprint, get_device, progress,
-                            read_json, write_json)
-from ..data.index import index_mask, resolve_image_path
+                            read_json, remove_stale_temporaries, write_json, write_table)
+from ..data.index import resolve_image_path
+from ..data.preprocess import PreprocessCfg, preprocess_image
 from ..data.readers import read_image, to_uint8
-from ..encoders.registry import Encoder, PreprocessCfg, create_encoder, preprocess_image, preprocess_mask
+from ..encoders.registry import Encoder, create_encoder
 from ..encoders.weights import local_weights_path
 
 # %% auto #0
-__all__ = ['read_image_u8', 'EncoderImages', 'load_masks', 'Features', 'image_digests', 'feature_key', 'write_chunk',
-           'read_chunk', 'default_workers', 'extract_features', 'compare_amp']
+__all__ = ['read_image_u8', 'EncoderImages', 'Features', 'image_digests', 'feature_key', 'write_chunk', 'read_chunk',
+           'default_workers', 'extract_features', 'compare_amp']
 
 # %% ../../nbs/api/20_features.cache.ipynb #929932e2
 def _minmax_lut(lo:int, hi:int) -> list|None:
@@ -60,20 +63,6 @@ class EncoderImages(torch.utils.data.Dataset):
         self.pcfg = pcfg
     def __len__(self): return len(self.paths)
     def __getitem__(self, i): return preprocess_image(read_image_u8(self.paths[i]), self.pcfg)
-
-def load_masks(cohort:pd.DataFrame, # rows with `{target}_mask` columns
-               target:str, # "pneumothorax" or "heart"
-               pcfg:PreprocessCfg, # geometry of the encoder the masks go with
-               size:int|None=None, # output size (default: the encoder input size)
-               rule:str="bilinear", # how masks are resized: "bilinear" (default) or "study" (see `preprocess_mask`)
-              ) -> np.ndarray: # bool (N, size, size)
-    "Decode masks and put them through the encoder's resize and crop."
-    out = []
-    for _, row in cohort.iterrows():
-        m = index_mask(row, target)
-        if m is None: raise CxrStudyError(f"image {row['image_id']}: no {target} mask in the index")
-        out.append(preprocess_mask(m, pcfg, size, rule))
-    return np.stack(out) if out else np.zeros((0, size or pcfg.size, size or pcfg.size), bool)
 
 # %% ../../nbs/api/20_features.cache.ipynb #b6f36c88
 @dataclasses.dataclass
@@ -113,7 +102,6 @@ def image_digests(paths:list, # image files
                   memo:str|Path|None=None, # parquet of known digests, refreshed in place
                  ) -> list[str]:
     "Content digests of files, recomputed only for files whose size or modification time changed since `memo`."
-    from cxr_study.core import write_table
     stats = []
     for p in paths:
         try: st = os.stat(p)
@@ -146,9 +134,6 @@ def feature_key(encoder:Encoder, images:pd.DataFrame, root:Path, layers, init_se
     return key
 
 # %% ../../nbs/api/20_features.cache.ipynb #8096fc7a
-import hashlib, warnings  # chunk digests
-from ..core import remove_stale_temporaries
-
 _DIGEST = "__digest__"  # the key of a chunk's own digest in its .npz
 
 def _arrays_digest(arrays:dict) -> str:
@@ -268,6 +253,32 @@ def _collate(items):
     err = next((x for x in items if isinstance(x, str)), None)
     return err if err is not None else torch.stack(items)
 
+def _compute_chunks(enc:Encoder, images:EncoderImages, parts:Path, todo:list, n_images:int, names:list, layers:list,
+                    batch_size:int, chunk_size:int, num_workers:int|None, dev:torch.device, amp:bool, bar):
+    "Encode the chunks still to do (`todo`: their first positions) and write each one, complete, under `parts`."
+    # one loader for every chunk still to do; no batch crosses a chunk boundary
+    batches = [list(range(b, min(b + batch_size, s + chunk_size, n_images))) for s in todo
+               for b in range(s, min(s + chunk_size, n_images), batch_size)]
+    workers = min(default_workers(dev) if num_workers is None else num_workers, len(batches))
+    batches_in = iter(torch.utils.data.DataLoader(_Reads(images), batch_sampler=batches,
+                                                  num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+                                                  worker_init_fn=_yield_to_model if dev.type == "cpu" else None))
+    try:
+        for s in todo:
+            out, n = {k: [] for k in names}, 0
+            while n < min(chunk_size, n_images - s):
+                x = next(batches_in)
+                if isinstance(x, str): raise CxrStudyError(x)
+                with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    o, inter = enc.forward_with_intermediates(x.to(dev, non_blocking=True), layers)
+                    # fp16 on the device, copied back without waiting for the next batch
+                    for k, t in zip(names, [o.pooled, o.grid, *(inter[l] for l in layers)]):
+                        out[k].append(t.to(torch.float16).to("cpu", non_blocking=True))
+                n += len(x); bar.update(len(x))
+            if dev.type == "cuda": torch.cuda.synchronize(dev)
+            write_chunk(parts/f"{s:08d}.npz", {k: torch.cat(v).numpy() for k, v in out.items()})
+    finally: del batches_in  # stops the workers, also when a chunk fails
+
 def extract_features(encoder:str, # registry name
                      images:pd.DataFrame, # index rows (image_id, image_path)
                      root:str|Path, # folder relative image paths start from
@@ -308,28 +319,8 @@ def extract_features(encoder:str, # registry name
         t0 = time.time()
         bar = progress(total=len(ids), desc=f"features {encoder}", it=None)
         bar.update(len(ids) - sum(min(chunk_size, len(ids) - s) for s in todo))
-        # one loader for every chunk still to do; no batch crosses a chunk boundary
-        batches = [list(range(b, min(b + batch_size, s + chunk_size, len(ids)))) for s in todo
-                   for b in range(s, min(s + chunk_size, len(ids)), batch_size)]
-        workers = min(default_workers(dev) if num_workers is None else num_workers, len(batches))
-        batches_in = iter(torch.utils.data.DataLoader(_Reads(EncoderImages(images, root, enc.cfg.preprocess)), batch_sampler=batches,
-                                                      num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
-                                                      worker_init_fn=_yield_to_model if dev.type == "cpu" else None))
-        try:
-            for s in todo:
-                out, n = {k: [] for k in names}, 0
-                while n < min(chunk_size, len(ids) - s):
-                    x = next(batches_in)
-                    if isinstance(x, str): raise CxrStudyError(x)
-                    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                        o, inter = enc.forward_with_intermediates(x.to(dev, non_blocking=True), layers or [])
-                        # fp16 on the device, copied back without waiting for the next batch
-                        for k, t in zip(names, [o.pooled, o.grid, *(inter[l] for l in layers or [])]):
-                            out[k].append(t.to(torch.float16).to("cpu", non_blocking=True))
-                    n += len(x); bar.update(len(x))
-                if dev.type == "cuda": torch.cuda.synchronize(dev)
-                write_chunk(parts/f"{s:08d}.npz", {k: torch.cat(v).numpy() for k, v in out.items()})
-        finally: del batches_in  # stops the workers, also when a chunk fails
+        _compute_chunks(enc, EncoderImages(images, root, enc.cfg.preprocess), parts, todo, len(ids), names, layers or [],
+                        batch_size, chunk_size, num_workers, dev, amp, bar)
         bar.close()
         # join the chunks into memory-mappable arrays, then mark complete
         files = _join_chunks(parts, starts, path, names, len(ids))

@@ -106,6 +106,7 @@ class EarlyStopping:
         model.load_state_dict(self.state)
         return model
 
+# %% ../../nbs/api/30_heads.probes.ipynb #25ecabad
 class SegProbe(nn.Module):
     "Per-channel standardisation, a 1x1 convolution to 2 classes, bilinear upsampling."
     def __init__(self, channels:int, mean=None, std=None, n_classes:int=2):
@@ -133,6 +134,7 @@ class SegProbe(nn.Module):
                ) -> torch.Tensor: # (B, 2, *size) logits
         return self.head(self.standardise(grid), size)
 
+# %% ../../nbs/api/30_heads.probes.ipynb #ea4fa04c
 def _batches(n, bs, rng=None):
     order = rng.permutation(n) if rng is not None else np.arange(n)
     return [order[i:i + bs] for i in range(0, n, bs)]

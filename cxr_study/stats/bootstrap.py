@@ -13,102 +13,77 @@ import pandas as pd
 from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
-from ..results import METRIC_TABLE, RUN_KEYS, require_columns
+from ..results import METRIC_TABLE, RUN_KEYS, get_metric, require_columns
 
 # %% auto #0
-__all__ = ['METRICS', 'LABEL_METRICS', 'per_image_values', 'weighted_metric', 'compute_metric', 'cluster_bootstrap_weights',
+__all__ = ['per_image_values', 'weighted_metric', 'class_reason', 'compute_metric', 'cluster_bootstrap_weights',
            'bootstrap_replicates', 'jackknife_values', 'Interval', 'interval_from_replicates', 'bootstrap_ci',
            'bootstrap_table']
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #76323254
-METRICS = tuple(METRIC_TABLE)  # every metric of the one metric table (cxr_study.results)
-LABEL_METRICS = tuple(m.name for m in METRIC_TABLE.values() if m.per_image is None)  # rank metrics: need both classes
-
-def _auroc_w(y:np.ndarray, s:np.ndarray, W:np.ndarray) -> np.ndarray:
-    order = np.argsort(s, kind="stable")
-    ss, yy = s[order], y[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
-    Wo = W[:, order]
-    wp = np.add.reduceat(Wo * yy, starts, axis=1)
-    wn = np.add.reduceat(Wo * ~yy, starts, axis=1)
-    below = np.cumsum(wn, axis=1) - wn
-    num = (wp * (below + 0.5 * wn)).sum(1)
-    den = wp.sum(1) * wn.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
-
-def _auprc_w(y:np.ndarray, s:np.ndarray, W:np.ndarray) -> np.ndarray:
-    order = np.argsort(-s, kind="stable")
-    ss, yy = s[order], y[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(ss)) + 1]
-    Wo = W[:, order]
-    tp = np.cumsum(np.add.reduceat(Wo * yy, starts, axis=1), axis=1)
-    fp = np.cumsum(np.add.reduceat(Wo * ~yy, starts, axis=1), axis=1)
-    npos, nneg = tp[:, -1:], fp[:, -1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prec = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        rec = tp / npos
-        ap = (np.diff(rec, axis=1, prepend=0.0) * prec).sum(1)
-    return np.where((npos[:, 0] > 0) & (nneg[:, 0] > 0), ap, np.nan)
-
 def _mean_w(v:np.ndarray, W:np.ndarray) -> np.ndarray:
     ok = ~np.isnan(v)
     den = W[:, ok].sum(1)
     with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, W[:, ok] @ v[ok] / den, np.nan)
 
-def per_image_values(metric:str, # one of METRICS
+def per_image_values(metric:str, # a metric of the table that is a mean over images
                      y_true:np.ndarray|None=None, # (n,) 0/1 labels (classification metrics)
                      values:np.ndarray|None=None, # (n,) scores, or per-image Dice/IoU, or predicted area (detection)
                      threshold:float=0.5, # decision threshold for sensitivity/specificity
                     ) -> np.ndarray: # (n,) per-image value, NaN where the image does not count
     "The per-image quantity a mean-type metric averages (NaN = image excluded)."
-    v = np.asarray(values, float)
-    if metric in ("dice", "iou"): return v
-    if metric == "detection": return np.where(np.isnan(v), np.nan, (v > 0).astype(float))
-    y = np.asarray(y_true, float)
-    if metric == "sensitivity": return np.where((y == 1) & ~np.isnan(v), (v >= threshold).astype(float), np.nan)
-    if metric == "specificity": return np.where((y == 0) & ~np.isnan(v), (v < threshold).astype(float), np.nan)
-    raise CxrStudyError(f"metric {metric!r} is not a mean-type metric; use one of {METRICS}")
+    m = get_metric(metric)
+    if m.per_image is None:
+        means = [k for k, c in METRIC_TABLE.items() if c.per_image is not None]
+        raise CxrStudyError(f"metric {metric!r} is not a mean over images; the mean-type metrics are {', '.join(means)}")
+    return m.per_image(None if y_true is None else np.asarray(y_true, float), np.asarray(values, float), threshold)
 
-def weighted_metric(metric:str, # one of METRICS
+def weighted_metric(metric:str, # a metric of the table
                     y_true:np.ndarray|None, # (n,) 0/1 labels, or None for dice/iou/detection
                     values:np.ndarray, # (n,) scores or per-image values
                     weights:np.ndarray|None=None, # (n,) or (B, n) non-negative weights; None = all ones
                     threshold:float=0.5, # for sensitivity/specificity
                    ) -> np.ndarray: # (B,) metric per weight row (a scalar array for 1-d weights)
     "A metric under per-image weights, vectorised over rows of weights; NaN where undefined."
-    if metric not in METRICS: raise CxrStudyError(f"unknown metric {metric!r}; choose from {METRICS}")
+    m = get_metric(metric)
     v = np.asarray(values, float)
     W = np.ones((1, v.size)) if weights is None else np.asarray(weights, float)
     one = W.ndim == 1
     W = np.atleast_2d(W)
-    if metric in LABEL_METRICS:
+    if m.weighted is not None:
         if y_true is None: raise CxrStudyError(f"{metric} needs y_true")
         y = np.asarray(y_true, float)
         ok = ~(np.isnan(v) | np.isnan(y))
-        f = _auroc_w if metric == "auroc" else _auprc_w
-        out = f(y[ok] == 1, v[ok], W[:, ok])
+        out = m.weighted(y[ok] == 1, v[ok], W[:, ok])
     else:
         out = _mean_w(per_image_values(metric, y_true, v, threshold), W)
     return out[0] if (one or weights is None) else out
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #c3356193
-def compute_metric(metric:str, # one of METRICS
+def class_reason(metric:str, # a metric of the table
+                 n_pos:int, # positives in the sample
+                 n_neg:int, # negatives in the sample
+                ) -> str: # "" when the sample has the classes the metric needs
+    "Why a sample's classes leave a metric undefined (its `needs`: both classes, a positive or a negative)."
+    needs = get_metric(metric).needs
+    if needs == "both" and (n_pos == 0 or n_neg == 0): return f"single class (n_pos={n_pos}, n_neg={n_neg})"
+    if needs == "positive" and n_pos == 0: return "no positive images"
+    if needs == "negative" and n_neg == 0: return "no negative images"
+    return ""
+
+def compute_metric(metric:str, # a metric of the table
                    y_true:np.ndarray|None, # (n,) labels or None
                    values:np.ndarray, # (n,) scores or per-image values
                    threshold:float=0.5, # for sensitivity/specificity
                   ) -> tuple[float, str]: # (value, reason); reason is "" when the value is defined
     "A metric on one sample, with the reason when it is NaN."
-    if metric not in METRICS: raise CxrStudyError(f"unknown metric {metric!r}; choose from {METRICS}")
+    m = get_metric(metric)
     v = np.asarray(values, float)
-    if metric in LABEL_METRICS or metric in ("sensitivity", "specificity"):
+    if m.needs:
         y = np.asarray(y_true, float)
         ok = ~(np.isnan(v) | np.isnan(y))
-        npos, nneg = int((y[ok] == 1).sum()), int((y[ok] == 0).sum())
-        if metric in LABEL_METRICS and (npos == 0 or nneg == 0):
-            return np.nan, f"single class (n_pos={npos}, n_neg={nneg})"
-        if metric == "sensitivity" and npos == 0: return np.nan, "no positive images"
-        if metric == "specificity" and nneg == 0: return np.nan, "no negative images"
-    elif np.isnan(per_image_values(metric, y_true, v, threshold)).all():
+        if why := class_reason(metric, int((y[ok] == 1).sum()), int((y[ok] == 0).sum())): return np.nan, why
+    elif m.per_image is not None and np.isnan(per_image_values(metric, y_true, v, threshold)).all():
         return np.nan, ("no image with a defined value (empty masks or missing)" if v.size else "no images")
     return float(weighted_metric(metric, y_true, v, threshold=threshold)), ""
 
@@ -141,14 +116,14 @@ def cluster_bootstrap_weights(clusters:Sequence|None, # (n,) cluster id per imag
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #9a741936
 def _strata_for(metric:str, y_true, stratify:bool):
-    if not stratify or y_true is None or metric not in LABEL_METRICS + ("sensitivity", "specificity"): return None
+    if not stratify or y_true is None or not get_metric(metric).needs: return None  # label strata for metrics that need a class
     return np.nan_to_num(np.asarray(y_true, float), nan=-1)
 
 def _cluster_max_label(clusters, y):
     if clusters is None or y is None: return y
     return pd.Series(y).groupby(np.asarray(clusters)).transform("max").to_numpy()
 
-def bootstrap_replicates(metric:str, # one of METRICS
+def bootstrap_replicates(metric:str, # a metric of the table
                          values:np.ndarray, # (n,) or (n, k): scores / per-image values, k columns on the same images
                          y_true:np.ndarray|None=None, # (n,) labels
                          clusters:Sequence|None=None, # (n,) patient ids; None = images independent
@@ -170,7 +145,7 @@ def bootstrap_replicates(metric:str, # one of METRICS
         i += len(W)
     return out[:, 0] if one else out
 
-def jackknife_values(metric:str, # one of METRICS
+def jackknife_values(metric:str, # a metric of the table
                      values:np.ndarray, # (n,) scores / per-image values
                      y_true:np.ndarray|None=None, # (n,) labels
                      clusters:Sequence|None=None, # (n,) patient ids; None = images
@@ -232,7 +207,7 @@ def interval_from_replicates(estimate:float, # the metric on the original sample
     lo, hi = np.quantile(ok, q)
     return Interval(float(estimate), float(lo), float(hi), **base)
 
-def bootstrap_ci(metric:str, # one of METRICS
+def bootstrap_ci(metric:str, # a metric of the table
                  values:np.ndarray, # (n,) scores, or per-image Dice/IoU, or predicted area (detection)
                  y_true:np.ndarray|None=None, # (n,) 0/1 labels
                  clusters:Sequence|None=None, # (n,) patient ids; None = images independent
@@ -251,25 +226,20 @@ def bootstrap_ci(metric:str, # one of METRICS
     return interval_from_replicates(est, reps, level, method, jk)
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #8d9a04c6
-def _metric_columns(metric:str) -> tuple[str|None, str]:
-    if metric in ("dice", "iou"): return None, metric
-    if metric == "detection": return None, "pred_area_pct"
-    return "y_true", "y_score"
-
 def bootstrap_table(preds:pd.DataFrame, # per-image predictions
-                    metric:str, # one of METRICS
+                    metric:str, # a metric of the table
                     by:Sequence[str]=RUN_KEYS, # grouping columns
                     cluster_col:str|None="patient_id", # clusters; None = images
                     **kwargs, # passed to `bootstrap_ci` (method, level, n_boot, seed, threshold)
                    ) -> pd.DataFrame: # one row per group: Interval fields plus n
-    "Bootstrap CIs of a metric for every group of a predictions table."
-    ycol, vcol = _metric_columns(metric)
-    require_columns(preds, [c for c in (*by, ycol, vcol, cluster_col) if c], "predictions")
+    "Bootstrap CIs of a metric for every group of a predictions table (over the rows the metric counts)."
+    m = get_metric(metric)
+    require_columns(preds, [c for c in (*by, m.labels, m.values, cluster_col) if c], "predictions")
     rows = []
     for keys, g in preds.groupby(list(by), sort=True, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
-        if metric == "detection": g = g[g.gt_area_pct > 0] if "gt_area_pct" in g else g
-        ci = bootstrap_ci(metric, g[vcol].to_numpy(float), None if ycol is None else g[ycol].to_numpy(float),
-                          None if cluster_col is None else g[cluster_col].to_numpy(), **kwargs)
+        g = m.select(g)
+        y, v = m.inputs(g)
+        ci = bootstrap_ci(metric, v, y, None if cluster_col is None else g[cluster_col].to_numpy(), **kwargs)
         rows.append({**dict(zip(by, keys)), **ci.to_dict(), "n": len(g)})
     return pd.DataFrame(rows)

@@ -15,36 +15,35 @@ import pandas as pd
 from scipy import stats
 
 from ..core import CxrStudyError
-from ..results import RUN_KEYS, require_columns
-from .tables import is_classification
+from ..results import RUN_KEYS, metrics_for, require_columns, task_kind
+from .bootstrap import class_reason
 
 # %% auto #0
 __all__ = ['fold_metrics', 'median_ci', 'summarise_folds', 'friedman_from_ranks', 'friedman_test', 'critical_difference',
            'nemenyi_test', 'friedman_two_conditions', 'mannwhitney_folds']
 
 # %% ../../nbs/api/61_stats.folds.ipynb #e8a8bde2
-def _fold_row(g:pd.DataFrame, cls:bool) -> dict:
-    from sklearn.metrics import roc_auc_score, average_precision_score
-    if cls:
-        y, s = g.y_true.to_numpy(), g.y_score.to_numpy()
-        ok = ~(np.isnan(s) | pd.isna(g.y_true).to_numpy())
-        y, s = y[ok].astype(int), s[ok]
-        npos = int(y.sum())
-        if npos == 0 or npos == y.size:
-            return dict(auroc=np.nan, auprc=np.nan, n_test=int(y.size), reason=f"single class in fold (n_pos={npos}, n_neg={y.size-npos})")
-        return dict(auroc=roc_auc_score(y, s), auprc=average_precision_score(y, s), n_test=int(y.size), reason="")
-    d = g.dice.to_numpy(float)
-    ok = ~np.isnan(d)
-    if not ok.any(): return dict(dice=np.nan, iou=np.nan, n_test=0, reason="no image with a defined Dice (empty masks)")
-    return dict(dice=d[ok].mean(), iou=np.nanmean(g.iou.to_numpy(float)[ok]), n_test=int(ok.sum()), reason="")
+def _fold_row(g:pd.DataFrame, kind:str) -> dict:
+    "One fold's results.csv metrics, on the images where the main metric's inputs are present; NaN with the reason where undefined."
+    ms = metrics_for(kind)
+    main = ms[0]
+    g = main.select(g)
+    g = g[g[[c for c in (main.labels, main.values) if c]].notna().all(axis=1)]
+    y = None if main.labels is None else g[main.labels].to_numpy(float)
+    npos, nneg = (0, 0) if y is None else (int((y == 1).sum()), int((y == 0).sum()))
+    row, why = {}, {}
+    for m in ms:
+        why[m.name] = (class_reason(m.name, npos, nneg) if m.needs else "") if len(g) else f"no image with a defined {main.values}"
+        row[m.name] = np.nan if why[m.name] else m.score(g)
+    return {**row, "n_test": len(g), "reason": why[main.name] and f"{why[main.name]} in this fold"}
 
 def fold_metrics(preds:pd.DataFrame, # per-image predictions
-                ) -> pd.DataFrame: # one row per run x fold: auroc/auprc or dice/iou, n_test, reason
+                ) -> pd.DataFrame: # one row per run x fold: the results.csv metrics of its task kind, n_test, reason
     "Per-fold results table from per-image predictions."
     require_columns(preds, RUN_KEYS + ("fold",), "predictions")
     rows = []
     for keys, g in preds.groupby(list(RUN_KEYS) + ["fold"], sort=True):
-        rows.append({**dict(zip(list(RUN_KEYS) + ["fold"], keys)), **_fold_row(g, is_classification(keys[2]))})
+        rows.append({**dict(zip(list(RUN_KEYS) + ["fold"], keys)), **_fold_row(g, task_kind(keys[2]))})
     return pd.DataFrame(rows)
 
 # %% ../../nbs/api/61_stats.folds.ipynb #a4409e92

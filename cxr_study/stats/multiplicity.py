@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, STUDY_SEED
-from ..results import RUN_KEYS, require_columns
+from ..results import RUN_KEYS, get_metric, metrics_for, require_columns
 from .tables import is_classification
 from .paired import delong_test, paired_bootstrap_test, paired_permutation_test
 
@@ -72,30 +72,37 @@ def _model_label(df:pd.DataFrame) -> pd.Series:
     multi = df.groupby("encoder").weights.transform("nunique") > 1
     return df.encoder.where(~multi, df.encoder + " (" + df.weights + ")")
 
+def _of_kind(metric:str, kind:str, arg:str):
+    names = [m.name for m in metrics_for(kind, per_fold=False)]
+    if metric not in names: raise CxrStudyError(f"{arg} {metric!r}: use a {kind} metric of the table ({', '.join(names)})")
+    return get_metric(metric)
+
 def _cls_test(cls_metric:str, cls_test:str|None) -> str:
-    if cls_metric not in ("auroc", "auprc"): raise CxrStudyError(f"cls_metric {cls_metric!r}: use 'auroc' or 'auprc'")
-    test = cls_test or ("delong" if cls_metric == "auroc" else "permutation")
+    m = _of_kind(cls_metric, "classification", "cls_metric")
+    test = cls_test or ("delong" if m.paired == "delong" else "permutation")
     if test not in ("delong", "bootstrap", "permutation"): raise CxrStudyError(f"cls_test {cls_test!r}: use 'delong', 'bootstrap' or 'permutation'")
-    if test == "delong" and cls_metric != "auroc": raise CxrStudyError("DeLong's test compares AUROCs only; use cls_test='permutation' for AUPRC")
+    if test == "delong" and m.paired != "delong": raise CxrStudyError(f"DeLong's test compares AUROCs only; use cls_test='permutation' for {m.label}")
     return test
 
 def compare_encoders(preds:pd.DataFrame, # per-image predictions
                      cls_test:str|None=None, # "delong" (AUROC, patient-clustered), "permutation" or "bootstrap"; None = delong for AUROC, permutation for AUPRC
-                     seg_metric:str="dice", # per-image metric for segmentation tasks
+                     seg_metric:str="dice", # metric compared on segmentation tasks
                      n_resamples:int=2000, # bootstrap/permutation resamples
                      family:Sequence[str]|None=None, # columns whose groups are separate families; None = all one family
                      seed:int=STUDY_SEED, # random seed
-                     cls_metric:str="auroc", # metric compared on classification tasks: "auroc" or "auprc"
+                     cls_metric:str="auroc", # metric compared on classification tasks, e.g. "auroc" or "auprc"
                     ) -> pd.DataFrame: # one row per pair: task, protocol, a, b, n, metric, test, estimate_a/b, diff, lo, hi, p, p_holm, p_bh, reason
     "All pairwise encoder comparisons per task x protocol, patient-clustered, with Holm and BH adjusted p-values."
     test = _cls_test(cls_metric, cls_test)
+    _of_kind(seg_metric, "segmentation", "seg_metric")
     require_columns(preds, RUN_KEYS + ("image_id", "patient_id"), "predictions")
     df = preds.assign(model=_model_label(preds))
     rows = []
     for (task, protocol), g in df.groupby(["task", "protocol"], sort=True):
         cls = is_classification(task)
-        val = "y_score" if cls else seg_metric
-        wide = g.pivot_table(index=["image_id", "patient_id"], columns="model", values=val, aggfunc="first")
+        m = get_metric(cls_metric if cls else seg_metric)
+        g = m.select(g)  # the rows the metric counts (detection: images with a true mask)
+        wide = g.pivot_table(index=["image_id", "patient_id"], columns="model", values=m.values, aggfunc="first")
         y = g.groupby("image_id").y_true.first().reindex(wide.index.get_level_values(0)).to_numpy(float) if cls else None
         pids = wide.index.get_level_values(1).to_numpy()
         for a, b in itertools.combinations(sorted(wide.columns), 2):
@@ -104,7 +111,7 @@ def compare_encoders(preds:pd.DataFrame, # per-image predictions
             base = dict(task=task, protocol=protocol, a=a, b=b)
             if cls and test == "delong":
                 r = delong_test(y[ok], va, vb, clusters=pids[ok])
-                rows.append({**base, "n": r.n_pos + r.n_neg, "metric": "auroc", "test": "clustered delong", "estimate_a": r.auc_a,
+                rows.append({**base, "n": r.n_pos + r.n_neg, "metric": m.name, "test": "clustered delong", "estimate_a": r.auc_a,
                              "estimate_b": r.auc_b, "diff": r.diff, "lo": r.lo, "hi": r.hi, "p": r.p, "reason": r.reason})
                 continue
             if cls:

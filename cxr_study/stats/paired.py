@@ -12,7 +12,8 @@ import numpy as np
 from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
-from .bootstrap import LABEL_METRICS, METRICS, bootstrap_replicates, compute_metric, per_image_values
+from ..results import get_metric
+from .bootstrap import bootstrap_replicates, compute_metric, per_image_values
 
 # %% auto #0
 __all__ = ['DeLongResult', 'delong_test', 'delong_test_direct', 'PairedResult', 'paired_bootstrap_test',
@@ -145,13 +146,13 @@ class PairedResult:
 
 def _common_images(metric, values_a, values_b, y_true, clusters, threshold):
     "Both models' values, labels and clusters on the images where both are defined."
-    if metric not in METRICS: raise CxrStudyError(f"unknown metric {metric!r}; choose from {METRICS}")
+    m = get_metric(metric)
     a = np.asarray(values_a, float); b = np.asarray(values_b, float)
     if a.shape != b.shape or a.ndim != 1: raise CxrStudyError(f"values_a and values_b must be 1-d and the same length, got {a.shape}, {b.shape}")
     y = None if y_true is None else np.asarray(y_true, float)
     if y is not None and y.shape != a.shape: raise CxrStudyError(f"y_true must be as long as the values, got {y.shape} and {a.shape}")
     if clusters is not None and np.shape(clusters) != a.shape: raise CxrStudyError(f"clusters must be as long as the values, got {np.shape(clusters)} and {a.shape}")
-    if metric in LABEL_METRICS:
+    if m.per_image is None:  # a rank metric: an image counts when both scores and its label are present
         if y is None: raise CxrStudyError(f"{metric} needs y_true")
         ok = ~(np.isnan(a) | np.isnan(b) | np.isnan(y))
     else:
@@ -170,7 +171,7 @@ def _paired_estimates(metric, a, b, y, threshold, values_a, values_b, y_true):
                    or (f"{why} on the {a.size} images both models have" if a.size else "no image where both models have a value"))
     return ea, eb, why
 
-def paired_bootstrap_test(metric:str, # one of stats.bootstrap.METRICS
+def paired_bootstrap_test(metric:str, # a metric of the table (cxr_study.results)
                           values_a:np.ndarray, # (n,) model A's scores or per-image values
                           values_b:np.ndarray, # (n,) model B's, same images
                           y_true:np.ndarray|None=None, # (n,) labels (classification metrics)
@@ -194,22 +195,7 @@ def paired_bootstrap_test(metric:str, # one of stats.bootstrap.METRICS
     p = (1 + np.sum(np.abs(d - diff) >= abs(diff) - 1e-12)) / (d.size + 1)
     return PairedResult(metric, ea, eb, diff, float(lo), float(hi), float(min(p, 1.0)), "bootstrap", n_boot, "", a.size)
 
-def _auroc_rows(S:np.ndarray, y:np.ndarray) -> np.ndarray:
-    "AUROC of each row of scores S (B, n) against labels y (n,) bool, midranks for ties."
-    m, n = y.sum(), (~y).sum()
-    return (stats.rankdata(S, axis=1)[:, y].sum(1) - m * (m + 1) / 2) / (m * n)
-
-def _auprc_rows(S:np.ndarray, y:np.ndarray) -> np.ndarray:
-    "Average precision of each row of scores S (B, n), tied scores as one threshold (as `weighted_metric`)."
-    o = np.argsort(-S, axis=1, kind="stable")
-    ss, yy = np.take_along_axis(S, o, 1), y[o]
-    k = np.arange(1, S.shape[1] + 1)
-    prec = np.cumsum(yy, 1) / k
-    last = np.ones(ss.shape, bool); last[:, :-1] = ss[:, :-1] != ss[:, 1:]  # last image of a run of ties
-    end = np.minimum.accumulate(np.where(last, k - 1, S.shape[1])[:, ::-1], axis=1)[:, ::-1]
-    return (yy * np.take_along_axis(prec, end, 1)).sum(1) / y.sum()
-
-def paired_permutation_test(metric:str, # one of stats.bootstrap.METRICS
+def paired_permutation_test(metric:str, # a metric of the table (cxr_study.results)
                             values_a:np.ndarray, # (n,) model A's scores or per-image values
                             values_b:np.ndarray, # (n,) model B's, same images
                             y_true:np.ndarray|None=None, # (n,) labels (classification metrics)
@@ -219,6 +205,9 @@ def paired_permutation_test(metric:str, # one of stats.bootstrap.METRICS
                             threshold:float=0.5, # for sensitivity/specificity
                            ) -> PairedResult:
     "Paired permutation (swap) test of a difference in a metric on the images both models have, patients swapped as units."
+    m = get_metric(metric)
+    if m.per_image is None and m.permuted is None:
+        raise CxrStudyError(f"metric {metric!r} has no form for the permutation test (`permuted` in its MetricCfg); use paired_bootstrap_test")
     a, b, y, cl = _common_images(metric, values_a, values_b, y_true, clusters, threshold)
     ea, eb, why = _paired_estimates(metric, a, b, y, threshold, values_a, values_b, y_true)
     if why: return PairedResult(metric, ea, eb, np.nan, np.nan, np.nan, np.nan, "permutation", n_perm, why, a.size)
@@ -226,8 +215,8 @@ def paired_permutation_test(metric:str, # one of stats.bootstrap.METRICS
     inv = np.arange(a.size) if cl is None else np.unique(cl, return_inverse=True)[1].ravel()
     G = inv.max() + 1
     flips = rng.random((n_perm, G)) < 0.5
-    if metric in LABEL_METRICS:
-        f = _auroc_rows if metric == "auroc" else _auprc_rows
+    if m.per_image is None:  # a rank metric: swap the two models' ranks, the metric of each row of swaps
+        f = m.permuted
         ra, rb, pos = stats.rankdata(a) / a.size, stats.rankdata(b) / b.size, y == 1
         fa, fb = f(np.stack([ra, rb]), pos); obs = fa - fb
         null = np.empty(n_perm)

@@ -13,9 +13,9 @@ import pandas as pd
 from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
-from ..results import RUN_KEYS, require_columns
+from ..results import RUN_KEYS, get_metric, require_columns
 from .tables import is_classification
-from .bootstrap import LABEL_METRICS, bootstrap_ci, compute_metric, _metric_columns
+from .bootstrap import bootstrap_ci, compute_metric
 from .folds import mannwhitney_folds
 
 # %% auto #0
@@ -23,17 +23,18 @@ __all__ = ['subgroup_metrics', 'subgroup_gaps', 'shortcut_analysis', 'tube_effec
 
 # %% ../../nbs/api/66_stats.subgroups.ipynb #b9444308
 def _support(metric, n, npos, nneg, min_n, min_pos, min_neg) -> str:
-    if metric in LABEL_METRICS:
+    needs = get_metric(metric).needs  # the classes the metric needs set the minimum support
+    if needs == "both":
         if npos < min_pos or nneg < min_neg: return f"too small: n_pos={npos}, n_neg={nneg} (need {min_pos} and {min_neg})"
-    elif metric == "sensitivity":
+    elif needs == "positive":
         if npos < min_pos: return f"too small: n_pos={npos} (need {min_pos})"
-    elif metric == "specificity":
+    elif needs == "negative":
         if nneg < min_neg: return f"too small: n_neg={nneg} (need {min_neg})"
     elif n < min_n: return f"too small: n={n} (need {min_n})"
     return ""
 
 def subgroup_metrics(preds:pd.DataFrame, # per-image predictions
-                     metric:str, # one of stats.bootstrap.METRICS
+                     metric:str, # a metric of the table (cxr_study.results)
                      by:Sequence[str], # subgroup columns, e.g. ["chest_tube", "ptx_size_quartile"]
                      run_keys:Sequence[str]=RUN_KEYS, # columns identifying a run
                      min_n:int=20, # least images for mean-type metrics
@@ -45,13 +46,12 @@ def subgroup_metrics(preds:pd.DataFrame, # per-image predictions
                     ) -> pd.DataFrame: # one row per run x subgroup: n, n_pos, n_neg, estimate, lo, hi, supported, reason
     "A metric with CI per run and subgroup, too-small groups reported as such."
     by = list(by)
-    ycol, vcol = _metric_columns(metric)
-    require_columns(preds, [*run_keys, *by, vcol] + ([ycol] if ycol else []), "predictions")
+    m = get_metric(metric)
+    require_columns(preds, [*run_keys, *by, m.values] + ([m.labels] if m.labels else []), "predictions")
     rows = []
     for keys, g in preds.groupby([*run_keys, *by], sort=True, dropna=False):
-        if metric == "detection" and "gt_area_pct" in g: g = g[g.gt_area_pct > 0]
-        y = None if ycol is None else g[ycol].to_numpy(float)
-        v = g[vcol].to_numpy(float)
+        g = m.select(g)  # the rows the metric counts (detection: images with a true mask)
+        y, v = m.inputs(g)
         npos = int(np.nansum(y == 1)) if y is not None else 0
         nneg = int(np.nansum(y == 0)) if y is not None else 0
         nval = int((~np.isnan(v)).sum())

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import CxrStudyError, STUDY_SEED, atomic_path, get_device
-from ..encoders.registry import Encoder, PreprocessCfg, preprocess_image
+from ..core import CxrStudyError, STUDY_SEED, atomic_path, get_device, remove_stale_temporaries
+from ..data.preprocess import PreprocessCfg, preprocess_image
 from ..data.readers import read_image
+from ..encoders.registry import Encoder, EncoderCfg
+from ..encoders.small import TimmEncoder
+from ..encoders.weights import refused_global, torch_load_weights_only
 
 # %% auto #0
 __all__ = ['MODES', 'CHECKPOINT_FORMAT', 'FinetuneCfg', 'AdaptImages', 'Standardise', 'FinetuneModel', 'build_finetune_model',
@@ -131,8 +136,6 @@ def tiny_encoder(arch:str="vit", # "vit" (ViT of width 64) or "resnet" (ResNet-1
                 ) -> Encoder:
     "A small random-init timm encoder for CPU examples and tests (not registered)."
     import timm
-    from cxr_study.encoders.registry import EncoderCfg
-    from cxr_study.encoders.small import TimmEncoder
     torch.manual_seed(seed)
     if arch == "vit":
         m = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, img_size=size, patch_size=patch,
@@ -238,8 +241,6 @@ def augment_batch(x:torch.Tensor, # (B, C, H, W) preprocessed images
     return x, m
 
 # %% ../../nbs/api/40_train.finetune.ipynb #1d089d10
-import hashlib, warnings  # checkpoint digests
-
 CHECKPOINT_FORMAT = "cxr_study-checkpoint-1"
 
 def state_digest(obj) -> str:
@@ -271,14 +272,11 @@ def save_training_checkpoint(obj, # tensors, numbers, strings and containers of 
 def load_training_checkpoint(path:str|Path, # a file written by `save_training_checkpoint`
                             ): # what it holds; None when it is damaged (with a warning naming it)
     "A training checkpoint read weights-only and checked against its digest; a pickle with code is refused."
-    from cxr_study.encoders.weights import _numpy_scalars
     path = Path(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_scalars()):
-            ck = torch.load(path, map_location="cpu", weights_only=True)
+    try: ck = torch_load_weights_only(path)  # tensors, numbers, strings and numpy scalars only
     except Exception as e:
-        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
-        if refused: raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused.group(1)}, which is not weights (it "
+        refused = refused_global(e)
+        if refused: raise CxrStudyError(f"{path}: refused: the checkpoint holds a pickled {refused}, which is not weights (it "
                                         "could run code when loaded); it was not loaded. Delete it and run again.") from None
         why = f"unreadable: {type(e).__name__}"
     else:
@@ -288,12 +286,12 @@ def load_training_checkpoint(path:str|Path, # a file written by `save_training_c
     warnings.warn(f"{path}: damaged checkpoint ({why}); it is not used", RuntimeWarning, stacklevel=2)
     return None
 
+# %% ../../nbs/api/40_train.finetune.ipynb #7fa66a12
 def resume_state(ckpt_dir:str|Path, # a fold's checkpoint folder
                 ) -> tuple|None: # (last checkpoint, best weights or None); None: start from the beginning
     "What `fit_finetune` resumes from: `last.pt` and, when an epoch was best, `best.pt`, both intact; else the folder is cleared."
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir/"last.pt").exists(): return None
-    from cxr_study.core import remove_stale_temporaries
     remove_stale_temporaries(ckpt_dir)  # what a killed writer left
     last = load_training_checkpoint(ckpt_dir/"last.pt")
     best = None
@@ -326,6 +324,7 @@ def enable_grad_checkpointing(module:nn.Module) -> bool:
             getattr(m, "activation_checkpointing_enable", m.gradient_checkpointing_enable)(); return True  # newer transformers renamed it
     return False
 
+# %% ../../nbs/api/40_train.finetune.ipynb #1ec4d46f
 def _loss(model, x, t, kind, weight, dev, cfg):
     with _autocast(dev, cfg):
         if kind == "classification":
@@ -349,6 +348,7 @@ def _fit_standardise(model, ds, dev, cfg, n_max=512):
     mean = s / cnt; std = (s2 / cnt - mean ** 2).clamp_min(0).sqrt() + 1e-6
     model.norm.mean.copy_(mean.view_as(model.norm.mean)); model.norm.std.copy_(std.view_as(model.norm.std))
 
+# %% ../../nbs/api/40_train.finetune.ipynb #80b04a7c
 def _rng_state(rng, gen):
     return {"numpy": rng.bit_generator.state, "gen": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -358,6 +358,23 @@ def _set_rng_state(st, rng, gen):
 def _save(obj, path): save_training_checkpoint(obj, path)
 
 def _cpu_state(model): return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+def _train_epoch(model, train, kind, weight, dev, cfg, opt, trainable, rng, gen, st, on_step) -> float:
+    "One pass over the training set in the order `rng` draws; the loss summed over images. Counts steps in `st`."
+    _set_train(model, cfg); tot = 0.0
+    order = rng.permutation(len(train))
+    for x, t in _loader(train, [order[i:i + cfg.batch_size].tolist() for i in range(0, len(train), cfg.batch_size)], cfg):
+        if cfg.augment:
+            x, m = augment_batch(x, t if kind == "segmentation" else None, gen)
+            if kind == "segmentation": t = m
+        x, t = x.to(dev), t.to(dev)
+        if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+        loss = _loss(model, x, t, kind, weight, dev, cfg)
+        opt.zero_grad(set_to_none=True); loss.backward()
+        if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step(); st["step"] += 1; tot += loss.item() * len(x)
+        if on_step: on_step(st["step"])
+    return tot
 
 def fit_finetune(model:nn.Module, # FinetuneModel or any module with .encoder, .head and forward(x, size)
                  train:torch.utils.data.Dataset, val:torch.utils.data.Dataset, # (image, target) pairs
@@ -394,19 +411,7 @@ def fit_finetune(model:nn.Module, # FinetuneModel or any module with .encoder, .
     trainable = [p for g in groups for p in g["params"]]
     vbatches = [list(range(i, min(i + cfg.batch_size, len(val)))) for i in range(0, len(val), cfg.batch_size)]
     while not st["done"] and st["epoch"] < cfg.max_epochs:
-        _set_train(model, cfg); tot = 0.0
-        order = rng.permutation(len(train))
-        for x, t in _loader(train, [order[i:i + cfg.batch_size].tolist() for i in range(0, len(train), cfg.batch_size)], cfg):
-            if cfg.augment:
-                x, m = augment_batch(x, t if kind == "segmentation" else None, gen)
-                if kind == "segmentation": t = m
-            x, t = x.to(dev), t.to(dev)
-            if cfg.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-            loss = _loss(model, x, t, kind, weight, dev, cfg)
-            opt.zero_grad(set_to_none=True); loss.backward()
-            if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            opt.step(); st["step"] += 1; tot += loss.item() * len(x)
-            if on_step: on_step(st["step"])
+        tot = _train_epoch(model, train, kind, weight, dev, cfg, opt, trainable, rng, gen, st, on_step)
         sched.step()
         model.eval()
         with torch.no_grad():
@@ -423,6 +428,7 @@ def fit_finetune(model:nn.Module, # FinetuneModel or any module with .encoder, .
     if best_state is not None: model.load_state_dict(best_state)
     return model.eval(), {k: st[k] for k in ("train_loss", "val_loss", "best_epoch", "resumed_from", "step")}
 
+# %% ../../nbs/api/40_train.finetune.ipynb #b19298dd
 @torch.no_grad()
 def predict_finetune(model:nn.Module, ds:torch.utils.data.Dataset, kind:str,
                      size:int|None=None, # segmentation: mask size

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import CxrStudyError, STUDY_SEED
-from ..encoders.registry import PreprocessCfg
+from ..data.preprocess import PreprocessCfg
+from ..encoders.registry import WeightsCfg, get_encoder_cfg
+from ..encoders.weights import load_hf_model, resolve_weights, weights_tag
 from .finetune import FinetuneCfg
 
 # %% auto #0
@@ -32,7 +34,6 @@ E2E_ENCODER_LR = {"classification": 1e-6, "segmentation": 1e-5} # the study's en
 
 def segformer_preprocess(variant:str="segformer-b4", size:int|None=None) -> PreprocessCfg:
     "The registry's contract for `variant` when registered, else SegFormer's processor (512 px, ImageNet mean/std)."
-    from cxr_study.encoders.registry import get_encoder_cfg
     try: p = get_encoder_cfg(variant).preprocess
     except CxrStudyError: p = PreprocessCfg(size=512, interpolation="bilinear")
     return p if size is None else dataclasses.replace(p, size=size)
@@ -64,8 +65,6 @@ class SegformerE2E(nn.Module):
         if pretrained in (False, None):
             self.model = cls(SegformerConfig(**{**v["config"], **(config or {}), "num_labels": labels})); self.weights_tag = "random-init"
         else:
-            from cxr_study.encoders.registry import WeightsCfg
-            from cxr_study.encoders.weights import load_hf_model, resolve_weights, weights_tag
             # True: the variant's release; "org/name": another repo of the same layout; a path: a local release folder
             wfile = resolve_weights(variant, WeightsCfg(source=v["weights"], format="hf"), pretrained)
             # the head is new (1 or n_classes outputs instead of ADE20k's 150): it alone may be missing or reshaped;

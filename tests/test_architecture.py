@@ -1,0 +1,121 @@
+"""The shape of the package, read from its source: modules import only their own layer or the layers
+below (and never in a cycle), package imports sit at the top of each module, and no function is
+over 60 lines. The layers, lowest first, are the house's order of dependence."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "cxr_study"
+LAYERS = [  # a module may import its own layer and those above it in this list, never one below
+    ["cxr_study", "core"],
+    ["metrics", "results"],
+    ["data"],
+    ["encoders"],
+    ["features"],
+    ["heads"],
+    ["train"],
+    ["stats", "reporting"],
+    ["protocols", "sweeps", "efficiency"],
+    ["studyfile", "plan", "executors"],
+    ["report", "ablations", "overlays", "site"],
+    ["cli"],
+]
+MAX_LINES = 60
+
+
+def _modules() -> dict:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        if p.name == "_modidx.py": continue
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__": parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str:
+    "The package module an import names (a name imported from a package may be a submodule)."
+    while name and name not in MODULES: name = name.rpartition(".")[0]
+    return name
+
+
+def _imports(mod: str, path: Path):
+    "(module imported, line, inside a function) for every import of the package's own modules."
+    pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom):
+            if n.level:
+                base = pkg.split(".")[:len(pkg.split(".")) - (n.level - 1)]
+                root = ".".join(base + ([n.module] if n.module else []))
+            elif (n.module or "").split(".")[0] == "cxr_study": root = n.module
+            else: continue
+            targets = {_resolve(f"{root}.{a.name}") if f"{root}.{a.name}" in MODULES else _resolve(root) for a in n.names}
+        elif isinstance(n, ast.Import):
+            targets = {_resolve(a.name) for a in n.names if a.name.split(".")[0] == "cxr_study"}
+        else: continue
+        for t in targets - {mod, ""}: yield t, n.lineno, id(n) in inner
+
+
+def _layer(mod: str) -> int:
+    short = mod.split(".", 1)[1] if "." in mod else mod
+    top = short.split(".")[0]
+    for i, names in enumerate(LAYERS):
+        if short in names or top in names: return i
+    raise AssertionError(f"{mod}: not in any layer; add it to LAYERS in {Path(__file__).name}")
+
+
+def test_every_module_has_a_layer():
+    for m in MODULES: _layer(m)
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    bad = [f"{m}:{line} imports {t} (layer {_layer(t)} > {_layer(m)})" for m, p in MODULES.items()
+           for t, line, _ in _imports(m, p) if _layer(t) > _layer(m)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {m: {t for t, _, _ in _imports(m, p) if t != "cxr_study"} for m, p in MODULES.items()}
+    state, path = {}, []
+    def visit(m):
+        state[m] = "open"; path.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == "open": raise AssertionError("import cycle: " + " -> ".join(path[path.index(t):] + [t]))
+            if t not in state: visit(t)
+        state[m] = "done"; path.pop()
+    for m in sorted(graph):
+        if m not in state: visit(m)
+
+
+def test_package_imports_are_at_the_top_of_each_module():
+    inside = [f"{m}:{line} imports {t} inside a function" for m, p in MODULES.items() for t, line, inner in _imports(m, p) if inner]
+    assert not inside, "\n".join(inside)
+
+
+def test_no_function_is_over_60_lines():
+    long = []
+    for m, p in MODULES.items():
+        for n in ast.walk(ast.parse(p.read_text())):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_LINES:
+                long.append(f"{m}.{n.name}: {n.end_lineno - n.lineno + 1} lines ({p.name}:{n.lineno})")
+    assert not long, "\n".join(long)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from cxr_study.sweeps import run_experiment", {"cxr_study.sweeps"}),
+    ("from . import protocols", {"cxr_study.protocols"}),
+    ("from .data.preprocess import load_masks", {"cxr_study.data.preprocess"}),
+    ("def f():\n    import cxr_study.report\n", {"cxr_study.report"}),
+])
+def test_the_checks_read_every_form_of_import(tmp_path, source, expected):
+    "The reader of imports sees absolute, relative and in-function imports (so the checks above can fail)."
+    p = tmp_path / "probe.py"; p.write_text(source)
+    MODULES["cxr_study.probe"] = p
+    try: assert {t for t, _, _ in _imports("cxr_study.probe", p)} == expected
+    finally: del MODULES["cxr_study.probe"]
