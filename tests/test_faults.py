@@ -38,8 +38,28 @@ STUDY = {"name": "faults", "encoders": ENCODERS, "tasks": TASKS, "folds": [0, 1]
 TIMING = ["seconds"]  # wall-clock columns: not results
 
 
-def _env():
-    return {**os.environ, "CXR_STUDY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+def _env(slow_writes: Path | None = None):
+    "The command's environment; `slow_writes`: a folder whose sitecustomize holds every atomic rename back (see `_slow_writes`)."
+    env = {**os.environ, "CXR_STUDY_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    if slow_writes is not None: env["PYTHONPATH"] = os.pathsep.join([str(slow_writes), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+SLOW_RENAME_S = 0.3
+
+
+def _slow_writes(d: Path) -> Path:
+    """A `sitecustomize` that sleeps before each rename of a written temporary into place, in the command and in every Python
+    process it starts. A write lasts well under the polling interval, so without it a kill aimed at a write lands just after;
+    with it the temporary is on disk, as a slow or busy disk would leave it, when the kill comes. Nothing else changes."""
+    d.mkdir(exist_ok=True)
+    (d / "sitecustomize.py").write_text(
+        "import os, time\n_replace = os.replace\n"
+        "def _slow(src, dst, *a, **k):\n"
+        f"    if str(src).endswith('.tmp'): time.sleep({SLOW_RENAME_S})\n"
+        "    return _replace(src, dst, *a, **k)\n"
+        "os.replace = _slow\n")
+    return d
 
 
 def _grid(cfg: Path, out: Path, report: bool) -> list[str]:
@@ -106,14 +126,14 @@ def _kill_tree(p: subprocess.Popen):
     psutil.wait_procs(kids, timeout=10)
 
 
-def _start(cmd, log: Path) -> subprocess.Popen:
+def _start(cmd, log: Path, env: dict) -> subprocess.Popen:
     "The command in a session of its own (its process group is the one killed)."
-    with open(log, "a") as f: return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    with open(log, "a") as f: return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _kill_when(cmd, out: Path, log: Path, trigger, delay: float = 0.0) -> tuple[bool, float]:
+def _kill_when(cmd, out: Path, log: Path, trigger, delay: float = 0.0, env: dict | None = None) -> tuple[bool, float]:
     "Start the command, wait for `trigger(out)` (polled), wait `delay` s more, then kill. (killed?, seconds after start)."
-    p, t0 = _start(cmd, log), time.time()
+    p, t0 = _start(cmd, log, env or _env()), time.time()
     while p.poll() is None and not trigger(out, t0): time.sleep(0.004)
     end = time.time() + delay
     while p.poll() is None and time.time() < end: time.sleep(0.004)
@@ -160,13 +180,15 @@ def study(tiny_benchmark, tmp_path_factory):
     return {"cfg": cfg, "dir": d, "ref": tables, "ref_dir": ref, "seconds": secs, "startup": startup}
 
 
-def _chain(study, name: str, points: list, report: bool, start_from: Path | None = None) -> list[dict]:
-    "Kill the command at each point in turn (each kill's rerun is the next start), then run it to completion and check."
+def _chain(study, name: str, points: list, report: bool, start_from: Path | None = None, slow_writes: bool = False) -> list[dict]:
+    """Kill the command at each point in turn (each kill's rerun is the next start), then run it to completion and check.
+    `slow_writes`: the killed commands hold each rename back (`_slow_writes`); the run to completion is the plain command."""
     out, log = study["dir"] / name, study["dir"] / f"{name}.log"
     if start_from is not None: shutil.copytree(start_from, out)
     cmd, rows = _grid(study["cfg"], out, report), []
+    env = _env(_slow_writes(study["dir"] / "slow-writes") if slow_writes else None)
     for label, trigger, delay in points:
-        killed, t = _kill_when(cmd, out, log, trigger, delay)
+        killed, t = _kill_when(cmd, out, log, trigger, delay, env)
         if not killed:  # the command finished first: nothing was interrupted, and the study is complete
             rows.append({"chain": name, "aimed at": label, "at_s": round(t, 1), "landed": "missed (finished first)", "killed": False}); break
         rows.append({"chain": name, "aimed at": label, "at_s": round(t, 1), "landed": _landed(out), "killed": True})
@@ -196,7 +218,7 @@ def test_kill_anywhere_then_rerun(study, summary_line):
     t0 = time.time()
     aimed = [("extraction", _extracting, 0.05), ("probing (segmentation probe)", _seg_probing, 0.8),
              ("writing a run's files", _run_writing, 0.0), ("writing the study's tables", _summary_writing, 0.0)]
-    rows = _chain(study, "aimed", aimed, report=False)
+    rows = _chain(study, "aimed", aimed, report=False, slow_writes=True)
     # the report, with the runs complete: kills while its pages execute, then the command to the end
     rows += _chain(study, "report", [("reporting: just begun", _reporting, random.Random(0).uniform(0.2, 2.0)),
                                      ("reporting: a page running", _reporting, 3.0)], report=True, start_from=study["ref_dir"])
