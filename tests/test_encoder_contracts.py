@@ -17,6 +17,8 @@ from cxr_study.encoders.registry import create_encoder, get_encoder_cfg, list_en
 from cxr_study.encoders.zoo import reference_processor
 
 ALL = list_encoders()
+BY_ID = ["timm/vit_tiny_patch16_224"]  # an encoder named by id (cxr_study.encoders.hub) meets the same contracts
+ENTRIES = ALL + BY_ID
 COMMON_SIZE = 448  # a multiple of every study stride (14, 16, 32)
 
 
@@ -29,6 +31,16 @@ def _reduced(name, **kw):
     return create_encoder(name, reduced=True, **kw) if _accepts(name, "reduced") else create_encoder(name, **kw)
 
 
+def _id_reference(name, size=None):
+    "The reference processor of a timm id: timm's own eval transform from `resolve_data_config` (at `size` if given)."
+    if not name.startswith("timm/"): return None
+    import timm
+    from timm.data import create_transform, resolve_data_config
+    with torch.device("meta"): model = timm.create_model(name[5:], num_classes=0)
+    dc = resolve_data_config(model=model)
+    return create_transform(**{**dc, "input_size": (3, size, size)} if size else dc)
+
+
 @pytest.fixture(scope="module")
 def xray():
     "A small non-square 8-bit image: odd crop margins exercise the crop rounding."
@@ -37,7 +49,7 @@ def xray():
     return (ramp * 200 + rng.integers(0, 50, (259, 301))).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_entry_is_complete(name):
     cfg = get_encoder_cfg(name)
     assert cfg.label and cfg.arch and cfg.pooled_def and cfg.grid_def and cfg.domain and cfg.paradigm
@@ -49,7 +61,7 @@ def test_entry_is_complete(name):
         assert (w.source or w.file) and w.paper and w.license
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_full_size_structure(name):
     "Full architecture, measured parameter count (`cfg.params`, a regression guard) and output shapes, on the meta device."
     cfg = get_encoder_cfg(name)
@@ -60,7 +72,7 @@ def test_full_size_structure(name):
         x = torch.zeros(1, cfg.preprocess.channels, s, s)
         out = enc(x)
         inter = enc.forward_intermediates(x)
-    assert enc.weights_tag in ("random-init", "none")
+    assert enc.weights_tag in ("random-init", "none") or cfg.weights.format == "package"  # shipped weights load by default
     assert tuple(out.pooled.shape) == (1, cfg.pooled_dim)
     assert tuple(out.grid.shape) == (1, cfg.grid_dim, cfg.grid_size, cfg.grid_size)
     assert list(inter) == list(cfg.layers)
@@ -103,6 +115,7 @@ PUBLISHED = {
                     source="SoViT-400m, 428M (Alabdulmohsin et al. 2023); 0.5%: patch 16 and a 512-px position table "
                            "instead of patch 14 at 224 px add 0.3%"),
     "chexagent-vision": None,  # measured: no published count for a SigLIP ViT-L/16 vision tower at 512 px
+    "synthetic-cxr-cnn": None,  # measured: the package's own network, counted layer by layer in tests/test_control_encoder.py
     "segformer-b4": dict(count=lambda: 64_100_000, head=0, tolerance=50_000,
                          source="SegFormer-B4 on ADE20K (150 classes), 64.1M (Xie et al. 2021, Table 1)"),
     "ark-plus": dict(count=lambda: 197_000_000, head=1536 * 1000 + 1000, tolerance=500_000,
@@ -116,20 +129,26 @@ PUBLISHED = {
 }
 
 
+PUBLISHED_BY_ID = {
+    "timm/vit_tiny_patch16_224": dict(count=lambda: 5_700_000, head=192 * 1000 + 1000, tolerance=50_000,
+                                      source="timm model card vit_tiny_patch16_224.augreg_in21k_ft_in1k: Params (M) 5.7"),
+}
+
+
 def test_every_entry_has_a_published_count_or_is_labelled_measured():
     assert set(PUBLISHED) == set(ALL), f"state a published count (or None: measured) for {sorted(set(ALL) ^ set(PUBLISHED))}"
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if PUBLISHED.get(n)])
+@pytest.mark.parametrize("name", [n for n in ALL if PUBLISHED.get(n)] + BY_ID)
 def test_parameter_count_matches_the_published_figure(name):
     "The full-size build's parameter count against the published figure (the measured `cfg.params` is the build's, above)."
-    pub = PUBLISHED[name]
+    pub = PUBLISHED.get(name) or PUBLISHED_BY_ID[name]
     with torch.device("meta"):
         n = sum(p.numel() for p in create_encoder(name).parameters())
     assert abs(n + pub["head"] - pub["count"]()) <= pub["tolerance"], (n, pub["source"])
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_reduced_forward(name):
     "A real forward at the study resolution: grid size, finite outputs, every intermediate layer."
     enc = _reduced(name)
@@ -143,7 +162,7 @@ def test_reduced_forward(name):
     assert list(inter) == list(cfg.layers) and all(t.ndim == 4 and t.shape[0] == 2 for t in inter.values())
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_gradients_reach_the_encoder(name):
     "Fine-tuning can update the encoder: a loss on pooled and grid features has gradients at its first layer."
     kw = {"input_size": 224} if _accepts(name, "input_size") else {}  # 224: a multiple of every study stride
@@ -158,7 +177,7 @@ def test_gradients_reach_the_encoder(name):
     assert sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params) > len(params) // 2
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_checkpoint_round_trip(name, tmp_path):
     "Random weights written in the release's own layout load through the user's code path, unchanged."
     enc = _reduced(name)
@@ -178,7 +197,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     torch.testing.assert_close(o1.grid, o2.grid, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_pretrained_from_hf_cache(name, tmp_path, monkeypatch):
     "pretrained=True finds a release in the Hugging Face cache layout (refs/main -> snapshots/<rev>/...)."
     import huggingface_hub.constants as hfc
@@ -198,11 +217,11 @@ def test_pretrained_from_hf_cache(name, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_preprocess_matches_reference(name, xray):
     "The entry's contract gives the reference processor's tensor on the same image."
     cfg = get_encoder_cfg(name)
-    ref = reference_processor(name)
+    ref = reference_processor(name) or _id_reference(name)
     if ref is None: pytest.skip(f"{name}: no reference processor recorded")
     ours = preprocess_image(xray, cfg.preprocess)
     theirs = ref(Image.fromarray(xray).convert("RGB"))
@@ -210,7 +229,7 @@ def test_preprocess_matches_reference(name, xray):
     torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_common_resolution(name, xray):
     "`input_size` moves the preprocessing contract, grid and position embeddings together."
     if not _accepts(name, "input_size"): pytest.skip(f"{name}: fixed resolution")
@@ -219,19 +238,20 @@ def test_common_resolution(name, xray):
     assert cfg.preprocess.size == COMMON_SIZE and cfg.grid_size == COMMON_SIZE // cfg.grid_stride
     with torch.no_grad(): out = enc(torch.randn(1, cfg.preprocess.channels, COMMON_SIZE, COMMON_SIZE))
     assert tuple(out.grid.shape[-2:]) == (cfg.grid_size, cfg.grid_size)
-    ref = reference_processor(name, cfg.preprocess)
+    ref = reference_processor(name, cfg.preprocess) if name in ALL else _id_reference(name, cfg.preprocess.size)
     if ref is not None:
         torch.testing.assert_close(preprocess_image(xray, cfg.preprocess), ref(Image.fromarray(xray).convert("RGB")).float(),
                                    atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ENTRIES)
 def test_offline_pretrained_fails_fast(name, tmp_path, monkeypatch):
     "Without the files, pretrained=True fails within a second, naming what is missing and how to get it."
     import huggingface_hub.constants as hfc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     cfg = get_encoder_cfg(name)
+    if cfg.weights.format == "package": pytest.skip(f"{name}: its weights ship with the package, nothing to fetch")
     t = time.time()
     with pytest.raises(CxrStudyError) as e:
         create_encoder(name, pretrained=True)

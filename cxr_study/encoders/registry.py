@@ -18,8 +18,9 @@ from ..core import CxrStudyError
 from ..data.preprocess import PreprocessCfg
 
 # %% auto #0
-__all__ = ['EncoderOutput', 'Encoder', 'StagedEncoder', 'WeightsCfg', 'EncoderCfg', 'register_encoder', 'list_encoders',
-           'get_encoder_cfg', 'create_encoder', 'cfg_at_size']
+__all__ = ['EncoderOutput', 'Encoder', 'StagedEncoder', 'WeightsCfg', 'EncoderCfg', 'EncoderIdError', 'IdResolver',
+           'set_id_resolver', 'id_resolver', 'is_encoder_id', 'register_encoder', 'list_encoders', 'get_encoder_cfg',
+           'create_encoder', 'cfg_at_size', 'encoder_record']
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #3dbeb59b
 class EncoderOutput(NamedTuple):
@@ -91,11 +92,42 @@ class EncoderCfg:
     params:int|None=None # parameter count of the published model, checked by the tests
     display:str="" # name used in tables (default: name)
     tags:tuple=() # e.g. ("small",) for encoders cheap enough for CPU demos
+    sources:tuple=() # (field, where it came from) pairs of an entry read from a model's own configuration (encoders by id)
 
     @property
     def grid_size(self) -> int: return self.preprocess.size // self.grid_stride
     @property
     def label(self) -> str: return self.display or self.name
+
+# %% ../../nbs/api/10_encoders.registry.ipynb #37d0cc01
+class EncoderIdError(CxrStudyError):
+    "An encoder name that is neither registered nor a well-formed id; the message says which forms are accepted."
+
+@dataclass(frozen=True)
+class IdResolver:
+    "How names that are not registry keys become entries: encoders named by id."
+    forms:tuple # the accepted id forms, one line each
+    recognises:Callable # name -> bool: written as an id (well formed or not)
+    resolve:Callable # name -> EncoderCfg, or an `EncoderIdError` / `CxrStudyError`
+    download:Callable # (name, pretrained, token) -> the weights file (what `--download` fetches)
+    canonical:Callable # name or {id: ..., key: value} -> the canonical id
+    hint:Callable # () -> the accepted forms as one paragraph, for messages
+
+_ID_RESOLVER:list = []
+
+def set_id_resolver(resolver:IdResolver) -> IdResolver:
+    "Install the resolver of encoder ids (done by `cxr_study.encoders.hub` when imported)."
+    _ID_RESOLVER[:] = [resolver]
+    return resolver
+
+def id_resolver() -> IdResolver|None:
+    "The installed resolver of encoder ids, or None."
+    return _ID_RESOLVER[0] if _ID_RESOLVER else None
+
+def is_encoder_id(name) -> bool:
+    "Whether `name` is not a registry key but is written as an encoder id (well formed or not)."
+    r = id_resolver()
+    return r is not None and isinstance(name, str) and name not in _REGISTRY and r.recognises(name)
 
 # %% ../../nbs/api/10_encoders.registry.ipynb #55aeb4af
 _REGISTRY:dict[str, EncoderCfg] = {}
@@ -122,16 +154,18 @@ def list_encoders(tag:str|None=None, # only entries carrying this tag, e.g. "sma
     "Names of registered encoders."
     return sorted(n for n, c in _REGISTRY.items() if tag is None or tag in c.tags)
 
-def get_encoder_cfg(name:str) -> EncoderCfg:
-    "The registry entry for `name`, with a helpful error for unknown names."
-    if name not in _REGISTRY:
-        import difflib
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise CxrStudyError(f"unknown encoder {name!r}.{hint} Registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+def get_encoder_cfg(name:str, # a registry key, or an id (`cxr_study.encoders.hub`: timm/..., hf-hub:..., open_clip:..., a folder)
+                   ) -> EncoderCfg:
+    "The registry entry for `name`, or the entry an id resolves to; a helpful error for unknown names."
+    if isinstance(name, str) and name in _REGISTRY: return _REGISTRY[name]
+    if is_encoder_id(name): return id_resolver().resolve(name)
+    import difflib
+    close = difflib.get_close_matches(str(name), _REGISTRY, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    forms = f" {id_resolver().hint()}" if id_resolver() else ""
+    raise EncoderIdError(f"unknown encoder {name!r}.{hint} Registered: {', '.join(sorted(_REGISTRY))}.{forms}")
 
-def create_encoder(name:str, # registry key
+def create_encoder(name:str, # registry key, or an id (see `get_encoder_cfg`)
                    pretrained:bool|str|Path=False, # False: random init; True: the entry's weights from the HF cache; a path: a local file or folder
                    **kwargs, # passed to the builder, e.g. input_size=448 (a common resolution), reduced=True (the family's small test member)
                   ) -> Encoder:
@@ -154,3 +188,13 @@ def cfg_at_size(cfg:EncoderCfg, # a registry entry
     # a timm crop fraction is kept (resize_to follows from it); a fixed shortest edge keeps its ratio to the crop
     resize_to = None if p.resize_to is None or p.crop_pct else round(p.resize_to * size / p.size)
     return dataclasses.replace(cfg, preprocess=dataclasses.replace(p, size=size, resize_to=resize_to))
+
+# %% ../../nbs/api/10_encoders.registry.ipynb #b33352b7
+def encoder_record(cfg:EncoderCfg, # an entry (at the run's input size)
+                  ) -> dict: # JSON-able: what the entry says, and where each field came from
+    "What a run records of its encoder: architecture, preprocessing, feature definitions, weights and the sources of the fields."
+    return {"name": cfg.name, "arch": cfg.arch, "params": cfg.params, "preprocess": dataclasses.asdict(cfg.preprocess),
+            "pooled_dim": cfg.pooled_dim, "pooled_def": cfg.pooled_def, "grid_dim": cfg.grid_dim, "grid_stride": cfg.grid_stride,
+            "grid_def": cfg.grid_def, "layers": list(cfg.layers), "weights": {"source": cfg.weights.source, "file": cfg.weights.file,
+            "format": cfg.weights.format, "license": cfg.weights.license}, "tags": list(cfg.tags),
+            "sources": dict(cfg.sources) or {"*": "the registry entry (stated in code, checked by the tests)"}}

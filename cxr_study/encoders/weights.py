@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 from ..core import CxrStudyError
-from .registry import get_encoder_cfg
+from .registry import get_encoder_cfg, id_resolver, is_encoder_id
 
 # %% auto #0
 __all__ = ['HF_WEIGHT_FILES', 'TIMM_HEADS', 'checkpoint_format', 'torch_load_weights_only', 'refused_global', 'load_checkpoint',
            'is_repo_id', 'local_weights_path', 'weight_files', 'config_files', 'hf_cache_dir', 'hf_cached',
            'hf_download_command', 'missing_weights_error', 'hub_repo_id', 'resolve_weights', 'hf_cached_file',
-           'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights', 'key_problems', 'load_hf_model',
-           'check_keys', 'load_timm_weights', 'load_open_clip_visual', 'checkpoint_positions',
-           'resample_siglip_positions', 'load_siglip_release']
+           'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights', 'fetch_weights', 'hub_fetch',
+           'key_problems', 'load_hf_model', 'check_keys', 'load_timm_weights', 'load_open_clip_visual',
+           'checkpoint_positions', 'resample_siglip_positions', 'load_siglip_release']
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #0baf4acd
 def checkpoint_format(path:str|Path) -> str:
@@ -250,13 +250,20 @@ def _shard_pattern(fn:str) -> list:
     stem, dot, ext = fn[:-len(".index.json")].rpartition(".")
     return [f"{stem}-*.{ext}"]
 
-def download_weights(name:str, # registry name
+def download_weights(name:str, # registry name, or an encoder id (`cxr_study.encoders.hub`)
                      pretrained:bool|str|Path=True, # True: the entry's release; "org/name": that repo; a path: only checked
                      token:str|None=None, # a hub token; None: huggingface_hub's own (HF_TOKEN, or `hf auth login`)
                     ) -> Path|None:
     "Fetch the weights `create_encoder(name, pretrained)` loads into the Hugging Face cache; the file it will load."
-    cfg = get_encoder_cfg(name)
-    w = cfg.weights
+    if is_encoder_id(name): return id_resolver().download(name, pretrained, token)  # its configuration first, then this
+    return fetch_weights(get_encoder_cfg(name), pretrained, token)
+
+def fetch_weights(cfg, # a resolved entry (`get_encoder_cfg`)
+                  pretrained:bool|str|Path=True, # as in `download_weights`
+                  token:str|None=None,
+                 ) -> Path|None:
+    "The download step of `download_weights`, for an entry already resolved."
+    name, w = cfg.name, cfg.weights
     if pretrained is None or pretrained is False: return None
     if pretrained is True and not w.source and not cfg.params: return None  # an entry without weights (raw pixels)
     repo = hub_repo_id(name, w, pretrained)
@@ -280,6 +287,30 @@ def download_weights(name:str, # registry name
     except CxrStudyError: raise
     except Exception as e: raise _hub_error(e, repo) from None
     return resolve_weights(name, w, repo)
+
+def hub_fetch(repo:str, # e.g. "facebook/dinov2-small"
+              files:tuple, # candidate files, e.g. configuration files; those the repo lacks are recorded as absent in the cache
+              token:str|None=None, # a hub token (default: huggingface_hub's own)
+              what:str="", # what the files are, for messages
+             ) -> list[Path]: # the files fetched (or already cached)
+    "Fetch whichever of `files` a hub repository holds into the Hugging Face cache; the cache also learns which it lacks."
+    from huggingface_hub import try_to_load_from_cache
+    known = [try_to_load_from_cache(repo, f) for f in files]
+    if all(k is not None for k in known): return [Path(k) for k in known if isinstance(k, str)]  # cached, or known absent
+    if hub_offline():
+        raise CxrStudyError(f"cannot download {what or repo}: the Hugging Face hub is offline here (HF_HUB_OFFLINE is set). "
+                            f"Run `hf download {repo} --include \"*config.json\"` on a machine that reaches the hub and copy its "
+                            f"cache folder to {hf_cache_dir()}, or unset HF_HUB_OFFLINE.")
+    import huggingface_hub as hub
+    from huggingface_hub.errors import EntryNotFoundError
+    out = []
+    for f in files:
+        try: out.append(Path(hub.hf_hub_download(repo, f, token=token)))
+        except EntryNotFoundError: continue  # the repo lacks it; huggingface_hub records that in the cache
+        except Exception as e: raise _hub_error(e, repo) from None
+    if not out: raise CxrStudyError(f"{repo} on the Hugging Face hub holds none of {', '.join(files)}")
+    return out
+
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #b0dd609b
 def _prefixed(k:str, prefixes) -> bool: return bool(prefixes) and k.startswith(tuple(prefixes))
@@ -345,16 +376,19 @@ TIMM_HEADS = ("head.", "fc.")  # timm's classifier names (ViT, ResNet): in every
 def load_timm_weights(model:nn.Module, # a timm model (built with num_classes=0)
                       path:str|Path, # a timm release file, or a training checkpoint holding its state dict under "state_dict"
                       name:str, # registry name, for messages
+                      filter_fn=None, # timm's checkpoint_filter_fn of the model's module, applied as timm's own loading does (other layouts)
+                      heads:tuple=TIMM_HEADS, # prefixes of the classifier, dropped
                      ):
     "Load a timm release (or a state dict in its layout) into `model`, the classifier aside."
     sd = load_checkpoint(path)
     if isinstance(sd.get("state_dict"), dict): sd = sd["state_dict"]  # a training checkpoint
+    if filter_fn is not None: sd = filter_fn(sd, model)
     pe = getattr(model, "pos_embed", None)
     if pe is not None and "pos_embed" in sd and sd["pos_embed"].shape != pe.shape:  # a ViT at a common input size
         from timm.layers import resample_abs_pos_embed
         sd = {**sd, "pos_embed": resample_abs_pos_embed(sd["pos_embed"], new_size=model.patch_embed.grid_size,
                                                         num_prefix_tokens=getattr(model, "num_prefix_tokens", 1))}
-    check_keys(model, sd, f"{Path(path).name} ({name})", ignore_prefixes=TIMM_HEADS)
+    check_keys(model, sd, f"{Path(path).name} ({name})", ignore_prefixes=heads)
 
 def load_open_clip_visual(visual:nn.Module, # an open_clip vision tower (a CLIP model's `visual`)
                           path:str|Path, # an open_clip release file: the whole CLIP model's state dict
