@@ -45,7 +45,7 @@ setuptools.setup(
     # files are in studies/; they ship inside the package so that an installed cxr-study can run them.
     package_dir={"cxr_study.experiments": "nbs/experiments", "cxr_study.reports": "nbs/reports", "cxr_study.studies": "studies"},
     package_data={"cxr_study.experiments": ["*.ipynb"], "cxr_study.reports": ["*.ipynb"], "cxr_study.studies": ["*.yaml"],
-                  "cxr_study": ["reference/*.csv"]},
+                  "cxr_study": ["reference/*.csv", "weights/*"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={"dev": dev_requirements},

@@ -6,4 +6,4 @@
 __all__ = []
 
 # %% ../../nbs/api/14_encoders.init.ipynb #1927e1dc
-from . import small, timm_zoo, zoo  # noqa: F401  (importing them registers their entries)
+from . import control, hub, small, timm_zoo, zoo  # noqa: F401  (importing them registers their entries; hub, the resolver of ids)
