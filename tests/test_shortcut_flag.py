@@ -28,7 +28,7 @@ import pytest
 from cxr_study.cli import DEMO_PROBE
 from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from cxr_study.results import collect_results
-from cxr_study.stats.subgroups import shortcut_analysis
+from cxr_study.stats.subgroups import shortcut_analysis, shortcut_test
 from cxr_study.executors import run_grid
 
 SEED = 14  # generator seed, the same at both shortcut strengths
@@ -37,7 +37,7 @@ ENCODER, TASK = "raw-pixels", "pneumothorax-cls"
 
 @pytest.fixture(scope="module")
 def shortcut_rows(tmp_path_factory):
-    "shortcut strength -> (the `shortcut_analysis` row of raw pixels on pneumothorax classification, ground truth)."
+    "shortcut strength -> (the `shortcut_analysis` row of raw pixels on pneumothorax classification, ground truth, the `shortcut_test` row)."
     import pandas as pd
     from conftest import prepare_synthetic
     rows = {}
@@ -48,13 +48,16 @@ def shortcut_rows(tmp_path_factory):
         st = run_grid([ENCODER], [TASK], data, d / "out", executor="inline",
                       options={"probe": DEMO_PROBE}, show_progress=False)  # all five folds
         assert (st.status == "done").all(), st
-        sc = shortcut_analysis(collect_results(d / "out")[1])
-        rows[strength] = sc.set_index(["encoder", "task"]).loc[(ENCODER, TASK)], pd.read_csv(raw / "ground-truth.csv")
+        preds = collect_results(d / "out")[1]
+        sc = shortcut_analysis(preds)
+        st = shortcut_test(preds[preds.task == TASK])
+        rows[strength] = (sc.set_index(["encoder", "task"]).loc[(ENCODER, TASK)], pd.read_csv(raw / "ground-truth.csv"),
+                          st.set_index(["encoder", "task"]).loc[(ENCODER, TASK)])
     return rows
 
 
 def test_tubes_are_planted_only_at_full_shortcut(shortcut_rows):
-    tube_rate = {s: gt.groupby("pneumothorax").chest_tube.mean() for s, (_, gt) in shortcut_rows.items()}
+    tube_rate = {s: gt.groupby("pneumothorax").chest_tube.mean() for s, (_, gt, _) in shortcut_rows.items()}
     assert tube_rate[1.0][1] > 0.6 and tube_rate[1.0][0] < 0.2, tube_rate[1.0]
     assert abs(tube_rate[0.0][1] - tube_rate[0.0][0]) < 0.15, tube_rate[0.0]
 
@@ -78,3 +81,16 @@ def test_not_flagged_without_shortcut(shortcut_rows):
 
 def test_tube_effect_much_larger_with_the_shortcut(shortcut_rows):
     assert shortcut_rows[1.0][0]["diff"] - shortcut_rows[0.0][0]["diff"] > 0.5
+
+
+def test_calibrated_test_flags_the_planted_shortcut(shortcut_rows):
+    "The size-adjusted, patient-clustered test: sensitivity clearly higher with a tube, CI above 0, flagged."
+    r = shortcut_rows[1.0][2]
+    assert r.effect == "sensitivity difference" and r.n_tube >= 40, r
+    assert r.flagged and r.lo > 0 and r.p < 1e-3, r
+
+
+def test_calibrated_test_does_not_flag_without_the_shortcut(shortcut_rows):
+    r = shortcut_rows[0.0][2]
+    assert not r.flagged, r
+    assert r.estimate - shortcut_rows[1.0][2].estimate < -0.2, r  # far below the planted shortcut's effect

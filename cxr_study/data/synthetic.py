@@ -32,8 +32,8 @@ class SyntheticCfg:
     size:int=256 # pixels per side (SIIM's are 1024)
     images_per_patient:float=1.25 # mean; some patients are imaged more than once
     ptx_prevalence:float=0.45 # fraction of images with a pneumothorax
-    ptx_size_median:float=0.035 # median collapse fraction of the affected lung (controls size)
-    ptx_size_spread:float=0.8 # lognormal sigma of the collapse fraction
+    ptx_size_median:float=0.056 # median fraction of the affected lung field that has collapsed (controls size)
+    ptx_size_spread:float=1.08 # lognormal sigma of that fraction
     bilateral_fraction:float=0.1 # of pneumothoraces, the fraction on both sides
     ctr_mean:float=0.49 # cardiothoracic ratio: mean and spread across patients
     ctr_sd:float=0.06
@@ -56,12 +56,14 @@ def _smooth_noise(rng, shape, sigma):
     n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
     return n / (n.std() + 1e-8)
 
+def _thorax(u, v, side, a):
+    "The ellipse inside the chest wall of one side (longer towards the base); the lung field is cut from it."
+    du, dv = (u - 0.5 - side * a["lung_dx"]) / a["lung_ax"], (v - a["lung_cy"]) / a["lung_ay"]
+    return du ** 2 + np.where(dv < 0, dv ** 2, (dv / 1.15) ** 2) < 1
+
 def _lung(u, v, side, a):
     "Lung field of one side (side -1: image left = patient's right) for anatomy `a`."
-    cx = 0.5 + side * a["lung_dx"]
-    ax, ay, cy = a["lung_ax"], a["lung_ay"], a["lung_cy"]
-    du, dv = (u - cx) / ax, (v - cy) / ay
-    inside = du ** 2 + np.where(dv < 0, dv ** 2, (dv / 1.15) ** 2) < 1  # longer towards the base
+    inside = _thorax(u, v, side, a)
     medial = side * (u - 0.5) > a["medi_half"]
     dome = v < a["dome_v"] - 0.06 * (side * (u - 0.5) - 0.2) ** 2 * 4 + (0.015 if side > 0 else 0.0)
     return inside & medial & dome
@@ -83,32 +85,35 @@ def _body(u, v, a:dict) -> tuple[np.ndarray, np.ndarray]:
     img += 0.05 * np.clip(1 - np.abs(u - 0.5) / a["body_ax"], 0, 1) * body  # thicker in the middle
     return img, body
 
+def _ptx_region(lung, u, v, side, a:dict, frac:float) -> np.ndarray:
+    "Pneumothorax of one lung: the band along its apex and lateral chest wall that holds `frac` of the lung field."
+    dist = ndimage.distance_transform_edt(_thorax(u, v, side, a))  # pixels from the chest wall (not the mediastinum or diaphragm)
+    top = a["lung_cy"] - a["lung_ay"]
+    height = (v - top) / (a["dome_v"] - top)                       # 0 at the apex, 1 at the diaphragm
+    reach = min(1.0, 0.45 + 1.5 * frac)                             # small ones stay apical, large ones run down the wall
+    taper = np.sqrt(np.clip(1 - height / reach, 0, 1))              # the band's width relative to its width at the apex
+    q = (np.where(taper > 0, dist / np.maximum(taper, 1e-9), np.inf) + 1e-3 * height)[lung]  # ties go to the upper pixel
+    n = max(1, int(round(frac * lung.sum())))                       # exactly `frac` of the lung field's pixels
+    keep = np.zeros(q.size, bool); keep[np.argpartition(q, n - 1)[:n]] = True
+    region = np.zeros_like(lung); region[lung] = keep
+    return region
+
 def _draw_lungs(img, u, v, a:dict, markings) -> tuple[np.ndarray, list]:
     "Paint both lung fields with `markings` (in place), collapsing a lung where `a` has a pneumothorax; its mask and regions."
     S = img.shape[0]
-    lungs = {s: _lung(u, v, s, a) for s in (-1, 1)}
-    hilum = {s: np.exp(-(((u - (0.5 + s * 0.11)) / 0.14) ** 2 + ((v - 0.45) / 0.16) ** 2)) for s in (-1, 1)}
     ptx = np.zeros((S, S), bool); ptx_regions = []
     for s in (-1, 1):
-        lung = lungs[s]
-        collapse = a["ptx"].get(s, 0.0)
-        if collapse > 0:  # the lung shrinks towards its hilum; the rim it leaves is the pneumothorax
-            # the centre sits on the medial border near the base: the rim is widest at the apex and the
-            # lateral wall and vanishes towards the hilum, as a collapsing lung leaves it
-            hx, hy = 0.5 + s * a["medi_half"], a["dome_v"] - 0.08
-            k = 1.0 - collapse
-            collapsed = _lung(hx + (u - hx) / k, hy + (v - hy) / k, s, a)
-            region = lung & ~collapsed
-            ptx |= region; ptx_regions.append(region)
-            line = region & ndimage.binary_dilation(collapsed, iterations=max(1, S // 256))
-            lung_tissue = collapsed & lung
-        else:
-            line, lung_tissue = None, lung
+        lung, frac = _lung(u, v, s, a), a["ptx"].get(s, 0.0)
+        hilum = np.exp(-(((u - (0.5 + s * 0.11)) / 0.14) ** 2 + ((v - 0.45) / 0.16) ** 2))
+        region = _ptx_region(lung, u, v, s, a, frac) if frac > 0 else np.zeros_like(lung)
+        tissue = lung & ~region
         img[lung] = 0.14
-        img += (markings * (0.6 + 2.0 * hilum[s]) + 0.04 * hilum[s]) * lung_tissue
-        if collapse > 0:
-            img[region] = 0.10
-            img[line] = 0.30
+        # aerated lung carries the markings; a collapsed lung holds less air, so it is denser the more it has collapsed
+        img += (markings * (0.6 + 2.0 * hilum) + 0.04 * hilum + 0.15 * frac) * tissue
+        if frac > 0:  # the pleural space: air without markings, darker the more air it holds, bounded by the visceral pleura
+            img[region] = 0.10 - 0.05 * min(1.0, frac / 0.25)
+            img[region & ndimage.binary_dilation(tissue, iterations=max(1, round(S / 128)))] = 0.38  # 2 px at 256
+            ptx |= region; ptx_regions.append(region)
     return ptx, ptx_regions
 
 def _draw_heart(img, u, v, a:dict, body) -> np.ndarray:
@@ -204,7 +209,7 @@ def _image_params(cfg:SyntheticCfg, pat:dict, rng) -> dict:
     if positive:
         sides = [-1, 1] if rng.random() < cfg.bilateral_fraction else [int(rng.choice([-1, 1]))]
         for s in sides:
-            a["ptx"][s] = float(np.clip(rng.lognormal(np.log(cfg.ptx_size_median), cfg.ptx_size_spread), 0.01, 0.6))
+            a["ptx"][s] = float(np.clip(rng.lognormal(np.log(cfg.ptx_size_median), cfg.ptx_size_spread), 0.004, 0.6))
     p_neg, p_pos = cfg.tube_rates()
     a["tube"] = bool(rng.random() < (p_pos if positive else p_neg))
     a["tube_side"] = (list(a["ptx"])[0] if positive else int(rng.choice([-1, 1])))
@@ -230,7 +235,7 @@ def make_synthetic_benchmark(out:str|Path, # folder to create
     "Write the synthetic benchmark in SIIM/CheXmask formats; a no-op when it already exists with `cfg`."
     from pydicom.uid import generate_uid
     out = Path(out)
-    key = {"cfg": dataclasses.asdict(cfg), "format": 1}
+    key = {"cfg": dataclasses.asdict(cfg), "format": 2}
     if (out/"synthetic.json").exists():
         if read_json(out/"synthetic.json") == key: return out
         if not overwrite:

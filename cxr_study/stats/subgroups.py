@@ -14,12 +14,14 @@ from scipy import stats
 
 from ..core import CxrStudyError, STUDY_SEED
 from ..results import RUN_KEYS, get_metric, require_columns
-from .tables import is_classification
+from .tables import is_classification, missing_ids_note, patient_clusters
 from .bootstrap import bootstrap_ci, compute_metric
 from .folds import mannwhitney_folds
+from .multiplicity import holm
 
 # %% auto #0
-__all__ = ['subgroup_metrics', 'subgroup_gaps', 'shortcut_analysis', 'tube_effects']
+__all__ = ['SHORTCUT_COLUMNS', 'subgroup_metrics', 'subgroup_gaps', 'shortcut_analysis', 'tube_effects', 'shortcut_test',
+           'shortcut_operating_characteristics']
 
 # %% ../../nbs/api/66_stats.subgroups.ipynb #b9444308
 def _support(metric, n, npos, nneg, min_n, min_pos, min_neg) -> str:
@@ -57,12 +59,14 @@ def subgroup_metrics(preds:pd.DataFrame, # per-image predictions
         nval = int((~np.isnan(v)).sum())
         small = _support(metric, nval, npos, nneg, min_n, min_pos, min_neg)
         if n_boot:
-            ci = bootstrap_ci(metric, v, y, None if cluster_col is None else g[cluster_col].to_numpy(), n_boot=n_boot, **kwargs)
-            est, lo, hi, why = ci.estimate, ci.lo, ci.hi, ci.reason
+            cl, n_missing = (None, 0) if cluster_col is None else patient_clusters(g[cluster_col])  # images without an id: own clusters
+            ci = bootstrap_ci(metric, v, y, cl, n_boot=n_boot, **kwargs)
+            est, lo, hi, why, note = ci.estimate, ci.lo, ci.hi, ci.reason, missing_ids_note(n_missing)
         else:
-            (est, why), lo, hi = compute_metric(metric, y, v, kwargs.get("threshold", 0.5)), np.nan, np.nan
+            (est, why), lo, hi, note = compute_metric(metric, y, v, kwargs.get("threshold", 0.5)), np.nan, np.nan, ""
         rows.append({**dict(zip([*run_keys, *by], keys)), "metric": metric, "n": len(g), "n_pos": npos, "n_neg": nneg,
-                     "estimate": est, "lo": lo, "hi": hi, "supported": not small and not why, "reason": small or why})
+                     "estimate": est, "lo": lo, "hi": hi, "supported": not small and not why,
+                     "reason": "; ".join(x for x in (small or why, note) if x)})
     return pd.DataFrame(rows)
 
 # %% ../../nbs/api/66_stats.subgroups.ipynb #dcdd1a73
@@ -167,3 +171,99 @@ def tube_effects(preds:pd.DataFrame, # per-image predictions of pneumothorax run
                      "effect": "odds ratio" if cls else "difference", "n": len(g), "n_tube": int((g.chest_tube == 1).sum()),
                      "estimate": np.nan if why else f(coef), "lo": f(lo), "hi": f(hi), "p": p, "reason": why})
     return pd.DataFrame(rows, columns=[*run_keys, "outcome", "effect", "n", "n_tube", "estimate", "lo", "hi", "p", "reason"])
+
+# %% ../../nbs/api/66_stats.subgroups.ipynb #a1c0de02
+def _tube_difference(g:pd.DataFrame, # one run's images: outcome, chest_tube, ptx_size_pct (> 0), fold, patient_id
+                     cov_struct:str="independence", # GEE working correlation: "independence" or "exchangeable"
+                     level:float=0.95, # CI coverage
+                     min_group:int=5, # least images with and without a tube
+                    ) -> tuple[float, float, float, float, str]: # estimate, lo, hi, p, reason
+    "Size- and fold-adjusted difference in the mean outcome with a tube, from a patient-clustered linear GEE (robust SEs)."
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+    nan = (np.nan,) * 4
+    n_t = int((g.chest_tube == 1).sum())
+    if min(n_t, len(g) - n_t) < min_group: return (*nan, f"too few images: {n_t} with a tube, {len(g) - n_t} without (need {min_group})")
+    if g.outcome.nunique() < 2: return (*nan, "outcome constant")
+    folds = " + C(fold)" if g.fold.nunique() > 1 else ""
+    cs = {"independence": sm.cov_struct.Independence, "exchangeable": sm.cov_struct.Exchangeable}[cov_struct]()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = smf.gee(f"outcome ~ chest_tube + np.log(ptx_size_pct){folds}", groups="cluster", data=g,
+                          family=sm.families.Gaussian(), cov_struct=cs).fit()
+        est, p = float(res.params["chest_tube"]), float(res.pvalues["chest_tube"])
+        lo, hi = (float(v) for v in res.conf_int(1 - level).loc["chest_tube"])
+    except Exception as e:  # statsmodels raises on singular designs
+        return (*nan, f"model failed: {type(e).__name__}: {e}")
+    if not all(np.isfinite([est, lo, hi, p])): return (*nan, "no finite estimate")
+    return est, lo, hi, p, ""
+
+def _quartile_test(g:pd.DataFrame, # one run's images with `outcome`
+                   quartile:int, alpha:float) -> tuple[dict, str]:
+    "The study's test: per-fold outcome with vs without a tube in one size quartile, exact Mann-Whitney over folds."
+    q = g[g.ptx_size_quartile == quartile]
+    t, nt = q[q.chest_tube == 1], q[q.chest_tube == 0]
+    row = {"q_n_tube": len(t), "q_n_no_tube": len(nt), "q_with_tube": t.outcome.mean() if len(t) else np.nan,
+           "q_without_tube": nt.outcome.mean() if len(nt) else np.nan}
+    row["q_diff"] = row["q_with_tube"] - row["q_without_tube"]
+    per_fold = q.groupby(["fold", "chest_tube"]).outcome.mean().unstack()
+    r = mannwhitney_folds(per_fold.get(1.0, pd.Series(dtype=float)), per_fold.get(0.0, pd.Series(dtype=float)))
+    row.update(p_study=r["p"], flag_study=bool(r["p"] < alpha and row["q_diff"] > 0))
+    return row, r["reason"] and f"study's test: {r['reason']}"
+
+SHORTCUT_COLUMNS = ["measure", "q_n_tube", "q_n_no_tube", "q_with_tube", "q_without_tube", "q_diff", "p_study", "flag_study",
+                    "effect", "n", "n_tube", "n_patients", "estimate", "lo", "hi", "p", "p_holm", "flagged", "reason"]
+
+def _run_outcomes(g:pd.DataFrame, cls:bool, threshold:float) -> tuple[pd.DataFrame, str]:
+    "A run's pneumothorax images with a known tube and size: `outcome` (detected, or Dice) and `cluster` (patient)."
+    g = g[g.y_true == 1].assign(outcome=(g.y_score >= threshold).astype(float)) if cls else \
+        g.assign(outcome=g.dice.astype(float)).dropna(subset=["outcome"])
+    known = g.chest_tube.notna() & (g.ptx_size_pct > 0)
+    g, why = g[known], [f"{int((~known).sum())} images without a tube label or size left out"] if not known.all() else []
+    no_id = g.patient_id.isna()
+    if no_id.any(): why.append(f"{int(no_id.sum())} images without a patient id, each its own cluster")
+    cluster = g.patient_id.astype(object).where(~no_id, pd.Series([f"image:{i}" for i in range(len(g))], index=g.index, dtype=object))
+    return g.assign(cluster=cluster.astype(str)), "; ".join(why)
+
+def shortcut_test(preds:pd.DataFrame, # per-image predictions of pneumothorax runs (classification and/or segmentation)
+                  quartile:int=1, # the study's test: size quartile compared (1 = smallest)
+                  alpha:float=0.05, # level of `flag_study` (unadjusted) and `flagged` (Holm-adjusted)
+                  threshold:float=0.5, # classification: detected when the score is at or above it
+                  level:float=0.95, # CI coverage of the tube effect
+                  cov_struct:str="independence", # GEE working correlation within a patient: "independence" or "exchangeable"
+                  run_keys:Sequence[str]=RUN_KEYS, # columns identifying a run; the runs passed form one Holm family
+                 ) -> pd.DataFrame: # one row per run, columns `SHORTCUT_COLUMNS` after the run keys
+    "The chest-tube shortcut test per run: the study's per-fold test and the size-adjusted, patient-clustered, Holm-adjusted one."
+    require_columns(preds, [*run_keys, "fold", "patient_id", "chest_tube", "ptx_size_quartile", "ptx_size_pct"], "predictions")
+    rows = []
+    for keys, g in preds.groupby(list(run_keys), sort=True, dropna=False):
+        cls = is_classification(keys[list(run_keys).index("task")])
+        require_columns(g, ["y_true", "y_score"] if cls else ["dice"], "predictions")
+        g, why_id = _run_outcomes(g, cls, threshold)
+        study, why_q = _quartile_test(g, quartile, alpha)
+        est, lo, hi, p, why = _tube_difference(g, cov_struct, level)
+        rows.append({**dict(zip(run_keys, keys)), "measure": "sensitivity" if cls else "dice", **study,
+                     "effect": "sensitivity difference" if cls else "Dice difference", "n": len(g),
+                     "n_tube": int((g.chest_tube == 1).sum()), "n_patients": g.cluster.nunique(),
+                     "estimate": est, "lo": lo, "hi": hi, "p": p, "reason": "; ".join(r for r in (why, why_q, why_id) if r)})
+    out = pd.DataFrame(rows, columns=[*run_keys, *[c for c in SHORTCUT_COLUMNS if c not in ("p_holm", "flagged")]])
+    out["p_holm"] = holm(out.p.to_numpy(float))  # runs without a p stay out of the family
+    out["flagged"] = (out.p_holm < alpha) & (out.estimate > 0)
+    return out[[*run_keys, *SHORTCUT_COLUMNS]]
+
+# %% ../../nbs/api/66_stats.subgroups.ipynb #a1c0de08
+def _generator_digest() -> str:
+    "Digest of the installed synthetic generator's source: tells whether a simulation used this generator."
+    import hashlib
+    from importlib.resources import files
+    return hashlib.sha256((files("cxr_study")/"data"/"synthetic.py").read_bytes()).hexdigest()[:16]
+
+def shortcut_operating_characteristics() -> pd.DataFrame: # one row per test x arm x encoder
+    "False-flag rate and power of the study's and the calibrated shortcut flags, simulated on the synthetic benchmark."
+    from importlib.resources import files
+    path = files("cxr_study")/"reference"/"shortcut_calibration.csv"
+    if not path.is_file(): raise CxrStudyError("the package has no reference/shortcut_calibration.csv: run the methods "
+                                               "notebook methods/shortcut_calibration.ipynb to simulate it")
+    oc = pd.read_csv(path)
+    return oc.assign(generator_matches=oc.generator_digest == _generator_digest())
