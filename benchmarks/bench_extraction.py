@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+INVOCATIONS = 3  # run_all measures it in 3 separate processes: the ratio moves between processes more than within one
+
+import cxr_study  # noqa: F401  (first: its thread settings apply before torch starts, as in the command line)
 import numpy as np
 import torch
 

@@ -58,6 +58,12 @@ def performance_markdown(results: dict | str | Path = RESULTS) -> str:
                 f"{m['cores']} cores. Both sides of each ratio ran under the same load, one after the other, but load "
                 "does not slow both alike, so a quiet machine gives other figures; the conditions column says what each "
                 "figure was measured under."]
+    multi = sorted({f.get("invocations", 1) for b in bench.values() for f in b["figures"].values()} - {1})
+    if multi:
+        out += ["", f"Figures that move between runs of the same command more than between the repeats of one run (the extraction "
+                f"ratio: where the memory and the threads of a new process land) were measured in {' or '.join(map(str, multi))} "
+                "separate processes, one after the other: their median and range are over the repeats of all of them, so the "
+                "range shows how far one run's figure can be from another's."]
     out += ["", "| benchmark | what is compared | median | range | repeats | conditions | to measure it again |",
             "|:--|:--|--:|:--|--:|:--|:--|"]
     for name, b in bench.items():
@@ -67,8 +73,9 @@ def performance_markdown(results: dict | str | Path = RESULTS) -> str:
                 f"{_load(c.get('load_after'))} after; other programs {c.get('other_cores', float('nan')):.1f} cores")
         for f in b["figures"].values():
             u = _unit(f)
+            reps = f"{f['repeats']} in {f['invocations']} processes" if f.get("invocations", 1) > 1 else f"{f['repeats']}"
             out.append(f"| `{b['script'].split('/')[-1]}` | {f['label']} | **{number(f['median'])}{u}** | "
-                       f"{number(f['min'])}-{number(f['max'])}{u} | {f['repeats']} | {cond} | `{b['command']}` |")
+                       f"{number(f['min'])}-{number(f['max'])}{u} | {reps} | {cond} | `{b['command']}` |")
     gone = [(b, b["skipped"]) for b in bench.values() if "skipped" in b] + \
            [(b, "failed: " + b["error"]) for b in bench.values() if "error" in b]
     if gone:

@@ -4,7 +4,10 @@
 
 Every `bench_*.py` and `gpu_*.py` in this folder is a benchmark. Each runs in its own Python process (fresh
 torch threads and memory), one after the other, through its `run(repeats, quick)` function; the convention
-that function follows is in `benchmarks/README.md` and `benchlib.py`. A benchmark that cannot run here (no GPU)
+that function follows is in `benchmarks/README.md` and `benchlib.py`. A benchmark whose figures move between
+processes more than between repeats of one process (the extraction ratio: memory layout, which cores its
+threads land on) sets `INVOCATIONS = 3` at module level: it then runs in that many separate processes, and each
+figure's median and range are over the repeats of all of them (with each process's median beside them). A benchmark that cannot run here (no GPU)
 is recorded as skipped with its reason; one that fails is recorded with its error, the others still run, and
 the command exits with status 1.
 
@@ -14,12 +17,13 @@ and for each benchmark the torch threads it ran with, the load average before an
 used meanwhile (in cores, from /proc/stat), when it ran and how long it took. `--only` measures the named
 benchmarks again and keeps the other entries of an existing file.
 
-The defaults took 28 minutes on a 2-core machine at a load average of 5 to 8 (a quiet one needs a fraction
-of that); `--quick` runs every benchmark at small sizes (a check that they run; its figures are not the README's).
+The defaults take about 10 minutes on a quiet 2-core machine; `--quick` runs every benchmark at small sizes, once
+each (a check that they run; its figures are not the README's).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -56,7 +60,53 @@ def run_one(path: Path, repeats: int, quick: bool) -> dict:
     return {**res, "machine": benchlib.machine()}
 
 
+def invocations(path: Path) -> int:
+    "How many separate processes a benchmark asks to be measured in: its module-level `INVOCATIONS` (default 1), read without importing it."
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "INVOCATIONS" for t in node.targets):
+            try: return max(1, int(ast.literal_eval(node.value)))
+            except (ValueError, TypeError): pass
+    return 1
+
+
+def _merged_figure(figs: list[dict]) -> dict:
+    "One figure from the same figure of several invocations: every repeat of each, with each invocation's median."
+    f = figs[0]
+    def values(key): return [v for g in figs for v in g[key]["values"]]
+    if f["kind"] == "ratio":
+        out = benchlib.ratio_figure(f["label"], (f["numerator"]["what"], values("numerator")),
+                                    (f["denominator"]["what"], values("denominator")), f["unit"], f.get("note", ""))
+    else: out = benchlib.value_figure(f["label"], [v for g in figs for v in g["values"]], f["unit"], f.get("note", ""))
+    return {**out, "invocations": len(figs), "invocation_medians": [g["median"] for g in figs]}
+
+
+def merge_invocations(results: list[dict]) -> dict:
+    "The result of a benchmark measured in several processes: figures over all their repeats, conditions over all of them."
+    first = results[0]
+    if len(results) == 1 or any("figures" not in r or not r["figures"] for r in results): return first
+    figures = {k: _merged_figure([r["figures"][k] for r in results]) for k in first["figures"] if all(k in r["figures"] for r in results)}
+    conds = [r["conditions"] for r in results]
+    seconds = sum(c["seconds"] for c in conds)
+    cond = {**conds[0], "seconds": round(seconds, 1), "load_after": conds[-1]["load_after"], "invocations": len(results),
+            "other_cores": round(sum(c["other_cores"] * c["seconds"] for c in conds) / max(seconds, 1e-9), 2)}
+    notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))
+    return {**first, "figures": figures, "conditions": cond, "notes": notes}
+
+
 def measure(path: Path, repeats: int, quick: bool, log=print) -> dict:
+    "Run one benchmark in a fresh Python process (in `INVOCATIONS` of them, one after the other); its result with its conditions."
+    k = 1 if quick else invocations(path)
+    if k == 1: return _measure_once(path, repeats, quick, log)
+    per = max(1, -(-repeats // k) + 1)  # at least `repeats` in all, and more than one in each process
+    results = []
+    for i in range(k):
+        log(f"   process {i + 1} of {k}")
+        results.append(_measure_once(path, per, quick, log))
+        if "error" in results[-1]: return results[-1]
+    return merge_invocations(results)
+
+
+def _measure_once(path: Path, repeats: int, quick: bool, log=print) -> dict:
     "Run one benchmark in a fresh Python process; its result with the conditions it ran under."
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)/"result.json"

@@ -15,6 +15,7 @@ import os
 import sys
 import random
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,9 +23,11 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STUDY_SEED', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest', 'atomic_path',
-           'remove_stale_temporaries', 'write_json', 'read_json', 'write_table', 'read_table', 'csv_records',
-           'csv_lines', 'read_csv_text', 'get_device', 'progress']
+__all__ = ['STUDY_SEED', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest',
+           'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json', 'write_table', 'read_table',
+           'csv_records', 'csv_lines', 'read_csv_text', 'get_device', 'cgroup_cpu_limit', 'available_cores',
+           'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere', 'free_cores', 'threads_for_now',
+           'progress']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -253,6 +256,101 @@ def get_device(device:str|None=None, # "cpu", "cuda", "cuda:1", or None for the 
         raise CxrStudyError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine "
                             "(install a CUDA build of torch and check nvidia-smi, or use --device cpu)")
     return dev
+
+# %% ../nbs/api/00_core.ipynb #486da423
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") # read by OpenMP, MKL and OpenBLAS when they start
+WAIT_QUIETLY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"} # waiting threads sleep (GNU/LLVM OpenMP; Intel OpenMP)
+
+def _cgroup_quota(folder:Path) -> float|None:
+    "Cores' worth of CPU a cgroup folder's own quota allows (v2 cpu.max or v1 cfs files); None without one."
+    try:
+        if (folder/"cpu.max").exists():
+            quota, period = (folder/"cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((folder/"cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((folder/"cpu.cfs_period_us").read_text())
+    except (OSError, ValueError): return None
+
+def cgroup_cpu_limit(proc_cgroup:str|Path="/proc/self/cgroup", # this process's cgroups
+                     root:str|Path="/sys/fs/cgroup", # where the cgroup filesystem is mounted
+                    ) -> float|None: # cores' worth of CPU time, None without a quota
+    "The smallest CPU quota along this process's cgroup path (v2, or v1's cpu controller), in cores."
+    root, limits = Path(root), []
+    try: lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError: return None
+    for line in lines:
+        _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if controllers and "cpu" not in controllers.split(","): continue
+        base = root if not controllers else next((root/d for d in (controllers, "cpu,cpuacct", "cpu") if (root/d).is_dir()), None)
+        if base is None: continue
+        parts = [p for p in rel.strip().split("/") if p]
+        for k in range(len(parts) + 1):  # the root and every folder down to the process's own (those this namespace sees)
+            q = _cgroup_quota(base.joinpath(*parts[:k]))
+            if q is not None: limits.append(q)
+    return min(limits) if limits else None
+
+def available_cores() -> int:
+    "CPU cores this process can use: its affinity, capped by a cgroup CPU quota (rounded down, at least 1)."
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, int(quota) if quota is not None else cores))
+
+def thread_count() -> int:
+    "Threads for torch and BLAS: `OMP_NUM_THREADS` when set (a pool worker's share, or the user's choice), else `available_cores()`."
+    try: return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError): return available_cores()
+
+def thread_env(threads:int, # threads of the process
+              ) -> dict: # environment variables, as strings
+    "The environment of a process that runs torch and BLAS on `threads` threads, its waiting threads asleep."
+    return {**{v: str(int(threads)) for v in THREAD_VARS}, **WAIT_QUIETLY}
+
+def _thread_defaults(threads:int|None=None) -> int:
+    "Thread counts and wait policy in this process's environment: an explicit count wins, otherwise what is set is kept."
+    n = threads or thread_count()
+    for k, v in thread_env(n).items():
+        if threads or k not in os.environ: os.environ[k] = v
+    return n
+
+def steady_threads(threads:int|None=None, # None: `thread_count()`
+                  ) -> int: # the threads torch uses
+    "Thread counts and wait policy as environment defaults (for torch not yet loaded, and child processes) and in torch's pools when loaded."
+    n = _thread_defaults(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "set_num_threads"):
+        if torch.get_num_threads() != n: torch.set_num_threads(n)
+        with contextlib.suppress(RuntimeError): torch.set_num_interop_threads(1)  # only possible before torch's first parallel work
+    return n
+
+def runnable_elsewhere(samples:int=5, # reads of /proc/stat, 2 ms apart; their median counts
+                      ) -> int: # threads of other programs ready to run (0 where /proc/stat is missing)
+    "Threads besides the calling one that are running or waiting for a CPU now (Linux's `procs_running`)."
+    counts = []
+    for k in range(samples):
+        try: counts.append(int(next(l for l in Path("/proc/stat").read_text().splitlines() if l.startswith("procs_running")).split()[1]))
+        except (OSError, StopIteration, ValueError, IndexError): return 0
+        if k < samples - 1: time.sleep(0.002)
+    return max(0, int(np.median(counts)) - 1)  # less the thread that reads
+
+def free_cores() -> int:
+    "Threads worth running now: this process's share of the cores (`thread_count`), less the cores other running programs take (at least 1)."
+    return max(1, min(thread_count(), available_cores() - runnable_elsewhere()))
+
+@contextlib.contextmanager
+def threads_for_now(at_most:int|None=None, # a cap; 1: one thread whatever the load (results that do not depend on it)
+                   ):
+    "Torch (when loaded) and BLAS on `free_cores()` threads (at most `at_most`) inside the block, as many as before after it."
+    from threadpoolctl import threadpool_limits
+    torch = sys.modules.get("torch")
+    n = torch.get_num_threads() if torch is not None else thread_count()
+    k = 1 if at_most == 1 else min(free_cores(), at_most or n)
+    if torch is not None and k != n: torch.set_num_threads(k)
+    try:
+        with threadpool_limits(k, user_api="blas"): yield k
+    finally:
+        if torch is not None and k != n: torch.set_num_threads(n)
+
+_thread_defaults()  # at import: before torch starts its pools in the command line, its workers and the notebook kernels (a torch already loaded is left as it is)
 
 # %% ../nbs/api/00_core.ipynb #17be83d7
 def _kernel_without_widgets() -> bool:

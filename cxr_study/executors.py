@@ -5,6 +5,7 @@
 # %% ../nbs/api/70b_executors.ipynb #12be9aff
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, progress, remove_stale_temporaries, write_json
+from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, progress, read_json, read_table,
+                            remove_stale_temporaries, steady_threads, thread_env, write_json)
+from .results import name_slug, run_path
 from .data.cohorts import get_task
 from .efficiency import LABEL_EFFICIENCY, execute_efficiency
 from .protocols import run_protocol
@@ -27,8 +30,9 @@ from .studyfile import SlurmCfg, StudyCfg, expand_study
 from .sweeps import RunSpec, experiment_template, grid_runs, run_experiment
 
 # %% auto #0
-__all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs', 'run_grid',
-           'slurm_minutes', 'write_slurm_jobs', 'RunJob', 'submit_slurm', 'run_study']
+__all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs',
+           'run_grid', 'slurm_minutes', 'write_slurm_jobs', 'RunJob', 'submit_slurm', 'run_study', 'run_timings',
+           'time_budget', 'report_timings']
 
 # %% ../nbs/api/70b_executors.ipynb #9400c953
 STATUS_COLUMNS = ["encoder", "task", "protocol", "status", "seconds", "message"]
@@ -36,7 +40,7 @@ STATUS_COLUMNS = ["encoder", "task", "protocol", "status", "seconds", "message"]
 def run_lock(spec:RunSpec) -> FileLock:
     "The lock of one run: a file under `<out>/.locks/`."
     d = Path(spec.out_dir)/".locks"; d.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(d/f"{spec.name}--{spec.task}--{spec.protocol}.lock"))
+    return FileLock(str(d/f"{name_slug(spec.name)}--{spec.task}--{spec.protocol}.lock"))
 
 def _clean_partial(folder:Path):
     "Remove temporary files a killed writer left in a run folder (atomic writes name them .<name>.*.tmp)."
@@ -47,7 +51,7 @@ def _error_line(ex:BaseException) -> str:
     msg = str(ex).strip().splitlines()
     return next((l for l in reversed(msg) if "Error" in l), msg[-1] if msg else type(ex).__name__)
 
-def _execute_notebook(spec:RunSpec):
+def _execute_notebook(spec:RunSpec, kernel:"WarmKernel|None"=None):
     import papermill as pm
     rp = spec.path; rp.mkdir(parents=True, exist_ok=True)
     # the notebook runs in its run folder; paths relative to it keep the executed notebook free of machine paths
@@ -55,19 +59,22 @@ def _execute_notebook(spec:RunSpec):
     params = dict(encoder=spec.encoder, task=spec.task, protocol=spec.protocol, folds=list(spec.folds), seed=spec.seed,
                   data_dir=rel(spec.data_dir), out_dir=rel(spec.out_dir), options=spec.options)
     (rp/"experiment.ipynb").unlink(missing_ok=True)  # an earlier attempt's: the run is not complete
+    how = dict(engine_name=kernel.engine(), warm=kernel) if kernel is not None else \
+          dict(extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # a new kernel: its start/stop chatter stays quiet
     failed = None
     with atomic_path(rp/"experiment.ipynb") as tmp, warnings.catch_warnings():  # in place only when written whole
         warnings.filterwarnings("ignore", message="The specified file .* does not end in")  # the temporary's name
         try:
+            if kernel is not None: kernel.prepare(rp)
             pm.execute_notebook(str(experiment_template()), str(tmp), parameters=params, kernel_name="python3",
-                                progress_bar=False, log_output=False, cwd=str(rp),
-                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # the kernel's start/stop chatter stays quiet
+                                progress_bar=False, log_output=False, cwd=str(rp), **how)
         except Exception as e: failed = e  # the notebook, with its error, still goes into place
     if failed is not None: raise failed
 
 def execute_run(spec:RunSpec, # the run
                 notebooks:bool=True, # execute the papermill template (False: call run_experiment here)
                 wait:bool=False, # wait for another process holding the run (False: return "busy")
+                kernel:"WarmKernel|None"=None, # run the notebook in this running kernel (None: a new kernel for it)
                ) -> dict: # status: done, skipped (complete), done elsewhere, busy or failed; seconds; message
     "Run one grid cell unless it is complete or being run by another process."
     row = dict(encoder=spec.name, task=spec.task, protocol=spec.protocol, seconds=0.0, message="")
@@ -77,11 +84,12 @@ def execute_run(spec:RunSpec, # the run
     try:
         if spec.complete(): return {**row, "status": "done elsewhere" if wait else "skipped (complete)"}
         _clean_partial(spec.path)
+        steady_threads()  # this process's torch: the threads the cores allow (a notebook's kernel starts with them)
         t0 = time.time()
         try:
             if spec.protocol == LABEL_EFFICIENCY:  # probes on cached features: in this process, without an experiment notebook
                 execute_efficiency(spec)
-            elif notebooks: _execute_notebook(spec)
+            elif notebooks: _execute_notebook(spec, kernel)
             else: run_experiment(spec.encoder, spec.task, spec.protocol, spec.data_dir, spec.out_dir, folds=spec.folds,
                                  seed=spec.seed, **spec.options)
         except Exception as ex:  # one failed run must not stop the grid; it is reported
@@ -89,6 +97,68 @@ def execute_run(spec:RunSpec, # the run
             return {**row, "status": "failed", "seconds": round(time.time() - t0, 1), "message": _error_line(ex) + where}
         return {**row, "status": "done", "seconds": round(time.time() - t0, 1)}
     finally: lock.release()
+
+# %% ../nbs/api/70b_executors.ipynb #5b110955
+_RESET = """get_ipython().run_line_magic("reset", "-f")
+import gc as _gc, os as _os
+_os.chdir({cwd!r}); _gc.collect()
+try:
+    import ctypes as _c; _c.CDLL("libc.so.6").malloc_trim(0)  # what the previous run freed goes back to the system
+except Exception: pass
+del _gc, _os
+get_ipython().execution_count = 1"""
+
+class WarmKernel:
+    "One Jupyter kernel for the notebooks of consecutive runs, emptied before each: the imports are paid once."
+    def __init__(self, kernel_name:str="python3"): self.kernel_name, self.km, self.kc = kernel_name, None, None
+
+    def _start(self, cwd:Path):
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+        self.km = AsyncKernelManager(kernel_name=self.kernel_name)
+        run_sync(self.km.start_kernel)(cwd=str(cwd), extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.hist_file=:memory:"])
+        self.kc = self.km.client(); self.kc.start_channels()
+        run_sync(self.kc.wait_for_ready)(timeout=120)
+
+    def prepare(self, cwd:Path):
+        "An empty namespace in `cwd`, execution count 1, for the next notebook (the kernel started, again if it died)."
+        from jupyter_core.utils import run_sync
+        if self.km is None or not run_sync(self.km.is_alive)(): self.close(); self._start(cwd)
+        reply = run_sync(self.kc.execute_interactive)(_RESET.format(cwd=str(cwd)), silent=True, store_history=False, timeout=120)
+        if reply["content"]["status"] != "ok": raise CxrStudyError(f"the notebook kernel could not be reset: {reply['content'].get('evalue')}")
+
+    def close(self):
+        "Stop the kernel (nothing to do when none runs)."
+        from jupyter_core.utils import run_sync
+        if self.kc is not None: self.kc.stop_channels()
+        if self.km is not None:
+            with contextlib.suppress(Exception): run_sync(self.km.shutdown_kernel)(now=True)
+        self.km = self.kc = None
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    @staticmethod
+    def engine() -> str:
+        "The papermill engine that executes a notebook in the kernel handed to it as `warm` (registered on first use)."
+        from papermill.engines import papermill_engines
+        if "cxr_study-warm" not in papermill_engines._engines: papermill_engines.register("cxr_study-warm", _warm_engine())
+        return "cxr_study-warm"
+
+def _warm_engine():
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine
+    from papermill.log import logger
+    class WarmEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                     start_timeout=60, execution_timeout=None, **kw):
+            warm = kw["warm"]
+            client = PapermillNotebookClient(nb_man, km=warm.km, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
+                                             log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            client.kc = warm.kc  # the running kernel's client: not closed at the end (the client does not own the kernel)
+            return client.execute()
+    return WarmEngine
 
 # %% ../nbs/api/70b_executors.ipynb #0b4b9f09
 def visible_gpus() -> list[int]:
@@ -106,8 +176,8 @@ def pool_slots(workers:int|str="auto", # runs at once; "auto": one per visible G
     n = (len(gpus) or 1) if workers == "auto" else int(workers)
     if n < 1: raise CxrStudyError(f"workers must be at least 1, got {workers!r}")
     if gpus: return [{"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)])} for i in range(n)]
-    threads = str(max(1, (os.cpu_count() or 1) // n))
-    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if n > 1 else {} for _ in range(n)]
+    share = thread_env(max(1, available_cores() // n))  # each worker its share of the cores this process may use
+    return [{"CUDA_VISIBLE_DEVICES": "", **share} if n > 1 else {} for _ in range(n)]
 
 # %% ../nbs/api/70b_executors.ipynb #724491b3
 def _run_in_worker(spec:RunSpec, env:dict, notebooks:bool, wait:bool, procs:dict) -> dict:
@@ -147,11 +217,12 @@ def run_local(specs:list[RunSpec], # the runs
         else: todo.append(s)
     bar = progress(None, desc="runs", total=len(todo), disable=None if show_progress else True)
     free, running, procs, guard = list(range(len(slots))), set(), {}, threading.Lock()
+    kernel = WarmKernel() if in_process and notebooks else None  # one kernel for this process's notebooks
     def one(spec, wait):
         with guard: slot = free.pop(); running.add(spec.label)
         if hasattr(bar, "set_postfix_str"): bar.set_postfix_str(", ".join(sorted(running))[:120])
         try:
-            return execute_run(spec, notebooks, wait) if in_process else _run_in_worker(spec, slots[slot], notebooks, wait, procs)
+            return execute_run(spec, notebooks, wait, kernel) if in_process else _run_in_worker(spec, slots[slot], notebooks, wait, procs)
         finally:
             with guard: free.append(slot); running.discard(spec.label)
     try:
@@ -170,7 +241,9 @@ def run_local(specs:list[RunSpec], # the runs
     except KeyboardInterrupt:
         for p in list(procs.values()): p.terminate()
         raise
-    finally: bar.close()
+    finally:
+        bar.close()
+        if kernel is not None: kernel.close()
     return pd.DataFrame([status[s.key] for s in specs], columns=STATUS_COLUMNS)
 
 # %% ../nbs/api/70b_executors.ipynb #a665a94a
@@ -294,3 +367,57 @@ def run_study(cfg:StudyCfg, # a validated study (`load_study`)
         return submit_slurm(specs, ex.slurm, notebooks=ex.notebooks) if submit else script
     if ex.kind == "inline": return run_local(specs, 1, [], notebooks=False, show_progress=show_progress, in_process=True)
     return run_local(specs, ex.workers, ex.devices, notebooks=ex.notebooks, show_progress=show_progress)
+
+# %% ../nbs/api/70b_executors.ipynb #72ea5852
+def _extraction_seconds(run_dir:Path, info:dict, since:float, seen:set) -> tuple[str, float]:
+    "The cache entry a run read its features from, and its extraction seconds when it was written since `since` (once per entry)."
+    if not info.get("features"): return "", 0.0
+    meta = run_dir/info["features"]/"meta.json"  # relative to the run folder (a notebook's run), or absolute
+    if not meta.exists() or meta.stat().st_mtime < since or meta.resolve() in seen: return "", 0.0
+    seen.add(meta.resolve())
+    m = read_json(meta)
+    return m.get("key", {}).get("encoder", meta.parent.name), float(m.get("seconds", 0.0))
+
+def run_timings(status:pd.DataFrame, # `run_local`'s status table (its seconds: each run's wall time)
+                out_dir:str|Path, # the study folder
+                since:float=0.0, # time.time() at the start: cache entries written before it were not extracted by these runs
+               ) -> pd.DataFrame: # one row per run done: encoder, task, protocol, kind, wall, run, fits, extraction, extracted
+    "Each run's wall time split into its fits, the feature extraction it did, and the rest."
+    rows, seen = [], set()
+    for r in status[status.status == "done"].itertuples():
+        p = run_path(out_dir, r.encoder, r.task, r.protocol)
+        info = read_json(p/"run.json") if (p/"run.json").exists() else {}
+        res = read_table(p/"results.csv") if (p/"results.csv").exists() else pd.DataFrame()
+        extracted, ext = _extraction_seconds(p, info, since, seen)
+        inside = float(info.get("seconds", r.seconds))
+        fits = inside - ext if r.protocol == LABEL_EFFICIENCY or "seconds" not in res else float(res["seconds"].sum())
+        rows.append(dict(encoder=r.encoder, task=r.task, protocol=r.protocol, kind=get_task(r.task).kind, wall=float(r.seconds),
+                         run=inside, fits=fits, extraction=ext, extracted=extracted))
+    return pd.DataFrame(rows, columns=["encoder", "task", "protocol", "kind", "wall", "run", "fits", "extraction", "extracted"])
+
+def time_budget(runs:pd.DataFrame, # `run_timings`
+                before:dict, # {part: seconds} before the runs (e.g. the data)
+                after:dict, # {part: seconds} after them (the summary, each report page)
+                total:float, # wall seconds of the whole command
+               ) -> pd.DataFrame: # part, seconds, share of the total
+    "Where a study's time went, part by part, with what nothing accounts for."
+    parts = dict(before)
+    for e, g in runs[runs.extraction > 0].groupby("extracted", sort=False): parts[f"feature extraction: {e}"] = g.extraction.sum()
+    for (p, k), g in runs.groupby(["protocol", "kind"], sort=False): parts[f"fits: {p} ({k})"] = g.fits.sum()
+    parts["runs: reading features and masks, writing results"] = max(0.0, (runs.run - runs.fits - runs.extraction).sum())
+    parts["runs: notebook start-up and papermill"] = max(0.0, (runs.wall - runs.run).sum())
+    parts.update(after)
+    parts["other (not accounted for above)"] = max(0.0, total - sum(parts.values()))
+    t = pd.DataFrame({"part": list(parts), "seconds": [round(float(v), 1) for v in parts.values()]})
+    return pd.concat([t, pd.DataFrame({"part": ["total"], "seconds": [round(total, 1)]})], ignore_index=True).assign(
+        share=lambda d: (d.seconds / max(total, 1e-9)).round(3))
+
+def report_timings(report_dir:str|Path, # a built report (`report.build_report`'s folder)
+                   seconds:float, # the report's wall time
+                   since:float=0.0, # time.time() when it started: page timings written before it were not spent now
+                  ) -> dict: # {"report: <page>": seconds, ..., "report: other": seconds}
+    "The report's time by page, from the `timings.json` it writes; the rest as other."
+    f = Path(report_dir)/"timings.json"
+    fresh = f.exists() and f.stat().st_mtime >= since  # a report already up to date is not built again
+    pages = {f"report: {k}": float(v) for k, v in (read_json(f) if fresh else {}).items()}
+    return {**pages, "report: other (statistics set-up, copying)" if pages else "report": max(0.0, seconds - sum(pages.values()))}

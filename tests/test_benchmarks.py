@@ -130,3 +130,33 @@ def test_run_all_on_stand_ins(tmp_path):
     assert "| **3.00x** | 2.00-3.00x | 3 |" in md and "failed: " in md and "no CUDA GPU here" in md
     with pytest.raises(ValueError, match="median outside"):
         benchlib.check_result({"title": "t", "figures": {"x": {**f, "median": 9.0}}})
+
+
+MULTI = '''import os, benchlib
+INVOCATIONS = 3
+def run(repeats=3, quick=False):
+    here = os.path.dirname(os.path.abspath(__file__))  # the i-th process leaves a mark beside this file, and gives figures of its own
+    i = sum(p.startswith("invocation-") for p in os.listdir(here)); open(os.path.join(here, f"invocation-{i}"), "w").close()
+    return benchlib.result("several processes", "python bench_multi.py", {}, {
+        "r": benchlib.ratio_figure("old / new", ("old (s)", [2.0 * (i + 1)] * repeats), ("new (s)", [1.0] * repeats)),
+        "v": benchlib.value_figure("images per second", [10.0 + i] * repeats, "img/s")}, [f"process {i}"])
+'''
+
+
+def test_run_all_measures_noisy_figures_in_several_processes(tmp_path):
+    "A benchmark with INVOCATIONS = 3 runs in 3 processes; each figure spans the repeats of all of them."
+    (tmp_path/"bench_multi.py").write_text(MULTI)
+    res = run_all.run_all(tmp_path/"results.json", repeats=3, folder=tmp_path, log=lambda *a: None)
+    assert run_all.invocations(tmp_path/"bench_multi.py") == 3 and run_all.invocations(BENCH/"bench_stats.py") == 1
+    b = res["benchmarks"]["bench_multi"]
+    assert b["conditions"]["invocations"] == 3 and sorted(b["notes"]) == ["process 0", "process 1", "process 2"]
+    r, v = b["figures"]["r"], b["figures"]["v"]
+    per = len(r["values"]) // 3
+    assert per >= 2 and r["repeats"] == 3 * per and r["invocations"] == 3  # at least the repeats asked for, more than one per process
+    assert sorted(set(r["values"])) == [2.0, 4.0, 6.0] and (r["min"], r["median"], r["max"]) == (2.0, 4.0, 6.0)
+    assert r["invocation_medians"] == [2.0, 4.0, 6.0] and v["invocation_medians"] == [10.0, 11.0, 12.0]
+    assert r["numerator"]["values"] == [2.0] * per + [4.0] * per + [6.0] * per
+    md = readme.performance_markdown(res)
+    assert f"| {3 * per} in 3 processes |" in md and "measured in 3 separate processes" in md
+    assert "separate processes" not in readme.performance_markdown(RESULTS) or any(
+        f.get("invocations", 1) > 1 for _, _, f in _figures())  # the sentence only where a figure was measured so

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core import (CxrStudyError, STUDY_SEED, atomic_path, file_digest, fingerprint, get_device, progress,
-                            read_json, remove_stale_temporaries, write_json, write_table)
+from ..core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file_digest, fingerprint, get_device, progress,
+                            read_json, remove_stale_temporaries, threads_for_now, write_json, write_table)
 from ..data.index import resolve_image_path
 from ..data.preprocess import PreprocessCfg, preprocess_image
 from ..data.readers import read_image, to_uint8
 from ..encoders.registry import Encoder, create_encoder
 from ..encoders.weights import local_weights_path
+from ..results import name_slug
 
 # %% auto #0
 __all__ = ['read_image_u8', 'EncoderImages', 'Features', 'image_digests', 'feature_key', 'write_chunk', 'read_chunk',
@@ -306,7 +307,7 @@ def extract_features(encoder:str, # registry name
     # reading every image to hash it on every call would cost as much as a small extraction: digests
     # are remembered by path, size and modification time
     key = feature_key(enc, images, root, layers, init_seed, pretrained, memo=cache_dir/"image-digests.parquet", amp=amp)
-    path = cache_dir/f"{encoder}-{fingerprint(key)}"
+    path = cache_dir/f"{name_slug(encoder)}-{fingerprint(key)}"  # an id's / and : make no folders
     if _entry_ok(path): return _open(path)
     enc = enc.to(dev)
     with _lock(cache_dir/f".{path.name}.lock"):
@@ -319,8 +320,10 @@ def extract_features(encoder:str, # registry name
         t0 = time.time()
         bar = progress(total=len(ids), desc=f"features {encoder}", it=None)
         bar.update(len(ids) - sum(min(chunk_size, len(ids) - s) for s in todo))
-        _compute_chunks(enc, EncoderImages(images, root, enc.cfg.preprocess), parts, todo, len(ids), names, layers or [],
-                        batch_size, chunk_size, num_workers, dev, amp, bar)
+        with threads_for_now() as k:  # beside busy programs, fewer threads that keep their cores (core.threads_for_now)
+            if num_workers is None and dev.type == "cpu" and k < available_cores(): num_workers = 0  # and no readers at the lowest priority, starved by them
+            _compute_chunks(enc, EncoderImages(images, root, enc.cfg.preprocess), parts, todo, len(ids), names, layers or [],
+                            batch_size, chunk_size, num_workers, dev, amp, bar)
         bar.close()
         # join the chunks into memory-mappable arrays, then mark complete
         files = _join_chunks(parts, starts, path, names, len(ids))

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import CxrStudyError, STUDY_SEED, get_device
-from .probes import EarlyStopping, _batches, _targets
+from ..core import CxrStudyError, STUDY_SEED, get_device, threads_for_now
+from .probes import EarlyStopping, UpsampledCE, _batches, loss_terms, upsample_matrix
 
 # %% auto #0
 __all__ = ['MultiscaleCfg', 'default_layers', 'resample_grids', 'MultiscaleProbe', 'fit_multiscale_probe', 'predict_multiscale']
@@ -95,10 +95,12 @@ def _resampled(Gs, size, dev, budget=1e9):
     if n * c * size * size * 4 > budget: return None
     return torch.cat([resample_grids(_batch(Gs, b, dev), size) for b in _batches(n, 64)])
 
-def _loss(probe, Gs, Z, T, idx, weight, dev):
-    t = T[idx].to(dev)
+def _loss(probe, Gs, Z, terms, idx, U, dev):
+    "The loss of images `idx`: cross entropy of the logits upsampled to the loss size, computed at the grid (`heads.probes.upsampled_ce`)."
+    A, B, hard = terms
     z = Z[idx] if Z is not None else resample_grids(_batch(Gs, idx, dev), probe.grid_size)
-    return F.cross_entropy(probe.decode(z, size=t.shape[-2:]), t, weight=weight)
+    lg = probe.decode(z)
+    return UpsampledCE.apply(lg[:, 1] - lg[:, 0], *U, A[idx], B[idx], hard)
 
 def fit_multiscale_probe(G_train:list, M_train:np.ndarray, # per layer (n, C_i, h_i, w_i) grids; (n, H, W) bool masks
                          G_val:list, M_val:np.ndarray, # the validation fold
@@ -107,7 +109,10 @@ def fit_multiscale_probe(G_train:list, M_train:np.ndarray, # per layer (n, C_i, 
                          device:str|None=None,
                         ) -> tuple[MultiscaleProbe, dict]: # the probe with its best-validation weights, and the history
     "Train a multi-scale probe with early stopping on validation loss."
-    dev = get_device(device)
+    with threads_for_now(1): return _fit_multiscale(G_train, M_train, G_val, M_val, class_weights, cfg, get_device(device))
+
+def _fit_multiscale(G_train, M_train, G_val, M_val, class_weights, cfg:MultiscaleCfg, dev) -> tuple[MultiscaleProbe, dict]:
+    "`fit_multiscale_probe` on `dev`, in the threads it was given (one on a CPU: small operations, see `core.threads_for_now`)."
     if len(G_train) != len(G_val) or not G_train: raise CxrStudyError("need the same non-empty list of layers for train and val")
     torch.manual_seed(cfg.seed); rng = np.random.default_rng(cfg.seed)
     n = len(G_train[0]); size = cfg.grid_size or max(g.shape[-1] for g in G_train)
@@ -121,18 +126,18 @@ def fit_multiscale_probe(G_train:list, M_train:np.ndarray, # per layer (n, C_i, 
         probe.mean.copy_(mean.view(1, -1, 1, 1)); probe.std.copy_(((s2 / cnt - mean.double() ** 2).clamp_min(0).sqrt().float() + 1e-6).view(1, -1, 1, 1))
     Z_train, Z_val = _resampled(G_train, size, dev), _resampled(G_val, size, dev)
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weight = torch.tensor(class_weights, dtype=torch.float32, device=dev)
-    T_train, T_val = _targets(M_train, cfg.loss_size), _targets(M_val, cfg.loss_size)
+    terms, terms_val = (loss_terms(M, cfg.loss_size, class_weights, dev) for M in (M_train, M_val))
+    U = (upsample_matrix(size, terms[0].shape[-2], dev), upsample_matrix(size, terms[0].shape[-1], dev))
     hist = {"train_loss": [], "val_loss": [], "best_epoch": -1}
     stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     for epoch in range(cfg.max_epochs):
         probe.train(); tot = 0.0
         for b in _batches(n, cfg.batch_size, rng):
-            loss = _loss(probe, G_train, Z_train, T_train, b, weight, dev)
+            loss = _loss(probe, G_train, Z_train, terms, b, U, dev)
             opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(b)
         probe.eval()
         with torch.no_grad():
-            val = sum(_loss(probe, G_val, Z_val, T_val, b, weight, dev).item() * len(b) for b in _batches(len(G_val[0]), 64)) / len(G_val[0])
+            val = sum(_loss(probe, G_val, Z_val, terms_val, b, U, dev).item() * len(b) for b in _batches(len(G_val[0]), 64)) / len(G_val[0])
         hist["train_loss"].append(tot / n); hist["val_loss"].append(val)
         if stopper.step(val, probe, epoch): break
     hist["best_epoch"] = stopper.best_epoch

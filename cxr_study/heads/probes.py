@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import STUDY_SEED, get_device
+from ..core import STUDY_SEED, get_device, threads_for_now
 from ..metrics import auroc
 from ..results import LOGISTIC_CS
 
 # %% auto #0
 __all__ = ['KNN_KS', 'KNN_TEMPERATURE', 'fit_logistic_probe', 'knn_vote_weights', 'fit_knn_probe', 'SegProbeCfg', 'EarlyStopping',
-           'SegProbe', 'fit_seg_probe', 'predict_seg', 'prior_scores', 'prior_masks']
+           'SegProbe', 'upsample_matrix', 'loss_terms', 'upsampled_ce', 'UpsampledCE', 'fit_seg_probe', 'predict_seg',
+           'prior_scores', 'prior_masks']
 
 # %% ../../nbs/api/30_heads.probes.ipynb #b1ab8a68
 def fit_logistic_probe(X_train:np.ndarray, y_train:np.ndarray, # (n, D) features, (n,) 0/1 labels
@@ -28,6 +29,10 @@ def fit_logistic_probe(X_train:np.ndarray, y_train:np.ndarray, # (n, D) features
                        max_iter:int=1000,
                       ) -> dict: # model (fitted pipeline), C, val_auroc (per C)
     "Logistic-regression probe with C chosen on the validation fold."
+    with threads_for_now(1): return _fit_logistic(X_train, y_train, X_val, y_val, Cs, max_iter)  # small BLAS calls: one thread
+
+def _fit_logistic(X_train, y_train, X_val, y_val, Cs, max_iter:int) -> dict:
+    "`fit_logistic_probe` in the threads it was given."
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -61,6 +66,10 @@ def fit_knn_probe(X_train:np.ndarray, y_train:np.ndarray, # (n, D) features, (n,
                   temperature:float=KNN_TEMPERATURE,
                  ) -> dict: # model (fitted pipeline), k, val_auroc (per k)
     "Weighted kNN probe (DINO's): cosine on L2-normalised features, votes exp(cos / T), k chosen on the validation fold."
+    with threads_for_now(1): return _fit_knn(X_train, y_train, X_val, y_val, ks, temperature)  # small distance products: one thread
+
+def _fit_knn(X_train, y_train, X_val, y_val, ks, temperature:float) -> dict:
+    "`fit_knn_probe` in the threads it was given."
     from functools import partial
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -129,6 +138,11 @@ class SegProbe(nn.Module):
         z = (z @ self.conv.weight[:, :, 0, 0].T + self.conv.bias).permute(0, 3, 1, 2).contiguous()
         return z if size is None else F.interpolate(z, size=size, mode="bilinear", align_corners=True)
 
+    def difference(self) -> tuple[torch.Tensor, torch.Tensor]: # (C,) weights, () bias
+        "Foreground minus background row of the 1x1 convolution: a 2-class softmax depends on the logits only through their difference."
+        w, b = self.conv.weight[:, :, 0, 0], self.conv.bias
+        return w[1] - w[0], b[1] - b[0]
+
     def forward(self, grid:torch.Tensor, # (B, C, h, w)
                 size:int|tuple|None=None, # output size; None keeps the grid size
                ) -> torch.Tensor: # (B, 2, *size) logits
@@ -146,9 +160,77 @@ def _targets(M, loss_size):
     p = F.interpolate(m[:, None].float(), size=(loss_size, loss_size), mode="area")
     return torch.cat([1 - p, p], 1)
 
-def _seg_loss(probe, Z, T, weight):
-    "Loss on standardised channels-last grids Z (standardised and laid out once per fit, not per batch)."
-    return F.cross_entropy(probe.head_channels_last(Z, size=T.shape[-2:]), T, weight=weight)
+def upsample_matrix(n_in:int, # grid side
+                    n_out:int, # upsampled side
+                    device=None,
+                   ) -> torch.Tensor: # (n_out, n_in)
+    "Bilinear upsampling (`align_corners=True`) along one axis as a matrix: `F.interpolate` of a grid `D` is `U_h @ D @ U_w.T`."
+    eye = torch.eye(n_in, device=device)[:, None]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[:, 0].T.contiguous()
+
+def loss_terms(M:np.ndarray, # (n, H, W) bool masks
+               loss_size:int|None, # as `SegProbeCfg.loss_size`
+               class_weights=(1.0, 1.0), # background, foreground
+               device=None,
+              ) -> tuple[torch.Tensor, torch.Tensor, bool]: # A, B (n, L, L) and whether the labels are hard
+    "Per-pixel terms of the weighted 2-class cross entropy as a function of the logit difference d: `A * softplus(d) - B * d`."
+    w0, w1 = (float(w) for w in class_weights)
+    hard = loss_size is None or loss_size == np.shape(M)[-1]
+    p = torch.as_tensor(np.asarray(M)).to(device, torch.float32) if hard else _targets(M, loss_size)[:, 1].to(device)
+    return w0 + (w1 - w0) * p, w1 * p, hard
+
+def upsampled_ce(d:torch.Tensor, # (B, h, w) logit differences (foreground - background) at the grid
+                 Uh:torch.Tensor, Uw:torch.Tensor, # (L, h), (L, w) from `upsample_matrix`
+                 A:torch.Tensor, B:torch.Tensor, hard:bool, # the batch's rows of `loss_terms`
+                 grad:bool=True, # also return the gradient
+                ) -> tuple: # the loss (0-d tensor), its gradient with respect to `d` (None when grad=False)
+    "`F.cross_entropy` (with class weights) of the 2-class logits upsampled to L x L, and its gradient at the grid."
+    norm = A.sum() if hard else A.numel()  # as F.cross_entropy's mean: the labels' summed weights, or the pixels
+    D = Uh @ d @ Uw.T
+    loss = (torch.dot(A.reshape(-1), F.softplus(D).reshape(-1)) - torch.dot(B.reshape(-1), D.reshape(-1))) / norm
+    if not grad: return loss, None
+    return loss, Uh.T @ torch.addcmul(B, A, torch.sigmoid(D), value=-1).div_(-norm) @ Uw  # (A sigmoid(D) - B) / norm
+
+class UpsampledCE(torch.autograd.Function):
+    "`upsampled_ce` as an autograd function of `d`, for heads trained by autograd (the multi-scale probe)."
+    @staticmethod
+    def forward(ctx, d, Uh, Uw, A, B, hard):
+        loss, g = upsampled_ce(d.detach(), Uh, Uw, A, B, hard, grad=d.requires_grad)
+        ctx.save_for_backward(g)
+        return loss
+    @staticmethod
+    def backward(ctx, out):
+        return ctx.saved_tensors[0] * out, None, None, None, None, None
+
+# %% ../../nbs/api/30_heads.probes.ipynb #bab824e0
+def _standardised(G:torch.Tensor, probe:SegProbe) -> torch.Tensor:
+    "Float32 grids (n, C, h, w) standardised per channel and laid out channels-last (n, h, w, C), in two passes."
+    Z = torch.empty((G.shape[0], *G.shape[2:], G.shape[1]), device=G.device)
+    torch.sub(G.permute(0, 2, 3, 1), probe.mean.view(-1), out=Z)
+    return Z.div_(probe.std.view(-1))
+
+def _fit_epoch(probe:SegProbe, opt, Z, A, B, hard, U, order, batch_size:int, buf) -> float:
+    "One epoch of AdamW steps over the images in `order`; the training loss (each batch's weighted by its images)."
+    w, b, C = probe.conv.weight, probe.conv.bias, Z.shape[-1]
+    tot = torch.zeros((), dtype=torch.float64, device=Z.device)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        z = torch.index_select(Z, 0, idx, out=buf[:len(idx)]).view(-1, C)  # into one buffer: no allocation per batch
+        with torch.no_grad():
+            v, c = probe.difference()
+            loss, g = upsampled_ce((z @ v).view(len(idx), *Z.shape[1:3]) + c, *U, A.index_select(0, idx), B.index_select(0, idx), hard)
+            gv, gc = g.reshape(-1) @ z, g.sum()
+            w.grad, b.grad = torch.stack([-gv, gv]).view_as(w), torch.stack([-gc, gc])
+        opt.step()
+        tot += loss * len(idx)
+    return tot.item() / len(order)
+
+@torch.no_grad()
+def _val_loss(probe:SegProbe, Zv, Av, Bv, hard, U, chunk:int=64) -> float:
+    "The validation loss: each chunk's loss weighted by its images."
+    v, c = probe.difference()
+    return sum(upsampled_ce(Zv[i:i + chunk] @ v + c, *U, Av[i:i + chunk], Bv[i:i + chunk], hard, grad=False)[0].item() * len(Zv[i:i + chunk])
+               for i in range(0, len(Zv), chunk)) / len(Zv)
 
 def fit_seg_probe(G_train:np.ndarray, M_train:np.ndarray, # (n, C, h, w) grids, (n, H, W) bool masks
                   G_val:np.ndarray, M_val:np.ndarray, # the validation fold
@@ -157,34 +239,26 @@ def fit_seg_probe(G_train:np.ndarray, M_train:np.ndarray, # (n, C, h, w) grids, 
                   device:str|None=None,
                  ) -> tuple[SegProbe, dict]: # the probe with its best-validation weights, and the history
     "Train the 1x1-convolution probe with early stopping on validation loss."
-    dev = get_device(device)
+    with threads_for_now(1): return _fit_seg(G_train, M_train, G_val, M_val, class_weights, cfg, get_device(device))
+
+def _fit_seg(G_train, M_train, G_val, M_val, class_weights, cfg:SegProbeCfg, dev) -> tuple[SegProbe, dict]:
+    "`fit_seg_probe` on `dev`, in the threads it was given."
     torch.manual_seed(cfg.seed); rng = np.random.default_rng(cfg.seed)
-    # grids and targets go to the device once (cached fp16 grids become float32 here, not per batch)
-    G32 = torch.as_tensor(np.asarray(G_train, np.float32), device=dev)
-    Gv32 = torch.as_tensor(np.asarray(G_val, np.float32), device=dev)
-    mean, std = G32.mean((0, 2, 3)), G32.std((0, 2, 3)) + 1e-6
-    probe = SegProbe(G32.shape[1], mean, std).to(dev)
+    G32 = torch.as_tensor(np.asarray(G_train)).to(dev, torch.float32)  # cached fp16 grids become float32 once, not per batch
+    var, mean = torch.var_mean(G32, (0, 2, 3))
+    probe = SegProbe(G32.shape[1], mean, var.sqrt() + 1e-6).to(dev)
+    Z, Zv = _standardised(G32, probe), _standardised(torch.as_tensor(np.asarray(G_val)).to(dev, torch.float32), probe)
+    del G32
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weight = torch.tensor(class_weights, dtype=torch.float32, device=dev)
-    hist = {"train_loss": [], "val_loss": [], "best_epoch": -1}
-    n_train = len(G32)
-    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
-    T_train, T_val = _targets(M_train, cfg.loss_size).to(dev), _targets(M_val, cfg.loss_size).to(dev)
-    with torch.no_grad():
-        Z, Zv = (probe.standardise(g).permute(0, 2, 3, 1).contiguous() for g in (G32, Gv32))
-    del G32, Gv32
+    (A, B, hard), (Av, Bv, _) = (loss_terms(M, cfg.loss_size, class_weights, dev) for M in (M_train, M_val))
+    U = (upsample_matrix(Z.shape[1], A.shape[-2], dev), upsample_matrix(Z.shape[2], A.shape[-1], dev))
+    hist, stopper = {"train_loss": [], "val_loss": [], "best_epoch": -1}, EarlyStopping(cfg.patience, cfg.min_delta)
+    buf = torch.empty((min(cfg.batch_size, len(Z)), *Z.shape[1:]), device=dev)
     for epoch in range(cfg.max_epochs):
-        probe.train(); tot = 0.0
-        perm = torch.as_tensor(rng.permutation(len(Z)), device=dev)
-        Zp, Tp = Z.index_select(0, perm), T_train.index_select(0, perm)  # one gather per epoch (index_select: a copy per row, 3x faster than Z[perm] for the targets), then contiguous batches
-        for i in range(0, len(Zp), cfg.batch_size):
-            loss = _seg_loss(probe, Zp[i:i + cfg.batch_size], Tp[i:i + cfg.batch_size], weight)
-            opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(Zp[i:i + cfg.batch_size])
-        probe.eval()
-        with torch.no_grad():
-            val = sum(_seg_loss(probe, Zv[i:i + 64], T_val[i:i + 64], weight).item() * len(Zv[i:i + 64]) for i in range(0, len(Zv), 64)) / len(Zv)
-        hist["train_loss"].append(tot / n_train); hist["val_loss"].append(val)
-        if stopper.step(val, probe, epoch): break
+        order = torch.as_tensor(rng.permutation(len(Z)), device=dev)
+        probe.train(); hist["train_loss"].append(_fit_epoch(probe, opt, Z, A, B, hard, U, order, cfg.batch_size, buf))
+        probe.eval(); hist["val_loss"].append(_val_loss(probe, Zv, Av, Bv, hard, U))
+        if stopper.step(hist["val_loss"][-1], probe, epoch): break
     hist["best_epoch"] = stopper.best_epoch
     stopper.restore(probe)
     return probe.eval(), hist
@@ -196,9 +270,16 @@ def predict_seg(probe:SegProbe, G:np.ndarray, # (n, C, h, w)
                ) -> tuple[np.ndarray, np.ndarray]: # argmax masks (n, size, size) bool, foreground probability
     "Argmax masks and foreground probabilities at `size`."
     dev = get_device(device); probe = probe.to(dev)
+    with threads_for_now(1): return _predict_seg(probe, G, size, batch_size, dev)
+
+def _predict_seg(probe:SegProbe, G, size:int, batch_size:int, dev) -> tuple[np.ndarray, np.ndarray]:
+    "`predict_seg` on `dev`, in the threads it was given."
+    v, c = probe.difference()
+    Uh, Uw = upsample_matrix(G.shape[-2], size, dev), upsample_matrix(G.shape[-1], size, dev)
     masks, probs = [], []
     for b in _batches(len(G), batch_size):
-        p = probe(torch.as_tensor(np.asarray(G[b], np.float32), device=dev), size=(size, size)).softmax(1)[:, 1]
+        z = probe.standardise(torch.as_tensor(np.asarray(G[b])).to(dev)).permute(0, 2, 3, 1)
+        p = torch.sigmoid(Uh @ (z @ v + c) @ Uw.T)  # the foreground's 2-class softmax of the upsampled logits
         probs.append(p.cpu().numpy().astype(np.float16)); masks.append((p > 0.5).cpu().numpy())
     return np.concatenate(masks), np.concatenate(probs)
 

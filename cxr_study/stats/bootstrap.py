@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..core import CxrStudyError, STUDY_SEED
+from ..core import CxrStudyError, STUDY_SEED, threads_for_now
+from ..metrics import auprc_weighted, auroc_weighted
 from ..results import METRIC_TABLE, RUN_KEYS, get_metric, require_columns
 
 # %% auto #0
@@ -88,6 +89,26 @@ def compute_metric(metric:str, # a metric of the table
     return float(weighted_metric(metric, y_true, v, threshold=threshold)), ""
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #ac493132
+def _cluster_counts(clusters:Sequence|None, n:int, strata:Sequence|None, n_boot:int, seed:int, chunk:int):
+    "Blocks of (<=chunk, G) counts of each cluster in each replicate (one buffer, overwritten by the next block), and each image's cluster (inv)."
+    inv = np.arange(n) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
+    G = inv.max() + 1 if n else 0
+    cs = np.zeros(G, int)
+    if strata is not None:
+        st = np.unique(np.asarray(strata), return_inverse=True)[1].ravel()
+        cs[inv[::-1]] = st[::-1]  # first image of each cluster wins
+    groups = [np.flatnonzero(cs == k) for k in np.unique(cs)]
+    rngs = [np.random.default_rng([seed, i]) for i in range(len(groups))]
+    buf = np.empty((min(chunk, n_boot), G))  # every column is written in every block
+    for start in range(0, n_boot, chunk):
+        counts = buf[:min(chunk, n_boot - start)]
+        for g, r in zip(groups, rngs):
+            for i in range(len(counts)):  # replicate by replicate: the same draws as one block of them, in the cache
+                c = np.bincount(r.integers(0, g.size, g.size), minlength=g.size)
+                if len(groups) == 1: counts[i] = c  # one stratum: its clusters are all the columns
+                else: counts[i, g] = c
+        yield counts, inv
+
 def cluster_bootstrap_weights(clusters:Sequence|None, # (n,) cluster id per image (patient_id); None = each image its own
                               n:int, # number of images
                               strata:Sequence|None=None, # (n,) stratum per image; a cluster takes the stratum of its first image
@@ -96,23 +117,71 @@ def cluster_bootstrap_weights(clusters:Sequence|None, # (n,) cluster id per imag
                               chunk:int=128, # replicates per yielded block
                              ) -> Iterator[np.ndarray]: # blocks of (<=chunk, n) float weights
     "Bootstrap weights for resampling clusters with replacement within strata, in chunks."
-    inv = np.arange(n) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1].ravel()
-    G = inv.max() + 1 if n else 0
-    if strata is None: cs = np.zeros(G, int)
-    else:
-        cs = np.zeros(G, int)
-        st = np.unique(np.asarray(strata), return_inverse=True)[1].ravel()
-        cs[inv[::-1]] = st[::-1]  # first image of each cluster wins
-    groups = [np.flatnonzero(cs == k) for k in np.unique(cs)]
-    rngs = [np.random.default_rng([seed, i]) for i in range(len(groups))]
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        counts = np.zeros((b, G))
-        for g, r in zip(groups, rngs):
-            m = g.size
-            draw = r.integers(0, m, (b, m)) + (np.arange(b) * m)[:, None]
-            counts[:, g] = np.bincount(draw.ravel(), minlength=b * m).reshape(b, m)
-        yield counts[:, inv]
+    for counts, inv in _cluster_counts(clusters, n, strata, n_boot, seed, chunk): yield counts[:, inv]
+
+# %% ../../nbs/api/62_stats.bootstrap.ipynb #779c2b16
+class _AurocCounts:
+    "AUROC of one score column under each row of cluster counts."
+    def __init__(self, y:np.ndarray, s:np.ndarray, inv:np.ndarray):
+        o = np.argsort(s[~y], kind="stable"); ns = s[~y][o]
+        self.neg, self.pos = inv[~y][o], inv[y]  # the negatives' clusters in score order; the positives' clusters
+        self.below, self.upto = np.searchsorted(ns, s[y], "left"), np.searchsorted(ns, s[y], "right")  # negatives < and <= each positive
+        self.ties = not np.array_equal(self.below, self.upto)
+
+    def __call__(self, C:np.ndarray) -> np.ndarray: # (b, G) float32 counts -> (b,)
+        cum = np.zeros((len(C), self.neg.size + 1), C.dtype)
+        np.cumsum(np.take(C, self.neg, axis=1), axis=1, out=cum[:, 1:])  # negatives' weight below each rank
+        twice = np.take(cum, self.below, axis=1)
+        if self.ties: twice += np.take(cum, self.upto, axis=1)  # ties: half of the tied negatives' weight
+        else: twice *= 2
+        wp = np.take(C, self.pos, axis=1)
+        num, den = (wp * twice).sum(1, dtype=np.float64), 2 * wp.sum(1, dtype=np.float64) * cum[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
+
+class _AuprcCounts:
+    "Average precision of one score column under each row of cluster counts (tied scores one threshold)."
+    def __init__(self, y:np.ndarray, s:np.ndarray, inv:np.ndarray):
+        o = np.argsort(-s[y], kind="stable")
+        sp, asc = s[y][o], np.sort(s[y])
+        self.pos, self.neg = inv[y][o], inv[~y][np.argsort(-s[~y], kind="stable")]  # clusters in descending score order
+        self.tp_end = sp.size - np.searchsorted(asc, sp, "left") - 1  # the last positive tied with each (descending order)
+        self.ties = not np.array_equal(self.tp_end, np.arange(sp.size))
+        self.fp_at = (~y).sum() - np.searchsorted(np.sort(s[~y]), sp, "left")  # negatives scored >= each positive
+
+    def __call__(self, C:np.ndarray) -> np.ndarray: # (b, G) float32 counts -> (b,)
+        wd = np.take(C, self.pos, axis=1)
+        tp = np.cumsum(wd, axis=1)  # true positives at each positive's threshold: the weight of the positives scored >= it
+        t = (np.take(tp, self.tp_end, axis=1) if self.ties else tp).astype(np.float64)
+        fp = np.zeros((len(C), self.neg.size + 1), C.dtype)
+        np.cumsum(np.take(C, self.neg, axis=1), axis=1, out=fp[:, 1:])
+        den = t + np.take(fp, self.fp_at, axis=1)
+        prec = np.divide(t, den, out=np.zeros_like(den), where=den > 0)
+        with np.errstate(invalid="ignore", divide="ignore"): ap = (prec * wd).sum(1) / tp[:, -1]
+        return np.where((tp[:, -1] > 0) & (fp[:, -1] > 0), ap, np.nan)
+
+_RANK_COUNTS = {id(auroc_weighted): _AurocCounts, id(auprc_weighted): _AuprcCounts}
+
+def _kernels(metric:str, y:np.ndarray|None, V:np.ndarray, inv:np.ndarray, G:int, threshold:float) -> list:
+    "(columns, f) pairs: f maps a (b, G) counts block to the metric of those columns of `V` in each replicate, (b, len(columns))."
+    m = get_metric(metric)
+    if m.per_image is not None:  # every column in one product: each cluster's sums and counts of the values it counts
+        P = np.column_stack([per_image_values(metric, y, V[:, j], threshold) for j in range(V.shape[1])])
+        ok = ~np.isnan(P)
+        sk = np.column_stack([np.stack([np.bincount(inv[o], p[o], G) for p, o in zip(P.T, ok.T)], 1),
+                              np.stack([np.bincount(inv[o], minlength=G) for o in ok.T], 1)])
+        def mean(C):
+            num, den = np.split(C @ sk, 2, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
+        return [(list(range(V.shape[1])), mean)]
+    if y is None: raise CxrStudyError(f"{metric} needs y_true")
+    out = []
+    for j in range(V.shape[1]):
+        v = V[:, j]; ok = ~(np.isnan(v) | np.isnan(y))
+        if id(m.weighted) in _RANK_COUNTS:
+            f = lambda C, k=_RANK_COUNTS[id(m.weighted)](y[ok] == 1, v[ok], inv[ok]): k(C.astype(np.float32))[:, None]
+        else: f = lambda C, v=v: weighted_metric(metric, y, v, C[:, inv], threshold)[:, None]
+        out.append(([j], f))
+    return out
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #9a741936
 def _strata_for(metric:str, y_true, stratify:bool):
@@ -137,12 +206,15 @@ def bootstrap_replicates(metric:str, # a metric of the table
     v = np.asarray(values, float)
     one = v.ndim == 1
     v = v[:, None] if one else v
-    strata = _strata_for(metric, _cluster_max_label(clusters, None if y_true is None else np.asarray(y_true, float)), stratify)
-    out = np.empty((n_boot, v.shape[1]))
-    i = 0
-    for W in cluster_bootstrap_weights(clusters, v.shape[0], strata, n_boot, seed, chunk):
-        for j in range(v.shape[1]): out[i:i + len(W), j] = weighted_metric(metric, y_true, v[:, j], W, threshold)
-        i += len(W)
+    y = None if y_true is None else np.asarray(y_true, float)
+    strata = _strata_for(metric, _cluster_max_label(clusters, y), stratify)
+    out, kernels, i = np.empty((n_boot, v.shape[1])), None, 0
+    with threads_for_now(1):  # small matrix products: one BLAS thread is as fast, and does not stall beside busy programs
+        for C, inv in _cluster_counts(clusters, v.shape[0], strata, n_boot, seed, chunk):
+            if kernels is None: kernels = _kernels(metric, y, v, inv, C.shape[1], threshold)
+            for r in range(0, len(C), 32):  # 32 replicates at a time: each column's work stays in the CPU's cache
+                for cols, f in kernels: out[i + r:i + min(r + 32, len(C)), cols] = f(C[r:r + 32])
+            i += len(C)
     return out[:, 0] if one else out
 
 def jackknife_values(metric:str, # a metric of the table
