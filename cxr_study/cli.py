@@ -18,11 +18,12 @@ from .data.index import MASK_TARGETS
 from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset
 from .data.preprocess import MASK_RULES
 from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
-from .encoders.registry import get_encoder_cfg, list_encoders
+from .encoders.hub import describe_encoder
+from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
 from .encoders.weights import download_weights
-from .executors import execute_run, run_study
-from .plan import format_plan, plan_study
-from .protocols import protocol_names
+from .executors import execute_run, report_timings, run_study, run_timings, time_budget
+from .plan import encoder_profile, format_plan, plan_study
+from .protocols import protocol_names, reference_names
 from .report import build_report, copy_report
 from .reporting import write_study_outputs
 from .studyfile import expand_study, load_study, shipped_study, study_out
@@ -59,7 +60,11 @@ def _add_study_flags(p):
     a("--config", type=Path, default=None, metavar="STUDY.yaml", help="a study file, e.g. studies/paper.yaml; flags override its values")
     a("--data", type=Path, default=None, help="prepared dataset folder (holds index.parquet), for every task")
     a("--out", type=Path, default=None, help="study output folder")
-    a("--encoders", nargs="+", default=None, help="registry names; add 'prior' for the floor reference")
+    a("--encoders", nargs="+", default=None, help="registry names or models by id (timm/<model>, hf-hub:<org>/<name>, "
+      "open_clip:<arch>/<tag>, a local folder; quote an id with ?overrides); add 'prior' for the floor reference")
+    a("--compare-with", nargs="+", default=None, metavar="STUDY|ENCODER",
+      help="run --encoders beside these: a shipped study's encoders (paper: the published study's eight and the prior "
+           "floor), or encoder names")
     a("--tasks", nargs="+", default=None, choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
     a("--protocols", nargs="+", default=None, choices=protocol_names(), metavar="PROTOCOL",
       help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
@@ -131,7 +136,8 @@ def _add_run_commands(sub):
     "run, grid, plan, run-cell: experiments and studies."
     r = sub.add_parser("run", help="one experiment: encoder x task x protocol over the folds",
                        description="Run one experiment in this process (what each cell of a grid or a Slurm array does).")
-    r.add_argument("--encoder", required=True, help="registry name or 'prior'")
+    r.add_argument("--encoder", required=True, help="registry name, a model by id (timm/<model>, hf-hub:<org>/<name>, "
+                   "open_clip:<arch>/<tag>, a local folder), or 'prior'")
     r.add_argument("--task", required=True, choices=TASK_NAMES)
     r.add_argument("--protocol", default="linear-probe", choices=protocol_names())
     _add_common(r)
@@ -183,9 +189,13 @@ def _add_output_commands(sub):
                        description="Write results.csv, predictions.parquet, summary.csv, summary.md and figures/summary.png.")
     m.add_argument("--out", type=Path, required=True, help="study output folder")
 
-    e = sub.add_parser("encoders", help="list registered encoders with their preprocessing and provenance",
-                       description="List the encoder registry.")
+    e = sub.add_parser("encoders", help="list registered encoders, or describe any encoder (registered or by id) before it runs",
+                       description="List the encoder registry; with --describe, print what names or ids resolve to: architecture, "
+                                   "parameters and FLOPs per image (counted on the meta device), preprocessing, pooled and grid "
+                                   "features, and where each field came from.")
     e.add_argument("--tag", default=None, help="only encoders with this tag (e.g. small)")
+    e.add_argument("--describe", nargs="+", default=None, metavar="NAME_OR_ID",
+                   help="describe these encoders: registered names or ids (timm/<model>, hf-hub:<org>/<name>, open_clip:<arch>/<tag>, a folder)")
 
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `cxr-study`."
@@ -225,7 +235,8 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
     if a.config is None and (a.data is None or a.out is None or not a.encoders):
         raise CxrStudyError("give a study file (--config STUDY.yaml) or at least --data, --out and --encoders")
     workers = a.workers if a.workers in (None, "auto") else _int(a.workers, "--workers")
-    o = {"data": None if a.data is None else str(a.data), "out": None if a.out is None else str(a.out), "encoders": a.encoders,
+    encoders = _compared(a) if getattr(a, "compare_with", None) else a.encoders
+    o = {"data": None if a.data is None else str(a.data), "out": None if a.out is None else str(a.out), "encoders": encoders,
          "tasks": a.tasks, "protocols": a.protocols, "folds": a.folds, "seeds": a.seeds,
          "pretrained": None if a.pretrained is None else _pretrained(a.pretrained), "device": a.device,
          "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
@@ -235,6 +246,18 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
     for key in ("report", "n_boot", "n_perm"):
         if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
     return load_study(a.config, o)
+
+def _compared(a) -> list:
+    "`--encoders` (or the study file's) followed by those of `--compare-with`: a shipped study's main encoders, or names."
+    import yaml
+    base = a.encoders or ((yaml.safe_load(Path(a.config).read_text()) or {}).get("encoders") if a.config else None)
+    if not base: raise CxrStudyError("--compare-with: name your encoders with --encoders (or in the study file)")
+    out = list(base)
+    for item in a.compare_with:
+        try: names = yaml.safe_load(shipped_study(item).read_text())["encoders"]
+        except CxrStudyError: names = [item]  # not a shipped study: an encoder name
+        out += [n for n in names if n not in out]
+    return out
 
 def _int(v, flag):
     try: return int(v)
@@ -248,11 +271,13 @@ def cmd_plan(a) -> int:
     return 0
 
 def download_study_weights(cfg) -> None:
-    "Fetch the weights of every encoder of a study into the Hugging Face cache."
-    if cfg.pretrained is False: print("--download: the study uses random-init encoders (pretrained: false); nothing to fetch"); return
+    "Fetch the weights of every encoder of a study into the Hugging Face cache (and the configuration of encoders named by id)."
+    names = sorted({s.encoder for s in expand_study(cfg)} - {*reference_names(), "raw-pixels"})
+    if cfg.pretrained is False: names = [e for e in names if is_encoder_id(e)]  # random init: an id's configuration only
+    if not names: print("--download: the study uses random-init encoders (pretrained: false); nothing to fetch"); return
     failed = []
-    for e in sorted({s.encoder for s in expand_study(cfg)} - {"prior", "raw-pixels"}):
-        try: print(f"{e}: {download_weights(e, cfg.pretrained)}")
+    for e in names:
+        try: print(f"{e}: {download_weights(e, cfg.pretrained) or 'configuration only (pretrained: false)'}")
         except CxrStudyError as ex: failed.append(e); print(f"{e}: {ex}", file=sys.stderr)  # the others are still fetched
     if failed: raise CxrStudyError(f"--download: no weights for {', '.join(failed)} (see above); nothing was run")
 
@@ -294,13 +319,39 @@ def cmd_run_cell(a) -> int:
     print(f"{r['encoder']} / {r['task']} / {r['protocol']}: {r['status']} {r['message']}".strip())
     return 1 if r["status"] == "failed" else 0
 
+def _conditions(a, load_before:float) -> dict:
+    "What the demo ran on and with: the machine's cores, its load before the demo started, the versions, the benchmark's size."
+    import os, platform
+    from datetime import datetime, timezone
+    import torch
+    from .core import available_cores
+    return {"finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cores": available_cores(),
+            "load_before": round(load_before, 2), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "python": platform.python_version(), "torch": torch.__version__, "cxr_study": cxr_study.__version__,
+            "n_images": a.n_images, "size": a.size, "folds": list(a.folds) if a.folds else None}
+
+def _demo_timings(a, status, before:dict, after:dict, total:float, since:float, load_before:float):
+    "Print where the demo's time went, with the largest process's memory, and write both to <out>/timings.json."
+    import resource
+    out = a.out
+    runs = run_timings(status, out, since)
+    budget = time_budget(runs, before, after, total)
+    peak_mb = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024  # kB on Linux
+    write_json({"total_seconds": round(total, 1), "largest_process_mb": round(peak_mb), "n_runs": len(runs),
+                "conditions": _conditions(a, load_before), "parts": budget.to_dict("records"),
+                "runs": runs.to_dict("records")}, out/"timings.json")
+    print("\nWhere the time went:\n" + budget.to_string(index=False, formatters={"share": "{:.0%}".format}) +
+          f"\nlargest process: {peak_mb:,.0f} MB; written to {out/'timings.json'}")
+
 def cmd_demo(a) -> int:
-    t0 = time.time()
+    import os
+    t0, load_before = time.time(), os.getloadavg()[0]  # the load of the last minute, before the demo adds to it
     raw = make_synthetic_benchmark(a.out/"data"/"synthetic", SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed))
     data = a.out/"data"/"prepared"
     # the synthetic DICOMs are indexed by the same adapters as real data; index-only keeps the DICOM reader in the loop
     _, problems = prepare_dataset("synthetic", raw, data, index_only=True, log=lambda *_: None)
     for where, why in problems: print(f"problem: {where}: {why}", file=sys.stderr)
+    before = {"data: synthetic benchmark and its index": time.time() - t0}
     # the demo is the shipped study file studies/demo.yaml, on this benchmark
     import yaml
     abl = [x for x in yaml.safe_load(shipped_study("demo").read_text()).get("ablations") or [] if set(x["encoders"]) <= set(a.encoders)] \
@@ -309,29 +360,39 @@ def cmd_demo(a) -> int:
                                              "encoders": ["prior", *a.encoders] if a.encoders else None,
                                              "executor.kind": "inline" if a.executor == "inline" else "local"})
     st = run_study(cfg)
-    code = _status_exit(st)
+    code, after = _status_exit(st), {}
     if (st.status != "failed").any():
-        _print_summary(a.out)
-        if a.report: cmd_report(a.out, html=True, n_boot=a.n_boot, n_perm=a.n_perm)
+        t = time.time(); _print_summary(a.out); after["summary tables and figure"] = time.time() - t
+        if a.report:
+            t = time.time(); cmd_report(a.out, html=True, n_boot=a.n_boot, n_perm=a.n_perm)
+            after.update(report_timings(a.out/"report", time.time() - t, since=t))
+    _demo_timings(a, st, before, after, time.time() - t0, since=t0, load_before=load_before)
     print(f"demo finished in {time.time() - t0:.0f} s")
     return code
 
 def cmd_run(a) -> int:
-    if getattr(a, "download", False) and _pretrained(a.pretrained) is not False:
-        print(f"{a.encoder}: {download_weights(a.encoder, _pretrained(a.pretrained))}")
-    r = run_experiment(a.encoder, a.task, a.protocol, a.data, a.out, folds=a.folds, seed=a.seed, pretrained=_pretrained(a.pretrained),
+    enc = id_resolver().canonical(a.encoder) if is_encoder_id(a.encoder) else a.encoder  # an id as the study file files it
+    if getattr(a, "download", False) and enc not in reference_names() and (_pretrained(a.pretrained) is not False or is_encoder_id(enc)):
+        print(f"{enc}: {download_weights(enc, _pretrained(a.pretrained)) or 'configuration only (pretrained: false)'}")
+    r = run_experiment(enc, a.task, a.protocol, a.data, a.out, folds=a.folds, seed=a.seed, pretrained=_pretrained(a.pretrained),
                        device=a.device, mask_size=a.mask_size, mask_resize=a.mask_resize, probe=a.probe, adapt=a.adapt)
     print(r["results"].to_string(index=False))
     return 0
 
 def cmd_encoders(a) -> int:
+    "List the registry, or describe encoders (registered names or ids) before anything runs."
     import pandas as pd
+    if getattr(a, "describe", None):
+        print("\n\n".join(describe_encoder(n, encoder_profile(n)) for n in a.describe))
+        return 0
     rows = []
     for n in list_encoders(tag=a.tag):
         c = get_encoder_cfg(n); p = c.preprocess
         rows.append(dict(name=n, arch=c.arch, input=f"{p.size} {p.resize} {p.interpolation}", pooled=c.pooled_dim,
                          grid=f"{c.grid_size}x{c.grid_size}x{c.grid_dim}", weights=c.weights.source or c.weights.file or "-"))
     print(pd.DataFrame(rows).to_string(index=False))
+    print("\nany model by id too: timm/<model>[.<tag>], hf-hub:<org>/<name>, open_clip:<arch>[/<tag>] or a local folder; "
+          "cxr-study encoders --describe ID shows what one resolves to")
     return 0
 
 def main(argv:list|None=None) -> int:

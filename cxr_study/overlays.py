@@ -102,10 +102,12 @@ def _pick(d:pd.DataFrame, col:str, case:str, taken=()) -> str|None:
 
 def overlay_cases(study:Study, task:str, # a segmentation task
                   protocol:str="linear-probe",
+                  roles:tuple=("candidate", "baseline", "reference"), # whose runs are drawn (ablation variants have their own page)
                  ) -> pd.DataFrame: # selection, case, model, encoder, image_id, patient_id, fold, dice, gt_area_pct, pred_area_pct
     "The test images to draw for each model of a task and protocol: shared cases (mean Dice, size quartiles) and each model's own."
     if task_kind(task) != "segmentation": raise CxrStudyError(f"{task} is not a segmentation task")
     P = study.predictions[(study.predictions.task == task) & (study.predictions.protocol == protocol)]
+    P = P[P.role.isin(roles)]
     cols = ["selection", "case", "model", "encoder", "task", "protocol", "image_id", "patient_id", "fold", "dice", "gt_area_pct", "pred_area_pct"]
     if not len(P): return pd.DataFrame(columns=cols)
     models = sorted(P.model.unique())
@@ -117,7 +119,7 @@ def overlay_cases(study:Study, task:str, # a segmentation task
     w = P.pivot_table(index="image_id", columns="model", values="dice", aggfunc="first").dropna()  # images every model scored
     if len(w):
         area = P.groupby("image_id").gt_area_pct.first().reindex(w.index)
-        d = pd.DataFrame({"image_id": w.index, "mean_dice": w.mean(1).to_numpy(), "gt_area_pct": area.to_numpy()})
+        d = pd.DataFrame({"image_id": w.index, "mean_dice": w.mean(axis=1).to_numpy(), "gt_area_pct": area.to_numpy()})
         taken = []
         for case in CASES:
             taken.append(_pick(d, "mean_dice", case, taken))

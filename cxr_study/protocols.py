@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from .core import CxrStudyError, STUDY_SEED, fingerprint
+from .results import name_slug
 from .data.cohorts import TASKS, TaskCfg, make_cohort
 from .data.preprocess import PreprocessCfg, load_masks
 from .encoders.registry import EncoderCfg, cfg_at_size, create_encoder, get_encoder_cfg
@@ -240,7 +241,7 @@ register_protocol(MultiscaleProbe());
 # %% ../nbs/api/70_protocols.ipynb #eb07bf1f
 def checkpoint_dir(out_dir:str|Path, encoder:str, task:str, protocol:str, params:dict) -> Path:
     "Checkpoint folder of a run, keyed by its parameters (a changed setting never resumes an old run)."
-    return Path(out_dir)/"checkpoints"/encoder/task/protocol/fingerprint(params)
+    return Path(out_dir)/"checkpoints"/name_slug(encoder)/task/protocol/fingerprint(params)
 
 def remove_checkpoints(ckpt:Path) -> None:
     "Delete a complete run's checkpoints and the folders they leave empty."

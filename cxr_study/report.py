@@ -5,35 +5,49 @@
 # %% ../nbs/api/81_report.ipynb #f58f60fa
 from __future__ import annotations
 
+import html
+import json
 import shutil
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, progress, read_json, write_json, write_table
 from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                                task_kind)
-from .reporting import row_label
+from .reporting import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
+                                 task_name, trained_on_synthetic)
 from .stats.bootstrap import bootstrap_ci
+from .stats.figures import annotate_not_estimable, p_text
 from .stats.folds import friedman_test, friedman_two_conditions, nemenyi_test
-from .stats.multiplicity import holm
+from .stats.models import fit_dice_model, model_table
+from .stats.multiplicity import compare_encoders, holm
 from .stats.paired import delong_test, paired_bootstrap_test, paired_permutation_test
-from .stats.subgroups import shortcut_analysis, subgroup_metrics, tube_effects
+from .stats.subgroups import SHORTCUT_COLUMNS, shortcut_test, subgroup_metrics
+from .stats.tables import format_p, missing_ids_note, patient_clusters
 from .data.cohorts import TASKS, make_cohort
 from .data.index import read_index
 from .data.table1 import cohort_table1
+from .encoders.registry import get_encoder_cfg
 from .efficiency import efficiency_dir
 from .site import quarto_config, render_html
+from .studyfile import shipped_study
 import cxr_study
 
 # %% auto #0
-__all__ = ['PAPER_MODELS', 'PAPER_TASKS', 'PAPER_PROTOCOLS', 'REPORT_PAGES', 'Study', 'load_study', 'study_overview',
-           'cohort_tables', 'main_results', 'wide_summary', 'paper_results', 'paper_comparison', 'friedman_tables',
-           'paired_test', 'paired_vs_best', 'lp_vs_ft', 'shortcut_table', 'tube_models', 'subgroup_table', 'runs_table',
-           'plot_main', 'save_table', 'save_figure', 'format_table', 'show_table', 'show_figure', 'plot_tube_effects',
+__all__ = ['PAPER_MODELS', 'PAPER_TASKS', 'PAPER_PROTOCOLS', 'REPORT_PAGES', 'EXECUTION_ORDER', 'Study', 'load_study', 'of_role',
+           'study_facts', 'facts_table', 'study_title', 'study_overview', 'not_in_run', 'not_in_run_html',
+           'encoder_table', 'cohort_tables', 'main_results', 'main_table', 'flat_columns', 'paper_results',
+           'paper_subgroups', 'paper_table', 'paper_comparison', 'plot_paper', 'friedman_tables', 'rank_summary',
+           'paired_test', 'paired_vs_best', 'above_floor', 'all_pairs', 'baseline_vs_best', 'dice_models', 'lp_vs_ft',
+           'shortcut_table', 'tube_models', 'shortcut_oc_sentences', 'subgroup_table', 'runs_table', 'plot_main',
+           'save_table', 'save_figure', 'format_table', 'show_table', 'show_figure', 'show_banner', 'plot_tube_effects',
            'report_template', 'build_report', 'copy_report']
 
 # %% ../nbs/api/81_report.ipynb #42359847
@@ -48,6 +62,13 @@ class Study:
     data_dir:Path|None
     seed:int
 
+def _labelled(df:pd.DataFrame) -> pd.DataFrame:
+    "The table with each run's display name (`model`) and its role in the study (`role`)."
+    keys = df[["encoder", "weights", "protocol"]].drop_duplicates()
+    keys = keys.assign(model=[row_label(e, w) for e, w in zip(keys.encoder, keys.weights)],
+                       role=[model_role(e, w, p) for e, w, p in zip(keys.encoder, keys.weights, keys.protocol)])
+    return df.drop(columns=["model", "role"], errors="ignore").merge(keys, on=["encoder", "weights", "protocol"], how="left")
+
 def load_study(study_dir:str|Path, # a study folder with runs/
               ) -> Study:
     "Read a study folder's complete runs, and the index of the dataset they ran on."
@@ -58,24 +79,142 @@ def load_study(study_dir:str|Path, # a study folder with runs/
     params = meta.get("params", {})
     data_dir = Path(params["data_dir"]) if params.get("data_dir") else None
     index = read_index(data_dir/"index.parquet") if data_dir and (data_dir/"index.parquet").exists() else None
-    label = lambda df: df.assign(model=[row_label(e, w) for e, w in zip(df.encoder, df.weights)])
-    return Study(study_dir, label(res), label(pred), runs, index, data_dir, int(params.get("seed", STUDY_SEED)))
+    return Study(study_dir, _labelled(res), _labelled(pred), runs, index, data_dir, int(params.get("seed", STUDY_SEED)))
+
+def of_role(df:pd.DataFrame, *roles:str) -> pd.DataFrame:
+    "The rows of a study table whose runs have one of `roles` (candidate, baseline, reference, ablation)."
+    bad = set(roles) - set(ROLES)
+    if bad: raise CxrStudyError(f"unknown role(s) {sorted(bad)}: use {', '.join(ROLES)}")
+    return df[df.role.isin(roles)]
 
 # %% ../nbs/api/81_report.ipynb #2e477d96
+def _dataset(d:Path) -> str:
+    "What a data folder holds: prepare.json's dataset, 'synthetic' for a benchmark indexed where it was written, else 'unknown'."
+    try: return read_json(d/"prepare.json").get("dataset", "unknown")
+    except (OSError, ValueError): return "synthetic" if (d/"synthetic.json").is_file() else "unknown"
+
+def _datasets(study:Study) -> list[str]:
+    "The datasets the complete runs ran on ('unknown' where the folder is gone)."
+    dirs = {}
+    for p in study.runs.path[study.runs.complete]:
+        d = ((read_run_meta(p) or {}).get("params") or {}).get("data_dir")
+        if d and d not in dirs: dirs[d] = _dataset(Path(d))
+    return sorted(set(dirs.values())) or ["unknown"]
+
+def _models(R:pd.DataFrame, roles, pick=None) -> str:
+    "The display names of the runs with one of `roles` (and `pick(encoder, weights)`), once each."
+    g = R[R.role.isin([roles] if isinstance(roles, str) else roles)].drop_duplicates("model")
+    if pick is not None: g = g.loc[np.array([bool(pick(e, w)) for e, w in zip(g.encoder, g.weights)], bool)]
+    return ", ".join(g.model)
+
+def study_facts(study:Study) -> dict: # key -> value, all strings (study_facts.csv)
+    "What the run holds, as the banner, the titles and the findings say it."
+    R, data = study.results, _datasets(study)
+    trained = ["candidate", "baseline", "ablation"]
+    untrained = _models(R, trained, lambda e, w: str(w).startswith("random-init")).replace(" (untrained)", "")
+    return {"data": ", ".join(data), "synthetic": str(data == ["synthetic"]).lower(),
+            "candidates": _models(R, "candidate"), "baselines": _models(R, "baseline"), "references": _models(R, "reference"),
+            "ablation_variants": _models(R, "ablation"), "untrained": ", ".join(dict.fromkeys(untrained.split(", "))) if untrained else "",
+            "pretrained_on_synthetic": _models(R, trained, trained_on_synthetic),
+            "tasks": ", ".join(t for t in TASKS if t in set(R.task)), "protocols": ", ".join(sorted(R.protocol.unique())),
+            "folds": ", ".join(map(str, sorted(R.fold.unique()))), "n_runs": str(int(study.runs.complete.sum())),
+            "n_incomplete": str(int((~study.runs.complete).sum())), "n_images": str(study.predictions.image_id.nunique()),
+            "n_patients": str(study.predictions.patient_id.nunique())}
+
+def facts_table(facts:dict) -> pd.DataFrame: return pd.DataFrame({"key": list(facts), "value": list(facts.values())})
+
+def study_title(facts:dict) -> str:
+    "The report's title and subtitle, from what the run holds."
+    n = len([x for x in facts["candidates"].split(", ") if x])
+    data = "the synthetic benchmark" if facts["synthetic"] == "true" else facts["data"]
+    protos = " and ".join(protocol_name(p) for p in facts["protocols"].split(", ") if p)
+    what = f"{n} candidate encoder{'s' * (n != 1)}" if n else "No candidate encoder, references only,"
+    return (f"# {what} on {data}\n\n> {protos.capitalize()}; tasks "
+            f"{', '.join(task_name(t) for t in facts['tasks'].split(', ') if t)}; test folds {facts['folds']}. Every number below is "
+            f"computed from the runs' per-image predictions.")
+
 def study_overview(study:Study) -> str:
-    "A markdown paragraph on what the study holds."
-    R = study.results
-    n_runs, n_inc = int(study.runs.complete.sum()), int((~study.runs.complete).sum())
-    prep = study.data_dir/"prepare.json" if study.data_dir else None
-    source = "the synthetic benchmark" if prep and prep.exists() and read_json(prep).get("dataset") == "synthetic" else "a prepared dataset"
-    models = ", ".join(sorted(R.model.unique()))
-    lines = [f"This study holds **{n_runs} complete runs**" + (f" ({n_inc} incomplete, not reported)" if n_inc else "") +
-             f" on {source}: models {models}; tasks {', '.join(sorted(R.task.unique()))}; "
-             f"protocols {', '.join(sorted(R.protocol.unique()))}; test folds {', '.join(map(str, sorted(R.fold.unique())))}; "
-             f"{study.predictions.image_id.nunique()} distinct test images of {study.predictions.patient_id.nunique()} patients."]
-    if R.weights.astype(str).str.startswith("random-init").any():
-        lines.append("Models marked *(untrained)* have random weights: on this data they check the data and the code, not the encoders.")
-    return "\n\n".join(lines)
+    "A markdown paragraph on what the study holds: data, candidates, references, ablation variants, tasks, folds."
+    f = study_facts(study)
+    lines = [f"This study holds **{f['n_runs']} complete runs**" + (f" ({f['n_incomplete']} incomplete, not reported)" if f["n_incomplete"] != "0" else "")
+             + f" on {'the synthetic benchmark' if f['synthetic'] == 'true' else f['data']}: {f['n_images']} distinct test images of "
+             f"{f['n_patients']} patients, test folds {f['folds']}.",
+             f"- **Candidate encoders** (ranked): {f['candidates'] or 'none'}"]
+    for key, what in (("baselines", "Baselines (beside the candidates)"), ("references", "References (the floor, in grey)"),
+                      ("ablation_variants", "Ablation variants (on the ablations page only)")):
+        if f[key]: lines.append(f"- **{what}**: {f[key]}")
+    if f["untrained"]: lines.append("\nModels marked *(untrained)* have random weights: on this data they check the data and the code, not the encoders.")
+    return "\n".join(lines)
+
+# %% ../nbs/api/81_report.ipynb #619322ca
+def _paper_file() -> dict:
+    return yaml.safe_load(shipped_study("paper").read_text())
+
+def _sub_runs(g:dict, main:dict) -> set:
+    "The (encoder, protocol) pairs a sub-grid of the paper's study file runs (`<encoder>@<size>` for a common input size)."
+    sizes = {s.get("input_size") for s in (g.get("settings") or {}).values() if isinstance(s, dict)} - {None}
+    encs = g.get("encoders") or main["encoders"]
+    encs = [f"{e}@{s}" for e in encs for s in sizes] if sizes else encs
+    return {(e, p) for e in encs for p in (g.get("protocols") or main["protocols"])}
+
+def not_in_run(study:Study) -> pd.DataFrame: # part, not in this run, study-file key that adds it
+    "What of the published study (studies/paper.yaml) this run does not contain, with the study-file key that adds each part."
+    paper, R = _paper_file(), study.results
+    have = set(zip(R.encoder, R.protocol))
+    trained = set(R[~R.weights.astype(str).str.startswith(("random-init", "none"))].encoder)
+    rows = []
+    enc = [e for e in paper["encoders"] if e != "prior" and e not in trained]
+    if enc: rows.append(("encoders (pre-trained)", ", ".join(enc), f"encoders: [{', '.join(paper['encoders'])}] with pretrained: true"))
+    for key in ("tasks", "protocols"):
+        miss = [x for x in paper[key] if x not in set(R[key[:-1]])]
+        if miss: rows.append((key, ", ".join(miss), f"{key}: [{', '.join(paper[key])}]"))
+    if "prior" not in set(R.encoder): rows.append(("reference", "prior", "encoders: [prior, ...]"))
+    for kind in ("baselines", "ablations"):
+        for g in paper.get(kind, []):
+            if not _sub_runs(g, paper) & have:
+                rows.append((kind[:-1], f"{g['name']}: {g.get('description', '')}", f"{kind}: - {{name: {g['name']}, encoders: "
+                             f"[{', '.join(g.get('encoders') or [])}], protocols: [{', '.join(g.get('protocols') or paper['protocols'])}]"
+                             + (f", settings: {json.dumps(g['settings'])}" if g.get("settings") else "") + "}"))
+    if _datasets(study) == ["synthetic"]:
+        rows.append(("data", "radiographs (SIIM-ACR, CheXpert/MIMIC/NIH with CheXmask)", "data: {pneumothorax-cls: data/prepared/siim, ...}"
+                     " after cxr-study prepare"))
+    return pd.DataFrame(rows, columns=["part", "not_in_this_run", "study_file_key"])
+
+def not_in_run_html(missing:pd.DataFrame) -> str:
+    "The box on the index listing what of the published study the run does not hold."
+    if not len(missing): return "<p>This run holds every part of the published study's grid (studies/paper.yaml).</p>"
+    items = "".join(f"<li><strong>{html.escape(r.part)}:</strong> {html.escape(r.not_in_this_run)}. Add with <code>{html.escape(r.study_file_key)}</code></li>"
+                    for r in missing.itertuples())
+    return ('<div class="cxr-missing" style="border:1px solid #bbb;border-radius:6px;padding:.4rem 1rem;margin:.5rem 0 1rem;background:#fafafa">'
+            '<h3 style="margin:.3rem 0;font-size:1.05rem">Not in this run (of the published study, <code>studies/paper.yaml</code>)</h3>'
+            f"<ul>{items}</ul></div>")
+
+# %% ../nbs/api/81_report.ipynb #3b4ebd2d
+def _weights_text(weights:str) -> str:
+    w = str(weights)
+    if w.startswith("random-init"): return "random initialisation (untrained)"
+    if w == "none": return "none (no parameters)"
+    return "pre-trained: " + w.partition(":")[2].rpartition("@")[0] if ":" in w and "@" in w else w
+
+def encoder_table(study:Study) -> pd.DataFrame: # one row per model of the study
+    "The models of the run as the study's overview describes them, from the encoder registry."
+    rows = []
+    for _, r in study.results.drop_duplicates("model").iterrows():
+        base, _, size = str(r.encoder).partition("@")
+        try: c = get_encoder_cfg(base)
+        except CxrStudyError: c = None
+        row = dict(model=r.model, role=r.role, encoder=r.encoder, weights_in_run=_weights_text(r.weights))
+        if c is None:  # the prior: no encoder
+            rows.append({**row, "architecture": "none: the training folds' prevalence (classification) or mean mask (segmentation)"}); continue
+        rows.append({**row, "domain": c.domain, "paradigm": c.paradigm, "architecture": c.arch,
+                     "weights_source": c.weights.source or c.weights.how_to_obtain or "", "paper": c.weights.paper,
+                     "input_px": int(size) if size else c.preprocess.size, "pooled_feature": f"{c.pooled_def} ({c.pooled_dim})".strip(),
+                     "grid_feature": f"{c.grid_def} ({c.grid_dim} channels, stride {c.grid_stride})", "parameters_m": (c.params or 0) / 1e6})
+    cols = ["model", "role", "encoder", "domain", "paradigm", "architecture", "weights_in_run", "weights_source", "paper", "input_px",
+            "pooled_feature", "grid_feature", "parameters_m"]
+    order = {k: i for i, k in enumerate(ROLES)}
+    out = pd.DataFrame(rows, columns=cols).astype({"input_px": "Int64"})
+    return out.sort_values("role", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 # %% ../nbs/api/81_report.ipynb #be2de85d
 def cohort_tables(study:Study) -> dict[str, pd.DataFrame]:
@@ -102,26 +241,44 @@ def main_results(study:Study,
         for m in metrics_for(kind):
             v = g[m.name].dropna().to_numpy(float)
             ps = m.select(p); y, vals = m.inputs(ps)  # the rows and columns the metric table says it reads
-            ci = bootstrap_ci(m.name, vals, y, ps.patient_id.to_numpy(), level=level, n_boot=n_boot, seed=seed)
-            rows.append({**dict(zip(RUN_KEYS, keys)), "model": g.model.iloc[0], "metric": m.name, "main": m.main,
+            cl, n_missing = patient_clusters(ps.patient_id.to_numpy(dtype=object))
+            ci = bootstrap_ci(m.name, vals, y, cl, level=level, n_boot=n_boot, seed=seed)
+            rows.append({**dict(zip(RUN_KEYS, keys)), "model": g.model.iloc[0], "role": g.role.iloc[0], "metric": m.name, "main": m.main,
                          "median": np.median(v) if v.size else np.nan, "fold_min": v.min() if v.size else np.nan,
                          "fold_max": v.max() if v.size else np.nan, "n_folds": v.size, "pooled": ci.estimate,
-                         "ci_lo": ci.lo, "ci_hi": ci.hi, "n_images": len(p), "n_patients": p.patient_id.nunique(), "reason": ci.reason})
+                         "ci_lo": ci.lo, "ci_hi": ci.hi, "n_images": len(p), "n_patients": p.patient_id.nunique(),
+                         "reason": ci.reason or missing_ids_note(n_missing)})
     return pd.DataFrame(rows)
 
-# %% ../nbs/api/81_report.ipynb #589ae49b
-def wide_summary(main:pd.DataFrame, # from main_results
-                 digits:int=3,
-                ) -> pd.DataFrame:
-    "Models x tasks of the main metrics: median [fold range] and the pooled bootstrap CI."
-    m = main[main["main"]].copy()
-    f = lambda x: f"{x:.{digits}f}"
-    m["cell"] = [f"{f(r['median'])} [{f(r.fold_min)}, {f(r.fold_max)}]; CI {f(r.ci_lo)}-{f(r.ci_hi)}" if r.n_folds else "n/a"
-                 for _, r in m.iterrows()]
-    m["column"] = [f"{TASKS[t].display if t in TASKS else t} {get_metric(x).label}" for t, x in zip(m.task, m.metric)]
-    wide = m.pivot_table(index=["model", "protocol"], columns="column", values="cell", aggfunc="first")
-    order = [c for t in TASKS for c in wide.columns if c.startswith(TASKS[t].display)]
-    return wide[order].rename_axis(columns=None).reset_index()
+_ROLE_ORDER = {"candidate": 0, "baseline": 1, "reference": 2, "ablation": 3}
+
+def _fmt(x, d=3) -> str: return "" if pd.isna(x) else f"{x:.{d}f}"
+
+def main_table(main:pd.DataFrame, # from main_results
+               digits:int=3,
+               roles:tuple=("candidate", "baseline", "reference"), # which runs (ablation variants have their own page)
+              ) -> pd.DataFrame: # one row per model x protocol; per task two headed columns
+    "The main metric per task in two labelled columns: fold median [range] (the study's summary) and the pooled estimate (95% CI); candidates first, references last."
+    m = main[main["main"].astype(bool) & main.role.isin(roles)].copy()
+    m["summary"] = [f"{_fmt(r['median'], digits)} [{_fmt(r.fold_min, digits)}, {_fmt(r.fold_max, digits)}]" if r.n_folds else "not estimable"
+                    for _, r in m.iterrows()]
+    m["pooled_ci"] = [f"{_fmt(r.pooled, digits)} ({_fmt(r.ci_lo, digits)}–{_fmt(r.ci_hi, digits)})" if not pd.isna(r.pooled)
+                      else f"not estimable ({r.reason})" for _, r in m.iterrows()]
+    m["column"] = [f"{task_name(t)} {get_metric(x).label}" for t, x in zip(m.task, m.metric)]
+    wide = m.pivot_table(index=["role", "model", "protocol"], columns="column", values=["summary", "pooled_ci"], aggfunc="first")
+    order = [f"{task_name(t)} {main_metric(TASKS[t].kind).label}" for t in TASKS if any(c.startswith(task_name(t)) for c in m.column)]
+    cols = [(v, c) for c in order for v in ("summary", "pooled_ci")]
+    wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols)).fillna("not run")
+    wide.columns = pd.MultiIndex.from_tuples([(c, "Fold median [range]" if v == "summary" else "Pooled estimate (95% CI)") for v, c in cols])
+    wide = wide.reset_index().sort_values(["role", "model"], key=lambda s: s.map(_ROLE_ORDER) if s.name == "role" else s, kind="stable")
+    wide["protocol"] = wide["protocol"].map(protocol_name)
+    return wide.drop(columns="role", level=0).rename(columns={"model": "Model", "protocol": "Protocol"}).reset_index(drop=True)
+
+def flat_columns(df:pd.DataFrame) -> pd.DataFrame:
+    "Two-level column headers joined with ': ' (for a CSV)."
+    out = df.copy()
+    out.columns = [": ".join(x for x in c if x) if isinstance(c, tuple) else c for c in out.columns]
+    return out
 
 # %% ../nbs/api/81_report.ipynb #bae7cb8c
 PAPER_MODELS = {"Ark+": "ark-plus", "Ark+(16)": "ark-plus", "MedImageInsight": "medimageinsight", "MedImageInsight(16)": "medimageinsight",
@@ -131,172 +288,373 @@ PAPER_TASKS = {("classification", "Pneumothorax"): "pneumothorax-cls", ("classif
                ("segmentation", "Pneumothorax"): "pneumothorax-seg", ("segmentation", "Heart"): "heart-seg"}
 PAPER_PROTOCOLS = {"LP": "linear-probe", "FT": "fine-tune", "E2E": "e2e"}
 
+def _reference_csv(name:str) -> pd.DataFrame:
+    from importlib.resources import files
+    return pd.read_csv(files("cxr_study")/"reference"/name)
+
 def paper_results() -> pd.DataFrame:
     "The study's published results (Li et al. 2025) with our encoder, task and protocol names."
-    from importlib.resources import files
-    p = pd.read_csv(files("cxr_study")/"reference"/"paper_results.csv")
+    p = _reference_csv("paper_results.csv")
     return p.assign(encoder=p.model.map(PAPER_MODELS), task=[PAPER_TASKS[k] for k in zip(p.task, p.target)],
                     protocol=p.protocol.map(PAPER_PROTOCOLS), metric=p.metric.str.lower()) \
             .rename(columns={"model": "paper_model", "median": "paper_median", "ci_low": "paper_min", "ci_high": "paper_max"}) \
             [["encoder", "task", "protocol", "metric", "paper_model", "paper_median", "paper_min", "paper_max", "p_LP_vs_FT"]]
 
+def paper_subgroups() -> pd.DataFrame: # measure, group, low, high, unit, note
+    "The study's published subgroup numbers: pneumothorax size-quartile edges, chest-tube prevalence, small-pneumothorax sensitivity by tube."
+    return _reference_csv("paper_subgroups.csv")
+
+def paper_table(pr:pd.DataFrame, # from paper_results
+                task:str, # one of our task names
+               ) -> pd.DataFrame: # one row per published model: LP and FT median [fold range], their test, E2E
+    "One task of the published results as the study printed it: median [fold min, fold max] per protocol, and its LP-vs-FT Friedman p."
+    g = pr[pr.task == task]
+    cell = lambda r: f"{r.paper_median:.3f} [{r.paper_min:.3f}, {r.paper_max:.3f}]"
+    rows = []
+    for model, h in g.groupby("paper_model", sort=False):
+        by = {r.protocol: cell(r) for r in h.itertuples()}
+        rows.append({"Model (as published)": model, "Linear probe": by.get("linear-probe", ""), "Fine-tuning": by.get("fine-tune", ""),
+                     "End to end": by.get("e2e", ""), "p, LP vs FT (Friedman over folds)": format_p(h.p_LP_vs_FT.dropna().iloc[0]) if h.p_LP_vs_FT.notna().any() else ""})
+    return pd.DataFrame(rows)
+
 def paper_comparison(main:pd.DataFrame, # from main_results
                     ) -> pd.DataFrame: # our median and fold range beside the published ones, with the difference
-    "Our results beside the published ones, for pretrained encoders the study evaluated."
-    ours = main[main["main"] & ~main.weights.astype(str).str.startswith("random-init") & (main.weights != "none")]
+    "Our results beside the published ones, for the pre-trained encoders the study evaluated (never untrained ones or references)."
+    ours = main[main["main"] & ~main.weights.astype(str).str.startswith("random-init") & (main.weights != "none")
+                & ~main.role.isin(["reference", "ablation"])]
+    ours = ours.loc[np.array([not trained_on_synthetic(e, w) for e, w in zip(ours.encoder, ours.weights)], bool)]
     m = ours.merge(paper_results(), on=["encoder", "task", "protocol", "metric"], how="inner")
-    return m.assign(diff=m["median"] - m.paper_median)[["model", "task", "protocol", "metric", "median", "fold_min", "fold_max",
-                                                         "paper_median", "paper_min", "paper_max", "diff"]]
+    return m.assign(diff=m["median"] - m.paper_median)[["model", "paper_model", "task", "protocol", "metric", "median", "fold_min",
+                                                         "fold_max", "paper_median", "paper_min", "paper_max", "diff"]]
+
+def _draw_ranges(ax, y, mid, lo, hi, marker, color, label, filled=True):
+    ok = ~np.isnan(np.asarray(mid, float))
+    ax.hlines(y[ok], np.asarray(lo, float)[ok], np.asarray(hi, float)[ok], color=color, lw=2.5, alpha=0.5)
+    ax.plot(np.asarray(mid, float)[ok], y[ok], marker, ls="", color=color, ms=4.5, mfc=color if filled else "white", label=label)
+
+def plot_paper(pr:pd.DataFrame, # from paper_results
+               ours:pd.DataFrame|None=None, # paper_comparison (real data): our fold medians and ranges beside the published ones
+              ):
+    "The published medians with their fold ranges, one panel per task: linear probe and fine-tuning, the end-to-end baseline as a line; ours open beside."
+    import matplotlib.pyplot as plt
+    tasks = [t for t in TASKS if t in set(pr.task)]
+    fig, axs = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 4.6), squeeze=False, layout="constrained")
+    cols, off = {"linear-probe": "#4c72b0", "fine-tune": "#dd8452"}, {"linear-probe": -0.2, "fine-tune": 0.2}
+    for ax, t in zip(axs[0], tasks):
+        g = pr[(pr.task == t) & (pr.protocol != "e2e")]
+        models = list(dict.fromkeys(g[g.protocol == "linear-probe"].sort_values("paper_median").paper_model))
+        for proto, col in cols.items():
+            h = g[g.protocol == proto].set_index("paper_model").reindex(models)
+            y = np.arange(len(models)) + off[proto] - (0.08 if ours is not None else 0)
+            _draw_ranges(ax, y, h.paper_median, h.paper_min, h.paper_max, "o" if proto == "linear-probe" else "s", col,
+                         f"published, {protocol_name(proto)}")
+            if ours is not None and len(o := ours[(ours.task == t) & (ours.protocol == proto)].set_index("paper_model").reindex(models)):
+                _draw_ranges(ax, y + 0.16, o["median"], o.fold_min, o.fold_max, "o" if proto == "linear-probe" else "s", col,
+                             f"this run, {protocol_name(proto)}", filled=False)
+        e2e = pr[(pr.task == t) & (pr.protocol == "e2e")]
+        if len(e2e): ax.axvline(e2e.paper_median.iloc[0], color="0.3", ls="--", lw=1, zorder=0, label="published, SegFormer-B4 end to end")
+        ax.set_yticks(range(len(models)), models, fontsize=8); ax.set_ylim(-0.6, len(models) - 0.4)
+        ax.set_title(f"{task_name(t)}: {get_metric(g.metric.iloc[0]).label}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8); ax.grid(axis="x", alpha=0.3)
+    hs = {l: h for ax in axs[0] for h, l in zip(*ax.get_legend_handles_labels())}
+    fig.legend(list(hs.values()), list(hs), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Published results (Li et al. 2025): median over five folds (marker) and fold range (bar)" +
+                 ("; this run open" if ours is not None else ""), fontsize=10)
+    return fig
 
 # %% ../nbs/api/81_report.ipynb #508d8719
 def friedman_tables(study:Study,
                     alpha:float=0.05, # Nemenyi family-wise level
                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]: # tests, mean ranks, Nemenyi pairs
-    "Friedman over models (blocks = folds) and Nemenyi pairs, per task x protocol, on the main metric."
+    "Friedman over the candidate encoders (blocks = folds) and Nemenyi pairs, per task x protocol, on the main metric; Holm over the contests."
     tests, ranks, pairs = [], [], []
-    for (task, protocol), g in study.results.groupby(["task", "protocol"], sort=True):
+    for (task, protocol), g in of_role(study.results, "candidate").groupby(["task", "protocol"], sort=True):
         m = main_metric(task_kind(task))
-        v = g.pivot_table(index="fold", columns="model", values=m.name, aggfunc="first")
+        v = g.pivot_table(index="fold", columns="model", values=m.name, aggfunc="first").dropna()
         base = dict(task=task, protocol=protocol, metric=m.name)
-        if v.shape[1] < 3:
-            tests.append({**base, "k": v.shape[1], "n_blocks": len(v), "statistic": np.nan, "p": np.nan, "reason": "fewer than 3 models"}); continue
+        mean_ranks = v.rank(axis=1, ascending=not m.higher_is_better).mean() if len(v) else pd.Series(dtype=float)
+        ranks += [{**base, "model": k, "mean_rank": r, "k": v.shape[1], "n_blocks": len(v)} for k, r in mean_ranks.items()]
+        info = {**base, "k": v.shape[1], "models": ", ".join(v.columns), "n_blocks": len(v)}
+        if v.shape[1] < 3 or len(v) < 2:
+            tests.append({**info, "statistic": np.nan, "p": np.nan, "reason": f"Friedman's test needs 3 candidates and 2 folds ({v.shape[1]} and {len(v)} here)"})
+            continue
         fr = friedman_test(v, higher_is_better=m.higher_is_better)
-        tests.append({**base, "k": v.shape[1], "n_blocks": fr["n_blocks"], "statistic": fr["statistic"], "p": fr["p"], "reason": fr["reason"]})
-        ranks += [{**base, "model": k, "mean_rank": r, "n_blocks": fr["n_blocks"]} for k, r in fr["mean_ranks"].items()]
-        if fr["n_blocks"] >= 2: pairs += [{**base, **r} for r in nemenyi_test(v, alpha, m.higher_is_better).to_dict("records")]
-    base = ["task", "protocol", "metric"]  # the columns stay when a table has no rows (fewer than 3 models)
-    return (pd.DataFrame(tests, columns=[*base, "k", "n_blocks", "statistic", "p", "reason"]),
-            pd.DataFrame(ranks, columns=[*base, "model", "mean_rank", "n_blocks"]),
+        tests.append({**info, "statistic": fr["statistic"], "p": fr["p"], "reason": fr["reason"]})
+        pairs += [{**base, **r} for r in nemenyi_test(v, alpha, m.higher_is_better).to_dict("records")]
+    base = ["task", "protocol", "metric"]  # the columns stay when a table has no rows
+    tests = pd.DataFrame(tests, columns=[*base, "k", "models", "n_blocks", "statistic", "p", "reason"])
+    tests.insert(len(tests.columns) - 1, "p_holm", holm(tests.p) if len(tests) else [])
+    return (tests, pd.DataFrame(ranks, columns=[*base, "model", "mean_rank", "k", "n_blocks"]),
             pd.DataFrame(pairs, columns=[*base, "a", "b", "rank_a", "rank_b", "diff", "p", "cd", "significant"]))
 
+def rank_summary(ranks:pd.DataFrame, # mean ranks from friedman_tables
+                ) -> pd.DataFrame: # one row per candidate: its mean rank in each contest and over all of them
+    "The cross-task rank summary: each candidate's mean rank over folds per task and protocol, and their mean."
+    if not len(ranks): return pd.DataFrame(columns=["model", "mean_rank", "n_contests"])
+    r = ranks.assign(contest=[f"{task_name(t)}, {protocol_name(p)}" for t, p in zip(ranks.task, ranks.protocol)])
+    wide = r.pivot_table(index="model", columns="contest", values="mean_rank", aggfunc="first")
+    wide = wide[list(dict.fromkeys(c for c in r.sort_values(["task", "protocol"], key=lambda s: s.map({t: i for i, t in enumerate(TASKS)})
+                                                           if s.name == "task" else s).contest))]  # the tasks in the study's order
+    out = pd.DataFrame({"model": wide.index, "mean_rank": wide.mean(axis=1).to_numpy(), "n_contests": wide.notna().sum(axis=1).to_numpy()})
+    return pd.concat([out.reset_index(drop=True), wide.reset_index(drop=True)], axis=1).sort_values("mean_rank").reset_index(drop=True)
+
 # %% ../nbs/api/81_report.ipynb #030f7b8e
-def _pair_frame(P, task, protocol, a, b, m):
-    g = m.select(P[(P.task == task) & (P.protocol == protocol) & P.model.isin([a, b])])
-    w = g.pivot_table(index=["image_id", "patient_id"], columns="model", values=m.values, aggfunc="first").dropna()
-    y = g.groupby("image_id")[m.labels].first().reindex(w.index.get_level_values(0)).to_numpy(float) if m.labels else None
-    return w[a].to_numpy(float), w[b].to_numpy(float), y, w.index.get_level_values(1).to_numpy()
+def _pair_frame(P, task, a, b, m):
+    "Two runs' values per image on the images both scored: a and b are (model, protocol)."
+    sel = lambda mod, pro: m.select(P[(P.task == task) & (P.model == mod) & (P.protocol == pro)]).set_index("image_id")
+    A, B = sel(*a), sel(*b)
+    ids = A.index.intersection(B.index)
+    y = A.loc[ids, m.labels].to_numpy(float) if m.labels else None
+    return A.loc[ids, m.values].to_numpy(float), B.loc[ids, m.values].to_numpy(float), y, A.loc[ids, "patient_id"].to_numpy(dtype=object)
 
 def paired_test(metric:str, a, b, y, clusters, n_perm:int=2000, seed:int=STUDY_SEED) -> dict:
-    "One paired comparison on the same images: clustered DeLong for AUROC, a clustered permutation test otherwise."
+    "One paired comparison on the same images: clustered DeLong for AUROC, a clustered permutation test (bootstrap CI) otherwise."
     if get_metric(metric).paired == "delong":
         r = delong_test(y, a, b, clusters=clusters)
         return dict(test="DeLong (patient-clustered)", estimate_a=r.auc_a, estimate_b=r.auc_b, diff=r.diff, lo=r.lo, hi=r.hi, p=r.p,
                     n=len(a), reason=r.reason)
     r = paired_permutation_test(metric, a, b, y, clusters=clusters, n_perm=n_perm, seed=seed)
-    ci = paired_bootstrap_test(metric, a, b, y, clusters, n_boot=n_perm, seed=seed)  # its CI; the p-value is the permutation test's
+    ci = paired_bootstrap_test(metric, a, b, y, clusters, n_boot=n_perm, seed=seed, warn=False)  # its CI; the p-value is the permutation test's
     return dict(test="permutation (patient-clustered)", estimate_a=r.estimate_a, estimate_b=r.estimate_b, diff=r.diff,
                 lo=ci.lo, hi=ci.hi, p=r.p, n=r.n, reason=r.reason)
+
+_PAIR_COLS = ["test", "estimate_a", "estimate_b", "diff", "lo", "hi", "p", "n", "reason"]
+
+def _holm_by(out:pd.DataFrame, by:list) -> pd.DataFrame:
+    out["p_holm"] = np.nan
+    for _, idx in (out.groupby(by).groups.items() if len(out) else []): out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"])
+    return out
+
+def _best(g:pd.DataFrame, metric) -> str:
+    med = g.groupby("model")[metric.name].median().dropna()
+    return med.idxmax() if metric.higher_is_better else med.idxmin()
 
 def paired_vs_best(study:Study,
                    n_perm:int=2000, # permutations (AUPRC, Dice)
                    seed:int=STUDY_SEED,
-                  ) -> pd.DataFrame: # one row per task x protocol x metric x model: best, diff (model - best), lo, hi, p, p_holm
-    "Every model against the best (highest median main metric) on the same test images, Holm-adjusted per family."
+                  ) -> pd.DataFrame: # one row per task x protocol x metric x candidate: best, diff (model - best), lo, hi, p, p_holm
+    "Every candidate encoder against the best candidate (highest median main metric) on the same test images, Holm-adjusted per family."
     rows, P = [], study.predictions
-    for (task, protocol), g in study.results.groupby(["task", "protocol"], sort=True):
+    for (task, protocol), g in of_role(study.results, "candidate").groupby(["task", "protocol"], sort=True):
         kind = task_kind(task); mm = main_metric(kind)
-        med = g.groupby("model")[mm.name].median().dropna()
-        if len(med) < 2: continue
-        best = med.idxmax() if mm.higher_is_better else med.idxmin()
+        if g.model.nunique() < 2: continue
+        best = _best(g, mm)
         for metric in [m.name for m in paired_metrics(kind)]:
-            for model in [m for m in med.index if m != best]:
-                a, b, y, cl = _pair_frame(P, task, protocol, model, best, get_metric(metric))
-                rows.append(dict(task=task, protocol=protocol, metric=metric, model=model, best=best,
-                                 **paired_test(metric, a, b, y, cl, n_perm, seed)))
-    out = pd.DataFrame(rows, columns=["task", "protocol", "metric", "model", "best", "test", "estimate_a", "estimate_b", "diff", "lo", "hi",
-                                      "p", "n", "reason"])
-    out["p_holm"] = np.nan
-    for _, idx in out.groupby(["task", "protocol", "metric"]).groups.items(): out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"])
+            for model in sorted(set(g.model) - {best}):
+                a, b, y, cl = _pair_frame(P, task, (model, protocol), (best, protocol), get_metric(metric))
+                rows.append(dict(task=task, protocol=protocol, metric=metric, model=model, best=best, **paired_test(metric, a, b, y, cl, n_perm, seed)))
+    out = pd.DataFrame(rows, columns=["task", "protocol", "metric", "model", "best", *_PAIR_COLS])
+    return _holm_by(out, ["task", "protocol", "metric"])
+
+# %% ../nbs/api/81_report.ipynb #1423ffce
+def _reference_runs(R:pd.DataFrame, task:str, protocol:str) -> list[tuple[str, str]]:
+    "Each reference of a task as (model, protocol): its run under `protocol` if there is one, else its linear probe."
+    out = []
+    for model, g in of_role(R[R.task == task], "reference").groupby("model", sort=True):
+        ps = set(g.protocol)
+        out.append((model, protocol if protocol in ps else "linear-probe" if "linear-probe" in ps else sorted(ps)[0]))
     return out
+
+def above_floor(study:Study,
+                n_perm:int=2000, # permutations (Dice)
+                seed:int=STUDY_SEED,
+                alpha:float=0.05,
+               ) -> pd.DataFrame: # one row per candidate (or baseline) run x reference: diff (model - reference), lo, hi, p, p_holm, above
+    "Is each encoder above the floor? Every candidate and baseline against every reference on the same images (main metric), Holm per task and protocol."
+    rows, P, R = [], study.predictions, study.results
+    for (task, protocol, model), _ in of_role(R, "candidate", "baseline").groupby(["task", "protocol", "model"], sort=True):
+        m = main_metric(task_kind(task))
+        for ref, ref_protocol in _reference_runs(R, task, protocol):
+            a, b, y, cl = _pair_frame(P, task, (model, protocol), (ref, ref_protocol), m)
+            rows.append(dict(task=task, protocol=protocol, metric=m.name, model=model, reference=ref, **paired_test(m.name, a, b, y, cl, n_perm, seed)))
+    out = _holm_by(pd.DataFrame(rows, columns=["task", "protocol", "metric", "model", "reference", *_PAIR_COLS]), ["task", "protocol"])
+    sign = out.metric.map(lambda x: 1 if get_metric(x).higher_is_better else -1) if len(out) else 1
+    out["above"] = (out["diff"] * sign > 0) & (out.p_holm < alpha)
+    return out
+
+def all_pairs(study:Study, n_perm:int=2000, seed:int=STUDY_SEED) -> pd.DataFrame:
+    "Every pair of candidate encoders per task and protocol (compare_encoders: clustered DeLong for AUROC, permutation for Dice), Holm and BH per task and protocol."
+    P = of_role(study.predictions, "candidate")
+    if not len(P): return compare_encoders(study.predictions.iloc[:0].assign(model=""), model_col="model")
+    return compare_encoders(P, n_resamples=n_perm, family=["task", "protocol"], seed=seed, model_col="model")
+
+def baseline_vs_best(study:Study, n_perm:int=2000, seed:int=STUDY_SEED) -> pd.DataFrame:
+    "Each baseline run (SegFormer end to end) against the best candidate encoder of its task over all protocols, main metric, Holm per task."
+    rows, P, R = [], study.predictions, study.results
+    for (task, model, protocol), _ in of_role(R, "baseline").groupby(["task", "model", "protocol"], sort=True):
+        m = main_metric(task_kind(task))
+        c = of_role(R[R.task == task], "candidate")
+        if not len(c): continue
+        med = c.groupby(["model", "protocol"])[m.name].median().dropna()
+        best = med.idxmax() if m.higher_is_better else med.idxmin()
+        a, b, y, cl = _pair_frame(P, task, (model, protocol), best, m)
+        rows.append(dict(task=task, metric=m.name, model=model, protocol=protocol, best=best[0], best_protocol=best[1],
+                         **paired_test(m.name, a, b, y, cl, n_perm, seed)))
+    out = pd.DataFrame(rows, columns=["task", "metric", "model", "protocol", "best", "best_protocol", *_PAIR_COLS])
+    return _holm_by(out, ["task"])
+
+def _readable_term(term:str, labels:dict, reference:str) -> str:
+    if term == "Intercept": return f"{reference} (reference level): mean Dice"
+    code = term.split("[T.")[-1].rstrip("]") if "[T." in term else term
+    return f"{labels.get(code, code)} minus {reference}"
+
+def dice_models(study:Study) -> pd.DataFrame: # task, protocol, term, coef, se, lo, hi, p, p_holm, n_images, n_patients, reason
+    "Per-image Dice of the candidate encoders per segmentation task and protocol: a GEE clustered by patient, the best candidate as reference level."
+    rows, P = [], of_role(study.predictions, "candidate")
+    cols = ["task", "protocol", "term", "coef", "se", "lo", "hi", "p", "p_holm", "n_images", "n_patients", "reason"]
+    for (task, protocol), g in P[P.task.str.endswith("-seg")].groupby(["task", "protocol"], sort=True):
+        base = dict(task=task, protocol=protocol, n_images=g.image_id.nunique(), n_patients=g.patient_id.nunique())
+        if g.encoder.nunique() < 2: rows.append({**base, "reason": "one candidate encoder: nothing to model"}); continue
+        best = g.groupby("encoder").dice.mean().idxmax()
+        codes, n_missing = patient_clusters(g.patient_id.to_numpy(dtype=object))
+        res = fit_dice_model(g.assign(patient_id=codes), formula=f"dice ~ C(encoder, Treatment(reference='{best}'))")
+        t = model_table(res).assign(p_holm=lambda d: holm(d.p.where(d.term != "Intercept")))
+        labels = dict(zip(g.encoder, g.model))
+        rows += [{**base, **r, "term": _readable_term(r["term"], labels, labels[best]), "reason": missing_ids_note(n_missing)}
+                 for r in t.to_dict("records")]
+    return pd.DataFrame(rows, columns=cols)
 
 # %% ../nbs/api/81_report.ipynb #c5d90aa1
 def lp_vs_ft(study:Study, n_perm:int=2000, seed:int=STUDY_SEED,
              a:str="linear-probe", b:str="fine-tune", # the two protocols compared
-            ) -> pd.DataFrame: # one row per model x task: medians, Friedman p, paired diff (b - a), CI, p
-    "Linear probe vs fine-tuning per model and task: the study's Friedman over folds and a paired per-image test."
-    rows, R, P = [], study.results, study.predictions
+            ) -> pd.DataFrame: # one row per model x task: medians, Friedman p, paired diff (b - a), CI, p, p_holm
+    "Linear probe vs fine-tuning per candidate encoder and task: the study's Friedman over folds and a paired per-image test (Holm per task)."
+    rows, R, P = [], of_role(study.results, "candidate"), study.predictions
     for (task, model), g in R[R.protocol.isin([a, b])].groupby(["task", "model"], sort=True):
         if g.protocol.nunique() < 2: continue
         m = main_metric(task_kind(task))
         v = g.pivot_table(index="fold", columns="protocol", values=m.name, aggfunc="first").dropna()
         fr = friedman_two_conditions(v[a], v[b])
-        col = m.values
-        pa = P[(P.task == task) & (P.model == model) & (P.protocol == a)].set_index("image_id")
-        pb = P[(P.task == task) & (P.model == model) & (P.protocol == b)].set_index("image_id")
-        ids = pa.index.intersection(pb.index)
-        y = pa.loc[ids, m.labels].to_numpy(float) if m.labels else None
-        t = paired_test(m.name, pb.loc[ids, col].to_numpy(float), pa.loc[ids, col].to_numpy(float), y, pa.loc[ids, "patient_id"].to_numpy(), n_perm, seed)
+        vb, va, y, cl = _pair_frame(P, task, (model, b), (model, a), m)
+        t = paired_test(m.name, vb, va, y, cl, n_perm, seed)
         rows.append(dict(task=task, model=model, metric=m.name, median_a=v[a].median(), median_b=v[b].median(), n_folds=len(v),
                          p_friedman=fr["p"], test=t["test"], diff=t["diff"], lo=t["lo"], hi=t["hi"], p=t["p"], n=t["n"], reason=t["reason"] or fr["reason"]))
-    return pd.DataFrame(rows, columns=["task", "model", "metric", "median_a", "median_b", "n_folds", "p_friedman", "test", "diff", "lo", "hi", "p", "n", "reason"])
+    out = pd.DataFrame(rows, columns=["task", "model", "metric", "median_a", "median_b", "n_folds", "p_friedman", "test", "diff", "lo", "hi", "p", "n", "reason"])
+    return _holm_by(out, ["task"])
 
 # %% ../nbs/api/81_report.ipynb #cf7815eb
-def shortcut_table(study:Study, quartile:int=1, alpha:float=0.05) -> pd.DataFrame:
-    "The study's chest-tube shortcut analysis per pneumothorax run, with per-image tests and a flag."
+def _tube_runs(study:Study) -> pd.DataFrame:
+    "The pneumothorax runs a shortcut analysis reads: candidates, baselines and references other than the prior, with tube labels."
     P = study.predictions
-    P = P[P.task.isin(["pneumothorax-cls", "pneumothorax-seg"]) & (P.encoder != "prior")]
+    P = of_role(P[P.task.isin(["pneumothorax-cls", "pneumothorax-seg"]) & (P.encoder != "prior")], "candidate", "baseline", "reference")
     need = ["chest_tube", "ptx_size_quartile", "ptx_size_pct"]
-    if not len(P) or any(c not in P or P[c].isna().all() for c in need): return pd.DataFrame()
-    out = shortcut_analysis(P, quartile=quartile, alpha=alpha).merge(P[[*RUN_KEYS, "model"]].drop_duplicates(), on=list(RUN_KEYS))
-    return out[["model", *[c for c in out.columns if c != "model"]]]
+    return P.iloc[:0] if any(c not in P or P[c].isna().all() for c in need) else P
 
-def tube_models(study:Study, threshold:float=0.5, level:float=0.95) -> pd.DataFrame:
-    "GEE (patient-clustered) effect of a chest tube on detection (odds ratio) or Dice (difference), adjusted for size."
-    P = study.predictions
-    P = P[P.task.isin(["pneumothorax-cls", "pneumothorax-seg"]) & (P.encoder != "prior")]
-    if not len(P) or "chest_tube" not in P or "ptx_size_pct" not in P: return pd.DataFrame()
-    return tube_effects(P, threshold, level, run_keys=[*RUN_KEYS, "model"])
+def shortcut_table(study:Study, quartile:int=1, alpha:float=0.05) -> pd.DataFrame:
+    "The chest-tube shortcut per pneumothorax run (stats.subgroups.shortcut_test): the study's test in the smallest quartile, and the size-adjusted tube effect, Holm over the runs."
+    P, keys = _tube_runs(study), [*RUN_KEYS, "model", "role"]
+    if not len(P): return pd.DataFrame(columns=[*keys, *SHORTCUT_COLUMNS])
+    return shortcut_test(P, quartile=quartile, alpha=alpha, run_keys=keys)
+
+def tube_models(study:Study, level:float=0.95) -> pd.DataFrame:
+    "The size-adjusted, patient-clustered chest-tube effect of every pneumothorax run alone (the calibrated half of `shortcut_table`)."
+    sc = shortcut_table(study)
+    return sc[[*RUN_KEYS, "model", "role", "effect", "n", "n_tube", "n_patients", "estimate", "lo", "hi", "p", "p_holm", "flagged", "reason"]]
+
+def _oc_rate(oc:pd.DataFrame, test:str, arm:str) -> str:
+    r = oc[(oc.test == test) & (oc.arm == arm) & (oc.encoder == "any encoder")]
+    if not len(r): return "not simulated"
+    r = r.iloc[0]
+    return f"{r.rate:.0%} (95% CI {r.ci_lo:.0%}-{r.ci_hi:.0%}, {int(r.n_flagged)} of {int(r.n_runs)} studies)"
+
+def shortcut_oc_sentences(oc:pd.DataFrame) -> str: # from stats.subgroups.shortcut_operating_characteristics
+    "The simulated false-flag rates and power of the two shortcut tests as sentences, every number read from the table."
+    r = oc.iloc[0]
+    alpha = float(r.alpha)
+    head = (f"Simulated on {int(r.n_seeds)} synthetic studies per arm ({int(r.n_images)} radiographs at {int(r.image_size)} px; "
+            f"{r.classifier}; runs: {r.encoders.replace(',', ', ')}), at the {alpha:.0%} level.")
+    out = [head]
+    for test, name in (("calibrated", "The size-adjusted, patient-clustered test (Holm over the runs; this page's flag)"),
+                       ("study", "The study's test (smallest quartile, unadjusted)")):
+        out.append(f"{name} flags a run in {_oc_rate(oc, test, 'shortcut 0')} of studies without a planted shortcut, in "
+                   f"{_oc_rate(oc, test, 'shortcut 0, tubes permuted')} when the tube labels are permuted (no tube effect of "
+                   f"any kind), and in {_oc_rate(oc, test, 'shortcut 1')} with the shortcut planted.")
+    z = oc[(oc.test == "calibrated") & (oc.arm == "shortcut 0") & (oc.encoder == "any encoder")]
+    if len(z) and z.ci_lo.iloc[0] > alpha:
+        out.append(f"Without a planted shortcut the flag rate is above {alpha:.0%}: the classifiers' scores do respond to the "
+                   "tube's pixels (a tube resembles a pleural line), which is an effect of the tube on the model, not a label "
+                   "shortcut; with the tubes permuted the rate is at or below the level. Read a flag as \"the model's output "
+                   "depends on the tube\", and the tube x size table below for whether it matters.")
+    if "generator_matches" in oc and not oc.generator_matches.all():
+        out.append("These rates were simulated on an earlier version of the synthetic generator than the installed one.")
+    return " ".join(out)
 
 def subgroup_table(study:Study, n_boot:int=1000, seed:int=STUDY_SEED) -> pd.DataFrame:
     "Sensitivity (classification) or Dice (segmentation) by chest tube x pneumothorax size quartile, with clustered CIs."
-    P = study.predictions
-    out = []
+    P, out, keys = _tube_runs(study), [], [*RUN_KEYS, "model", "role"]
     for task, metric in (("pneumothorax-cls", "sensitivity"), ("pneumothorax-seg", "dice")):
-        g = P[(P.task == task) & (P.encoder != "prior")]
-        if not len(g) or g.chest_tube.isna().all() or g.ptx_size_quartile.isna().all(): continue
+        g = P[P.task == task]
         g = g[g.ptx_size_quartile.notna() & g.chest_tube.notna()]
-        t = subgroup_metrics(g, metric, ["chest_tube", "ptx_size_quartile"], run_keys=[*RUN_KEYS, "model"], min_n=5, min_pos=5,
-                             n_boot=n_boot, seed=seed)
-        out.append(t)
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+        if not len(g): continue
+        out.append(subgroup_metrics(g, metric, ["chest_tube", "ptx_size_quartile"], run_keys=keys, min_n=5, min_pos=5, n_boot=n_boot, seed=seed))
+    cols = [*keys, "chest_tube", "ptx_size_quartile", "metric", "n", "n_pos", "n_neg", "estimate", "lo", "hi", "supported", "reason"]
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
 
 # %% ../nbs/api/81_report.ipynb #a0d9ce5d
 def runs_table(study:Study) -> pd.DataFrame:
-    "One row per run folder: keys, completeness, seconds, and the relative path of its executed notebook."
+    "One row per run folder: keys, display name and role, completeness, seconds, and the relative path of its executed notebook."
     r = study.runs.copy()
     r["notebook"] = [f"runs/{e}/{t}/{p}/experiment.ipynb" if (Path(d)/"experiment.ipynb").exists() else ""
                      for e, t, p, d in zip(r.encoder, r.task, r.protocol, r.path)]
     r["model"] = [row_label(e, w) if isinstance(w, str) else e for e, w in zip(r.encoder, r.weights)]
+    r["role"] = [model_role(e, w, p) if isinstance(w, str) else "" for e, w, p in zip(r.encoder, r.weights, r.protocol)]
     return r.drop(columns="path")
 
 # %% ../nbs/api/81_report.ipynb #f99a9e79
+_CHANCE = {"auroc": 0.5}
+
+def _xrange(values) -> tuple[float, float]:
+    "An axis range that shows the differences: the data with a margin, inside [0, 1]."
+    v = np.asarray([x for x in values if not pd.isna(x)], float)
+    if not v.size: return 0.0, 1.0
+    lo, hi = v.min(), v.max(); pad = max(0.03, 0.08 * (hi - lo))
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
 def plot_main(main:pd.DataFrame, # from main_results
              ):
-    "Main metric per task: fold medians with the fold range, and the pooled bootstrap CI; returns a Figure."
+    "Main metric per task for the candidates (and baselines), references as grey lines, chance on top; returns a Figure."
     import matplotlib.pyplot as plt
-    m = main[main["main"]]
+    from matplotlib.ticker import MaxNLocator
+    m = main[main["main"].astype(bool)]
+    c, refs = m[m.role.isin(["candidate", "baseline"])], m[m.role == "reference"]
     tasks = [t for t in TASKS if t in set(m.task)]
-    fig, axs = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 0.9 + 0.45 * m.model.nunique()), squeeze=False, sharey=True)
-    models = sorted(m.model.unique())
+    rows = sorted(set(zip(c.model, c.protocol)), key=lambda mp: (mp[1], mp[0]))
+    fig, axs = plt.subplots(1, len(tasks), figsize=(3.5 * len(tasks), 1.9 + 0.42 * max(len(rows), 1)), squeeze=False,
+                            sharey=True, layout="constrained")
     for ax, t in zip(axs[0], tasks):
-        g = m[m.task == t]
-        for i, mod in enumerate(models):
-            for j, (_, r) in enumerate(g[g.model == mod].iterrows()):
-                y = i + 0.2 * j
-                ax.hlines(y, r.fold_min, r.fold_max, color="#4c72b0", lw=4, alpha=0.45)
-                ax.hlines(y - 0.12, r.ci_lo, r.ci_hi, color="k", lw=1)
-                ax.plot(r["median"], y, "o", color="#4c72b0", ms=5); ax.plot(r.pooled, y - 0.12, "k|", ms=6)
-        ax.set_yticks(range(len(models)), models, fontsize=8)
-        ax.set_title(f"{TASKS[t].display}", fontsize=9); ax.set_xlabel(get_metric(g.metric.iloc[0]).label, fontsize=8)
-        ax.set_xlim(0, 1); ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("median over folds (dot) and fold range (bar); pooled estimate with clustered 95% CI (black)", fontsize=8)
-    fig.tight_layout()
+        g, rg = c[c.task == t], refs[refs.task == t]
+        for i, (mod, pro) in enumerate(rows):
+            r = g[(g.model == mod) & (g.protocol == pro)]
+            if not len(r): ax.annotate("not run", (0.5, i), xycoords=("axes fraction", "data"), ha="center", va="center", fontsize=7, color="0.5"); continue
+            r = r.iloc[0]
+            ax.hlines(i + 0.12, r.fold_min, r.fold_max, color="#4c72b0", lw=4, alpha=0.45)
+            ax.plot(r["median"], i + 0.12, "o", color="#4c72b0", ms=5)
+            ax.hlines(i - 0.12, r.ci_lo, r.ci_hi, color="k", lw=1); ax.plot(r.pooled, i - 0.12, "k|", ms=7)
+        for j, r in enumerate(rg.itertuples()):
+            ax.axvline(r.median, color="0.55", ls=(0, (4, 2)) if j % 2 == 0 else (0, (1, 2)), lw=1.2, zorder=1, label=f"{r.model}: fold median")
+        if (ch := _CHANCE.get(g.metric.iloc[0] if len(g) else "")) is not None: ax.axvline(ch, color="k", ls=":", lw=1.2, zorder=10, label="chance")
+        ax.set_xlim(*_xrange([*g.fold_min, *g.fold_max, *g.ci_lo, *g.ci_hi, *rg["median"], *([ch] if ch is not None else [])]))
+        ax.set_yticks(range(len(rows)), [f"{mod}" + ("" if pro == "linear-probe" else f", {protocol_name(pro)}") for mod, pro in rows], fontsize=8)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_title(f"{task_name(t)}: {get_metric(m[m.task == t].metric.iloc[0]).label}", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5)); ax.tick_params(axis="x", labelsize=8); ax.grid(axis="x", alpha=0.3)
+    from matplotlib.lines import Line2D
+    hs = {l: h for ax in axs[0] for h, l in zip(*ax.get_legend_handles_labels())}
+    key = [Line2D([], [], color="#4c72b0", marker="o", lw=4, alpha=0.6, label="fold median and fold range"),
+           Line2D([], [], color="k", marker="|", lw=1, label="pooled estimate and patient-clustered 95% CI")]
+    fig.legend(key + list(hs.values()), [k.get_label() for k in key] + list(hs), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 
 # %% ../nbs/api/81_report.ipynb #3ba963b7
-def save_table(df:pd.DataFrame, report_dir:str|Path, name:str) -> pd.DataFrame:
-    "Write `df` to `report_dir/tables/<name>.csv` (atomically) and return it."
-    write_table(df.reset_index() if isinstance(df.index, pd.MultiIndex) else df, Path(report_dir)/"tables"/f"{name}.csv")
+def save_table(df:pd.DataFrame, report_dir:str|Path, name:str,
+               reason:str|None=None, # why the table has no rows: written in its `reason` column, so that the CSV says it
+              ) -> pd.DataFrame:
+    "Write `df` to `report_dir/tables/<name>.csv` (atomically; a table without rows keeps its header and says why) and return it."
+    out = df.reset_index() if isinstance(df.index, pd.MultiIndex) else df
+    if isinstance(out.columns, pd.MultiIndex): out = flat_columns(out)
+    if not len(out):
+        out = pd.DataFrame([{**{c: np.nan for c in out.columns}, "reason": reason or "no rows"}], columns=list(dict.fromkeys([*out.columns, "reason"])))
+    write_table(out, Path(report_dir)/"tables"/f"{name}.csv")
     return df
 
 def save_figure(fig, report_dir:str|Path, name:str, dpi:int=110) -> Path:
@@ -308,28 +666,39 @@ def save_figure(fig, report_dir:str|Path, name:str, dpi:int=110) -> Path:
     plt.close(fig)
     return path
 
-# %% ../nbs/api/81_report.ipynb #04270e4c
-def format_table(df:pd.DataFrame, digits:int=3) -> pd.DataFrame:
-    "A copy for display: floats to `digits` significant digits (p-values below 1e-4 as '<1e-4'), NaN as blank."
-    out = df.copy()
-    for c in out.columns:
-        is_p = c == "p" or c.startswith("p_")  # p-values, never shown as integers
-        if pd.api.types.is_float_dtype(out[c]) and out[c].notna().any() and (out[c].dropna() % 1 == 0).all() and not is_p:
-            out[c] = ["" if pd.isna(v) else str(int(v)) for v in out[c]]  # whole numbers (counts, 0/1 codes) as integers
-        elif pd.api.types.is_float_dtype(out[c]):
-            small = is_p
-            out[c] = [("" if pd.isna(v) else "<1e-4" if small and v < 1e-4 else f"{v:.{digits}g}" if small else f"{v:.{digits}f}")
-                      for v in out[c]]
-    return out
+def format_table(df:pd.DataFrame, digits:int=3, p_floor:float|None=None) -> pd.DataFrame:
+    "A copy for display (`reporting.display_frame`): the report's p-value style, counts as integers, NaN blank, reader-facing headers."
+    return display_frame(df, digits, p_floor)
 
-def show_table(df:pd.DataFrame, report_dir:str|Path, name:str, caption:str|None=None, digits:int=3) -> pd.DataFrame:
-    "Save `df` as `tables/<name>.csv`, display it rounded with a link to the CSV, and return it."
-    from IPython.display import HTML, Markdown, display
-    save_table(df, report_dir, name)
-    if caption: display(Markdown(f"**{caption}** ([CSV](tables/{name}.csv))"))
-    if len(df): display(HTML(format_table(df, digits).to_html(index=isinstance(df.index, pd.MultiIndex), border=0, classes="dataframe")))
-    else: display(Markdown("*(no rows)*"))
+def show_table(df:pd.DataFrame, report_dir:str|Path, name:str, caption:str|None=None, digits:int=3,
+               columns:list|dict|None=None, # the columns shown (the CSV keeps all), or {column: header}; None: all
+               collapsed:bool=False, # an appendix: folded under its caption until the reader opens it
+               reason:str|None=None, # shown, and written into the CSV, when the table has no rows
+               p_floor:float|None=None, # the permutation test's smallest p, written `≤floor` where a p sits at it
+               note:str|None=None, # a line under the table (what the columns mean, the permutation floor ...)
+              ) -> pd.DataFrame:
+    "Save `df` as `tables/<name>.csv`, display it as the reader reads it with a link to the CSV, and return it."
+    from IPython.display import HTML, display
+    save_table(df, report_dir, name, reason)
+    shown = df if columns is None else df[[c for c in columns if c in df.columns]]
+    if isinstance(shown.columns, pd.MultiIndex): body = html_table(shown.map(str) if len(shown) else shown, _ref_rows(df))
+    elif len(shown):
+        d = format_table(shown, digits, p_floor)
+        if isinstance(columns, dict): d.columns = [columns[c] for c in shown.columns]
+        body = html_table(d, _ref_rows(df))
+    if not len(df): body = f"<p><em>No rows: {html.escape(reason or 'nothing to show')}.</em></p>"
+    head = f"<strong>{html.escape(caption)}</strong> (<a href=\"tables/{name}.csv\">CSV</a>)" if caption else ""
+    tail = f"<p style=\"font-size:12px;color:#555\">{note}</p>" if note and len(df) else ""
+    display(HTML(TABLE_CSS + (f'<details class="cxr-appendix"><summary>{head or name}</summary>{body}{tail}</details>' if collapsed
+                              else f"<p>{head}</p>{body}{tail}")))
     return df
+
+def _ref_rows(df:pd.DataFrame) -> list[str]|None:
+    "The CSS class of each row: references grey."
+    col = next((c for c in df.columns if c in ("role", "Role")), None)
+    if col is not None: return ["cxr-ref" if r == "reference" else "" for r in df[col]]
+    col = next((c for c in df.columns if c in ("model", "Model") or (isinstance(c, tuple) and c[0] == "Model")), None)
+    return None if col is None else ["cxr-ref" if str(m).endswith("(reference)") else "" for m in df[col]]
 
 def show_figure(fig, report_dir:str|Path, name:str) -> Path:
     "Save a figure as `figures/<name>.png` and display that file."
@@ -338,32 +707,45 @@ def show_figure(fig, report_dir:str|Path, name:str) -> Path:
     display(Image(filename=str(path)))
     return path
 
+def show_banner(study:Study, report_dir:str|Path) -> dict:
+    "Display the page's banner (synthetic data, untrained encoders) and write the study's facts to tables/study_facts.csv; returns the facts."
+    from IPython.display import HTML, display
+    facts = study_facts(study)
+    save_table(facts_table(facts), report_dir, "study_facts")
+    if b := banner_html(facts): display(HTML(b))
+    return facts
+
 # %% ../nbs/api/81_report.ipynb #ba3f9e14
-def plot_tube_effects(tm:pd.DataFrame, # from tube_models
+def plot_tube_effects(tm:pd.DataFrame, # from shortcut_table (effect, estimate, lo, hi, p_holm)
                      ):
-    "Chest-tube effects with CIs: odds ratio of detection (classification, log scale) and Dice difference (segmentation)."
+    "Chest-tube effects with CIs, one titled panel per task kind: the difference in sensitivity, and in Dice, with a tube."
     import matplotlib.pyplot as plt
-    kinds = [k for k in ("odds ratio", "difference") if (tm.effect == k).any()] if len(tm) else []
-    fig, axs = plt.subplots(1, max(len(kinds), 1), figsize=(4.2 * max(len(kinds), 1), 0.9 + 0.4 * max(tm.model.nunique() if len(tm) else 1, 1)),
-                            squeeze=False)
+    kinds = [k for k in ("sensitivity difference", "Dice difference") if (tm.effect == k).any()] if len(tm) else []
+    n = max(len(kinds), 1)
+    fig, axs = plt.subplots(1, n, figsize=(5.2 * n, 1.4 + 0.42 * max(tm.model.nunique() if len(tm) else 1, 1)), squeeze=False, layout="constrained")
+    titles = {"sensitivity difference": "Classification: difference in sensitivity,\ntube minus none, adjusted for size and fold",
+              "Dice difference": "Segmentation: difference in Dice,\ntube minus none, adjusted for size and fold"}
     for ax, k in zip(axs[0], kinds):
-        g = tm[(tm.effect == k)].reset_index(drop=True)
+        g = tm[tm.effect == k].reset_index(drop=True)
         y = np.arange(len(g))[::-1]
         ok = g[["lo", "hi"]].notna().all(1).to_numpy()
+        ax.axvline(0, color="0.4", ls="--", lw=1, zorder=0)
         ax.hlines(y[ok], g.lo[ok], g.hi[ok], color="k", lw=1.2)
         ax.plot(g.estimate, y, "s", color="firebrick", ms=5)
-        ax.axvline(1 if k == "odds ratio" else 0, color="0.5", ls="--", lw=1)
-        if k == "odds ratio": ax.set_xscale("log")
-        ax.set_yticks(y, [f"{m} ({t.split('-')[1]})" for m, t in zip(g.model, g.task)], fontsize=8)
-        ax.set_xlabel("odds ratio of detection, tube vs none" if k == "odds ratio" else "Dice difference, tube - none", fontsize=8)
-    fig.tight_layout()
+        annotate_not_estimable(ax, y[g.estimate.isna().to_numpy()])
+        ax.set_yticks(y, g.model, fontsize=8); ax.set_ylim(-0.6, len(g) - 0.4)
+        for yi, p in zip(y, g.get("p_holm", pd.Series([np.nan] * len(g)))):
+            if not pd.isna(p): ax.annotate(p_text(p, "Holm"), (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+        ax.set_title(titles[k], fontsize=9); ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(f"{k}; 0 = no effect", fontsize=8)
     return fig
 
 # %% ../nbs/api/81_report.ipynb #b5531958
-REPORT_PAGES = (("index", "Study report"), ("cohorts", "Cohorts"), ("comparisons", "Comparisons"),
+REPORT_PAGES = (("index", "Overview"), ("cohorts", "Cohorts"), ("comparisons", "Comparisons"),
                 ("calibration", "Calibration"), ("ablations", "Ablations"),
                 ("segmentation", "Segmentation pictures"), ("shortcut", "Chest tubes and subgroups"),
-                ("efficiency", "Label efficiency"), ("runs", "Runs"))
+                ("efficiency", "Label efficiency"), ("published", "Published results"), ("runs", "Runs"))
+EXECUTION_ORDER = tuple(n for n, _ in REPORT_PAGES if n != "index") + ("index",)  # the index's findings read every other page's tables
 
 def report_template(name:str) -> Path:
     "Path of a report notebook template: shipped in the package, or in nbs/reports of a source checkout."
@@ -382,6 +764,15 @@ def _execute(template:Path, out:Path, params:dict):
         if "injected-parameters" in c.metadata.get("tags", []) and not c.source.startswith("#| include: false"):
             c.source = "#| include: false\n" + c.source
     nbformat.write(nb, out)
+
+def _execute_pages(stage:Path, params:dict, show_progress:bool) -> dict:
+    "Execute every report page into `stage`, the index last; returns each page's seconds."
+    seconds = {}
+    for name in progress(EXECUTION_ORDER, desc="report pages", disable=None if show_progress else True):
+        t0 = time.perf_counter()
+        _execute(report_template(name), stage/f"{name}.ipynb", params)
+        seconds[name] = round(time.perf_counter() - t0, 2)
+    return seconds
 
 def _report_key(study:Study, **settings) -> dict:
     "What a report is made from: every complete run's run.json (by content), the settings and the package version."
@@ -410,8 +801,7 @@ def _build_report(study_dir:str|Path, # a study folder with complete runs
     try:
         for sub in ("tables", "figures"): (stage/sub).mkdir()
         params = dict(study_dir="..", report_dir=".", n_boot=n_boot, n_perm=n_perm)  # relative: the pages hold no machine paths
-        for name, _ in progress(REPORT_PAGES, desc="report pages", disable=None if show_progress else True):
-            _execute(report_template(name), stage/f"{name}.ipynb", params)
+        seconds = _execute_pages(stage, params, show_progress)
         runs = []
         for _, r in runs_table(study).iterrows():
             if not r.notebook: continue
@@ -420,7 +810,9 @@ def _build_report(study_dir:str|Path, # a study folder with complete runs
             runs.append((r.notebook, f"{r.model} / {r.task} / {r.protocol}"))
         pages = [(f"{n}.ipynb", title) for n, title in REPORT_PAGES]
         (stage/"_quarto.yml").write_text(quarto_config("cxr_study report", pages, runs))
-        if html: render_html(stage, pages, runs)
+        t0 = time.perf_counter()
+        if html: render_html(stage, pages, runs, banner=banner_html(study_facts(study)))
+        write_json({**seconds, **({"html": round(time.perf_counter() - t0, 2)} if html else {})}, stage/"timings.json")
         write_json(key, stage/"report.json")  # last: what this report was made from
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True); raise

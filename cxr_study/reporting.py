@@ -5,29 +5,61 @@
 # %% ../nbs/api/80_reporting.ipynb #96123e13
 from __future__ import annotations
 
+import html
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError, atomic_path, write_table
+from .core import CxrStudyError, atomic_path, read_json, write_table
 from .data.cohorts import TASKS, get_task
 from .encoders.registry import get_encoder_cfg
-from .results import collect_results, main_metric, metrics_for, task_kind
+from .results import METRIC_TABLE, collect_results, get_metric, main_metric, metrics_for, task_kind
+from .stats.tables import format_p
 
 # %% auto #0
-__all__ = ['row_label', 'summarise', 'summary_table', 'plot_summary', 'plot_run', 'write_study_outputs']
+__all__ = ['ROLES', 'PROTOCOL_NAMES', 'HEADERS', 'TABLE_CSS', 'trained_on_synthetic', 'row_label', 'model_role', 'summarise',
+           'summary_table', 'plot_summary', 'plot_run', 'protocol_name', 'task_name', 'display_frame',
+           'permutation_note', 'html_table', 'banner_html', 'Finding', 'study_findings', 'findings_markdown',
+           'findings_html', 'read_report_tables', 'readme_results', 'demo_time_markdown', 'write_study_outputs']
 
 # %% ../nbs/api/80_reporting.ipynb #4ba51bbd
+def _cfg(encoder:str):
+    "The registry entry of a run's encoder (without `@size`), or None (the prior)."
+    try: return get_encoder_cfg(str(encoder).partition("@")[0])
+    except CxrStudyError: return None
+
+def trained_on_synthetic(encoder:str, weights:str) -> bool:
+    "Weights learned on synthetic images (a positive control): pre-trained, but on no radiograph."
+    c = _cfg(encoder)
+    said = [str(weights)] + ([*c.tags, c.paradigm, c.weights.source or "", c.weights.paper] if c else [])
+    return not str(weights).startswith(("random-init", "none")) and "synthetic" in " ".join(said).lower()
+
 def row_label(encoder:str, weights:str) -> str:
-    "Display name of an encoder row, marking untrained encoders and references."
+    "Display name of an encoder row, marking untrained encoders, encoders pre-trained on synthetic data and references."
     if encoder == "prior": return "prior (reference)"
     base, _, size = encoder.partition("@")  # "rad-dino@448": the encoder at a common input size
-    try: name = get_encoder_cfg(base).label + (f" @ {size} px" if size else "")
-    except CxrStudyError: name = encoder
+    c = _cfg(base)
+    name = (c.label if c else encoder) + (f" @ {size} px" if size else "")
     if weights == "none": return f"{name} (reference)"
     if str(weights).startswith("random-init"): return f"{name} (untrained)"
+    if trained_on_synthetic(base, weights) and "synthetic" not in name.lower(): return f"{name} (pre-trained on synthetic data)"
     return name
+
+ROLES = {"candidate": "candidate encoder", "baseline": "baseline", "reference": "reference", "ablation": "ablation variant"}
+
+def model_role(encoder:str, # a run's encoder key, e.g. "resnet18", "resnet18@112", "prior"
+               weights:str, # the run's weights tag
+               protocol:str="linear-probe", # the run's protocol
+              ) -> str: # "candidate", "baseline", "reference" or "ablation"
+    "What a run is in the study: a candidate encoder (ranked), a baseline, a floor reference or an ablation variant (shown beside)."
+    c = _cfg(encoder)
+    if encoder == "prior" or weights == "none" or (c is not None and "reference" in c.tags): return "reference"
+    if "@" in str(encoder) or (c is not None and "ablation" in c.tags) or protocol == "multiscale-probe": return "ablation"
+    if protocol == "e2e" or (c is not None and "baseline" in c.paradigm): return "baseline"
+    return "candidate"
 
 def summarise(results:pd.DataFrame, # per-fold results (collect_results)
              ) -> pd.DataFrame: # one row per encoder x weights x task x protocol x metric
@@ -91,6 +123,417 @@ def plot_run(predictions:pd.DataFrame, # one run's per-image predictions
         ax.set_xlabel("per-image Dice"); ax.set_ylabel("images")
     fig.tight_layout()
     return fig
+
+# %% ../nbs/api/80_reporting.ipynb #778c7449
+PROTOCOL_NAMES = {"linear-probe": "linear probe", "fine-tune": "fine-tuning", "e2e": "end to end",
+                  "multiscale-probe": "multi-scale probe"}
+
+def protocol_name(protocol:str) -> str:
+    "A protocol as the text says it ('linear probe', 'fine-tuning')."
+    return PROTOCOL_NAMES.get(protocol, str(protocol))
+
+def task_name(task:str) -> str:
+    "A task as the text says it ('Pneumothorax (cls)')."
+    return TASKS[task].display if task in TASKS else str(task)
+
+HEADERS = {  # reader-facing column headers of the report's tables (the CSVs keep the column names)
+    "model": "Model", "role": "Role", "task": "Task", "protocol": "Protocol", "metric": "Metric", "median": "Fold median",
+    "fold_min": "Fold min", "fold_max": "Fold max", "n_folds": "Folds", "pooled": "Pooled estimate", "ci_lo": "95% CI low",
+    "ci_hi": "95% CI high", "n_images": "Images", "n_patients": "Patients", "n": "Images", "reason": "Note",
+    "p": "p", "p_holm": "p (Holm)", "p_bh": "p (BH)", "diff": "Difference", "lo": "95% CI low", "hi": "95% CI high",
+    "test": "Test", "best": "Best candidate", "estimate_a": "Estimate (model)", "estimate_b": "Estimate (other)",
+    "a": "Model A", "b": "Model B", "k": "Candidates", "n_blocks": "Folds (blocks)", "statistic": "Chi-square",
+    "mean_rank": "Mean rank", "rank_a": "Mean rank A", "rank_b": "Mean rank B", "cd": "Critical difference",
+    "significant": "Different (Nemenyi)", "reference": "Reference", "above": "Above the floor", "models": "Candidates compared",
+    "encoder": "Encoder key", "weights": "Weights", "ablation": "Ablation", "variant": "Variant", "default": "Default run",
+    "median_variant": "Fold median (variant)", "median_default": "Fold median (default)", "estimate_variant": "Pooled (variant)",
+    "estimate_default": "Pooled (default)", "differs": "Run parameters that differ", "ece": "ECE (bias-corrected)",
+    "ece_lo": "ECE 95% CI low", "ece_hi": "ECE 95% CI high", "ece_plugin": "ECE (plug-in)", "brier": "Brier score",
+    "brier_lo": "Brier 95% CI low", "brier_hi": "Brier 95% CI high", "prevalence": "Prevalence", "mean_pred": "Mean probability",
+    "term": "Term", "coef": "Coefficient", "se": "SE", "z": "z", "estimate": "Estimate", "effect": "Effect", "outcome": "Outcome",
+    "n_tube": "Images with a tube", "n_no_tube": "Images without a tube", "with_tube": "With a tube", "without_tube": "Without a tube",
+    "p_study": "p (study: Mann-Whitney over folds)", "p_fisher": "p (Fisher, images)", "p_mwu_images": "p (Mann-Whitney, images)",
+    "flagged": "Flagged", "measure": "Measure", "chest_tube": "Chest tube", "ptx_size_quartile": "Size quartile",
+    "supported": "Enough images", "n_pos": "Positives", "n_neg": "Negatives", "median_a": "Fold median (A)",
+    "median_b": "Fold median (B)", "p_friedman": "p (study: Friedman over folds)", "n_contests": "Contests", "domain": "Domain",
+    "paradigm": "Pre-training", "architecture": "Architecture", "weights_in_run": "Weights in this run", "weights_source": "Published weights",
+    "input_px": "Input (px)", "pooled_feature": "Pooled feature (dim)", "grid_feature": "Feature grid", "parameters_m": "Parameters (M)",
+    "complete": "Complete", "seconds": "Seconds", "notebook": "Notebook"}
+
+_VALUE_NAMES = {"task": task_name, "protocol": protocol_name, "best_protocol": protocol_name,
+                "metric": lambda m: get_metric(m).label if m in METRIC_TABLE else m}
+
+def _is_p(col:str) -> bool: return isinstance(col, str) and (col == "p" or col.startswith("p_"))
+
+def _is_count(col:str) -> bool:
+    return isinstance(col, str) and (col in ("n", "k", "fold", "bin", "chest_tube", "ptx_size_quartile", "pairs") or col.startswith("n_"))
+
+def _adjustment(col:str) -> str|None: return {"p_holm": "Holm", "p_bh": "BH"}.get(col)
+
+def display_frame(df:pd.DataFrame, # a report table (full precision)
+                  digits:int=3, # decimals of every other number
+                  p_floor:float|None=None, # the permutation floor, written as `≤floor` where a p sits at it
+                 ) -> pd.DataFrame: # strings: p-values in the report's style, whole numbers as integers, NaN blank, reader-facing headers
+    "A report table as the page shows it."
+    out = df.copy()
+    perm = out["test"].astype(str).str.contains("permutation").to_numpy() if "test" in out else np.ones(len(out), bool)
+    for c in out.columns:
+        v = out[c]
+        if _is_p(c): out[c] = [format_p(x, floor=p_floor if c == "p" and pm else None) for x, pm in zip(v, perm)]
+        elif c in _VALUE_NAMES and not pd.api.types.is_numeric_dtype(v): out[c] = [_VALUE_NAMES[c](x) if isinstance(x, str) else x for x in v]
+        elif pd.api.types.is_bool_dtype(v): out[c] = v.map({True: "yes", False: "no"})
+        elif _is_count(c) and pd.api.types.is_numeric_dtype(v):
+            out[c] = ["" if pd.isna(x) else str(int(x)) for x in v]  # counts and codes as integers
+        elif pd.api.types.is_float_dtype(v): out[c] = ["" if pd.isna(x) else f"{x:.{digits}f}" for x in v]
+        else: out[c] = v.astype(object).where(v.notna(), "").astype(str) if not pd.api.types.is_numeric_dtype(v) else v
+    return out.rename(columns=lambda c: HEADERS.get(c, c) if isinstance(c, str) else c)
+
+_NUMERIC = re.compile(r"^[\s\d.,\-–+<≤>\[\]()%]*(to[\s\d.,\-–()]*)?$")
+
+def _cell(tag:str, v, cls:str="") -> str:
+    text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+    num = " num" if text and _NUMERIC.match(text) else ""
+    return f'<{tag} class="{(cls + num).strip()}">{html.escape(text)}</{tag}>' if cls or num else f"<{tag}>{html.escape(text)}</{tag}>"
+
+def _header(columns) -> str:
+    "One header row, or two for two-level columns (the upper cells spanning their group)."
+    if not isinstance(columns, pd.MultiIndex): return "<tr>" + "".join(_cell("th", c) for c in columns) + "</tr>"
+    top, groups = "", [(k, len(list(g))) for k, g in __import__("itertools").groupby(c[0] for c in columns)]
+    for k, n in groups: top += f'<th colspan="{n}" class="group">{html.escape(str(k))}</th>' if n > 1 else f'<th rowspan="2">{html.escape(str(k))}</th>'
+    low = "".join(_cell("th", c[1]) for c, n in zip(columns, [dict(groups)[c[0]] for c in columns]) if n > 1)
+    return f"<tr>{top}</tr><tr>{low}</tr>"
+
+def permutation_note(n_perm:int) -> str:
+    "The line under a table of permutation p-values: the smallest p the test can give, and how it is written."
+    floor = 1 / (n_perm + 1)
+    return (f"A permutation test with {n_perm} swaps cannot give p below 1/({n_perm} + 1) = {floor:.2g}; a p at that floor is written "
+            + (f"≤{floor:#.2g}." if floor >= 0.001 else "<0.001.")) + " DeLong's test has no such floor."
+
+def html_table(df:pd.DataFrame, # a display frame (strings); one- or two-level column headers
+               row_classes:list[str]|None=None, # a CSS class per row, e.g. "cxr-ref" for a reference row
+              ) -> str:
+    "An HTML table that fits the page: text left, numbers right and unbroken, long text wrapping, reference rows grey."
+    rows = []
+    for i, r in enumerate(df.itertuples(index=False)):
+        c = row_classes[i] if row_classes and row_classes[i] else ""
+        rows.append((f'<tr class="{c}">' if c else "<tr>") + "".join(_cell("td", v) for v in r) + "</tr>")
+    return f'<table class="dataframe cxr-table"><thead>{_header(df.columns)}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+TABLE_CSS = """<style>
+.cxr-table{font-size:12px;border-collapse:collapse;max-width:100%;table-layout:auto}
+.jp-RenderedHTMLCommon table.cxr-table th,.jp-RenderedHTMLCommon table.cxr-table td,table.cxr-table th,table.cxr-table td{
+  padding:2px 6px;text-align:left;vertical-align:top;white-space:normal;word-break:normal}
+.jp-RenderedHTMLCommon table.cxr-table td.num,.jp-RenderedHTMLCommon table.cxr-table th.num,table.cxr-table td.num,table.cxr-table th.num{
+  text-align:right;white-space:nowrap}
+.jp-RenderedHTMLCommon table.cxr-table th.group,table.cxr-table th.group{text-align:center;border-bottom:1px solid #ccc}
+table.cxr-table tr.cxr-ref td{color:#777;background:#f4f4f4}
+table.cxr-table thead th{border-bottom:1px solid #999}
+details.cxr-appendix{margin:.6rem 0;border:1px solid #ddd;border-radius:4px;padding:.3rem .6rem}
+details.cxr-appendix>summary{cursor:pointer;font-weight:600}
+</style>"""
+
+# %% ../nbs/api/80_reporting.ipynb #a0b32305
+def banner_html(facts:dict, # from report.study_facts (or read_report_tables)
+               ) -> str: # "" when the data is real and every encoder trained
+    "The notice every page carries when its numbers come from synthetic data or untrained encoders."
+    parts = []
+    if str(facts.get("synthetic", "")).lower() == "true":
+        parts.append("<strong>Synthetic data.</strong> Every number here comes from the synthetic benchmark that "
+                     "<code>cxr-study demo</code> writes, not from radiographs of patients: it shows the methods and the code "
+                     "at work, not how these encoders perform on chest X-rays.")
+    if facts.get("untrained"):
+        parts.append(f"<strong>Untrained encoders:</strong> {html.escape(facts['untrained'])} have random weights, so they "
+                     "check the pipeline, not the models.")
+    if facts.get("pretrained_on_synthetic"):
+        parts.append(f"<strong>Pre-trained on synthetic data:</strong> {html.escape(facts['pretrained_on_synthetic'])} "
+                     "learned their weights on synthetic images (a positive control), not on radiographs.")
+    if not parts: return ""
+    return ('<div class="cxr-banner" role="note" style="border-left:6px solid #c47f00;background:#fff6e0;padding:.6rem .9rem;'
+            'margin:.4rem 0 1rem;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif">' + " ".join(parts) + "</div>")
+
+@dataclass
+class Finding:
+    "One sentence of the findings, with the tables its numbers come from."
+    text:str # markdown, one sentence
+    tables:list # names of the tables (tables/<name>.csv) every number in it comes from
+    kind:str # what it is about: best, ranks, floor, shortcut, ablation, claim, data
+
+def _f3(x) -> str: return f"{x:.3f}"
+
+def _ci(lo, hi) -> str: return f"95% CI {_f3(lo)} to {_f3(hi)}"
+
+def _p(p, adjusted:str|None="Holm") -> str:
+    "'p = 0.012 (Holm)', or 'p < 0.001 (Holm)' at the floor."
+    s = format_p(p, adjusted)
+    return f"p {s[0]} {s[1:]}" if s[:1] in "<≤" else f"p = {s}"
+
+def _test(test:str, p, adjusted:str|None="Holm") -> str:
+    return f"{test}, {_p(p, adjusted)}" if not pd.isna(p) else f"{test}, p not computed"
+
+def _main_rows(T:dict, role:str="candidate") -> pd.DataFrame:
+    m = T.get("main_results", pd.DataFrame())
+    if not len(m) or "role" not in m: return m.iloc[:0]
+    return m[m["main"].astype(bool) & (m.role == role) & m["median"].notna()]
+
+def _higher(metric:str) -> bool: return get_metric(metric).higher_is_better if metric in METRIC_TABLE else True
+
+def _best_sentence(T:dict, task:str, protocol:str) -> Finding|None:
+    "The best candidate of one contest, its pooled estimate, and the runner-up against it."
+    g = _main_rows(T).query("task == @task and protocol == @protocol")
+    if not len(g): return None
+    metric = g.metric.iloc[0]; label = get_metric(metric).label
+    g = g.sort_values("median", ascending=not _higher(metric))
+    b = g.iloc[0]
+    s = (f"**{task_name(task)}, {protocol_name(protocol)}:** {b.model} ranked first of {len(g)} candidate encoder{'s' * (len(g) > 1)} "
+         f"by fold median ({label} {_f3(b['median'])}; pooled {_f3(b.pooled)}, {_ci(b.ci_lo, b.ci_hi)})")
+    pv = T.get("paired_vs_best", pd.DataFrame())
+    if len(g) > 1 and len(pv):
+        r = pv[(pv.task == task) & (pv.protocol == protocol) & (pv.metric == metric) & (pv.model == g.model.iloc[1])]
+        if len(r) and not pd.isna(r["diff"].iloc[0]):
+            r = r.iloc[0]
+            s += (f"; the runner-up, {r.model}, differed by {_f3(r['diff'])} ({_ci(r.lo, r.hi)}; {_test(r.test, r.p_holm)})")
+    return Finding(s + ".", ["main_results", "paired_vs_best"], "best")
+
+def _rank_sentence(T:dict) -> Finding|None:
+    "The candidate with the best mean rank over all contests, and how many Friedman tests found a difference."
+    rs, fr = T.get("rank_summary", pd.DataFrame()), T.get("friedman", pd.DataFrame())
+    if not len(rs) or rs.mean_rank.isna().all() or len(rs) < 2: return None
+    top = rs.sort_values("mean_rank").iloc[0]
+    s = (f"**Ranks:** over {int(top.n_contests)} task and protocol contest{'s' * int(top.n_contests != 1)}, {top.model} had the best mean rank "
+         f"over folds ({top.mean_rank:.2f}, where 1 is first of {len(rs)} candidates)")
+    tested = fr[fr.p.notna()] if len(fr) and "p" in fr else fr
+    if len(tested):
+        k = int((tested.p_holm < 0.05).sum())
+        s += (f"; Friedman's test over folds found the candidates to differ in {k} of {len(tested)} contests "
+              f"(smallest {_p(tested.p_holm.min())})")
+    else: s += "; no contest had the three candidates Friedman's test needs"
+    return Finding(s + ".", ["rank_summary", "friedman"], "ranks")
+
+def _floor_sentence(T:dict) -> Finding|None:
+    "How many candidate results clear each reference, and the weakest one."
+    af = T.get("above_floor", pd.DataFrame())
+    if not len(af) or af["diff"].isna().all(): return None
+    af = af[af["diff"].notna()]
+    counts = [f"{int(g.above.astype(bool).sum())} of {len(g)} above {ref}" for ref, g in af.groupby("reference", sort=True)]
+    w = af.sort_values("diff").iloc[0]
+    s = (f"**Above the floor:** of the candidate results, {'; '.join(counts)} (paired tests on the same images, Holm within each task); "
+         f"the weakest, {w.model} against {w.reference} on {task_name(w.task)}, differed by {_f3(w['diff'])} {get_metric(w.metric).label} "
+         f"({_ci(w.lo, w.hi)}; {_test(w.test, w.p_holm)})")
+    return Finding(s + ".", ["above_floor"], "floor")
+
+def _shortcut_sentence(T:dict) -> Finding|None:
+    "The chest-tube shortcut in the smallest pneumothoraces, and the size-adjusted tube effect, of the most affected classifier."
+    sc = T.get("shortcut", pd.DataFrame())
+    if not len(sc) or "role" not in sc: return None
+    c = sc[(sc.role == "candidate") & (sc.task == "pneumothorax-cls") & sc.q_diff.notna()]
+    if not len(c): return None
+    r = c.sort_values("q_diff", ascending=False).iloc[0]
+    s = (f"**Chest tubes:** in the smallest quarter of pneumothoraces, {r.model} detected {_f3(r.q_with_tube)} of those with a chest tube and "
+         f"{_f3(r.q_without_tube)} of those without (study's test over folds, {_p(r.p_study, None)}, unadjusted)")
+    if not pd.isna(r.estimate):
+        s += (f"; over all sizes, its sensitivity with a tube differed by {_f3(r.estimate)} ({_ci(r.lo, r.hi)}; adjusted for size and fold, "
+              f"GEE clustered by patient, {_p(r.p_holm)} over {int(sc.p.notna().sum())} runs)")
+    s += f"; {int(sc.flagged.astype(bool).sum())} of {len(sc)} runs flagged"
+    return Finding(s + ".", ["shortcut"], "shortcut")
+
+def _size_sentence(T:dict) -> Finding|None:
+    "Detection without a chest tube in the smallest and largest pneumothoraces, and where the tube gap is largest, for the best classifier."
+    sg, g = T.get("subgroups", pd.DataFrame()), _main_rows(T)
+    g = g[g.task == "pneumothorax-cls"] if len(g) else g
+    if not len(sg) or not len(g) or "ptx_size_quartile" not in sg: return None
+    best = g.sort_values("median", ascending=False).model.iloc[0]
+    s = sg[(sg.model == best) & (sg.task == "pneumothorax-cls") & sg.ptx_size_quartile.notna() & sg.estimate.notna()]
+    no, yes = (s[s.chest_tube == t].set_index("ptx_size_quartile") for t in (0, 1))
+    qs = sorted(set(no.index) & set(yes.index))
+    if not qs: return None
+    gap = (yes.estimate - no.estimate).reindex(qs)
+    lo, hi, top = qs[0], qs[-1], gap.idxmax()
+    s = (f"**Pneumothorax size:** without a chest tube, {best} detected {_f3(no.estimate[lo])} ({_ci(no.lo[lo], no.hi[lo])}) of the "
+         f"smallest quarter of pneumothoraces and {_f3(no.estimate[hi])} ({_ci(no.lo[hi], no.hi[hi])}) of the largest; its sensitivity with "
+         f"a tube minus without was largest in size quartile {int(top)} of {len(qs)} ({_f3(gap[top])}) and {_f3(gap[hi])} in the largest "
+         f"(patient-clustered bootstrap CIs; per group in the table)")
+    return Finding(s + ".", ["subgroups"], "size")
+
+def _ablation_sentence(T:dict) -> Finding|None:
+    "The ablation with the largest effect on a main metric."
+    ab = T.get("ablations", pd.DataFrame())
+    if not len(ab): return None
+    ab = ab[ab.metric.isin([m.name for m in METRIC_TABLE.values() if m.main]) & ab["diff"].notna()]
+    if not len(ab): return None
+    r = ab.loc[ab["diff"].abs().idxmax()]
+    s = (f"**Ablation ({r.ablation}):** {r.variant} minus {r.default} on {task_name(r.task)}: {_f3(r['diff'])} "
+         f"{get_metric(r.metric).label} ({_ci(r.lo, r.hi)}; {_test(r.test, r.p_holm)}).")
+    return Finding(s, ["ablations"], "ablation")
+
+def _reference_sentence(T:dict) -> Finding|None:
+    "Without candidate encoders: what the references reached, per task."
+    if len(_main_rows(T)): return None
+    r = _main_rows(T, "reference")
+    if not len(r): return None
+    best = [g.sort_values("median", ascending=not _higher(g.metric.iloc[0])).iloc[0] for _, g in r.groupby("task", sort=False)]
+    parts = [f"{b.model} {get_metric(b.metric).label} {_f3(b.pooled)} ({_ci(b.ci_lo, b.ci_hi)}) on {task_name(b.task)}" for b in best]
+    return Finding("**References only:** this run holds no candidate encoder, so nothing is ranked; the best reference per task: "
+                   + "; ".join(parts) + ".", ["main_results"], "references")
+
+def _data_sentence(facts:dict) -> Finding|None:
+    if str(facts.get("synthetic", "")).lower() != "true": return None
+    with_ = [x for x in ("untrained encoders" if facts.get("untrained") else "",
+                         "an encoder pre-trained on synthetic data (the positive control)" if facts.get("pretrained_on_synthetic") else "") if x]
+    s = ("**What this run cannot show:** it ran on synthetic data" + (" with " + " and ".join(with_) if with_ else "") +
+         ", so it tests the pipeline, not the published claims (medical against general pre-training, the chest-tube shortcut in "
+         "real radiographs, the end-to-end baseline); the published results are shown as published, on their own page.")
+    return Finding(s, ["paper_results"], "data")
+
+def _verdict(ok:list[bool]) -> str:
+    return "replicates" if ok and all(ok) else "does not replicate" if not any(ok) else "replicates in part"
+
+def _pair_oriented(ap:pd.DataFrame, task, protocol, a, b) -> pd.Series|None:
+    "The all-pairs row of a vs b, turned so that `diff` is a - b."
+    r = ap[(ap.task == task) & (ap.protocol == protocol) & (((ap.a == a) & (ap.b == b)) | ((ap.a == b) & (ap.b == a)))]
+    if not len(r): return None
+    r = r.iloc[0].copy()
+    if r.a != a: r["diff"], r["lo"], r["hi"] = -r["diff"], -r["hi"], -r["lo"]
+    return r
+
+def _claim_domain(T:dict) -> Finding:
+    "The study's claim that medical pre-training beats general pre-training under linear probing."
+    head = "**Published claim 1, medical over general pre-training in linear probing:** "
+    main, enc, ap = _main_rows(T), T.get("encoders", pd.DataFrame()), T.get("all_pairs", pd.DataFrame())
+    dom = dict(zip(enc.model, enc.domain)) if len(enc) else {}
+    parts, ok = [], []
+    for task in [t for t in TASKS if t.endswith("-cls")]:
+        g = main[(main.task == task) & (main.protocol == "linear-probe")].assign(domain=lambda d: d.model.map(dom))
+        med, gen = g[g.domain == "medical"], g[g.domain == "general"]
+        if not len(med) or not len(gen) or not len(ap): continue
+        hib = _higher(g.metric.iloc[0])
+        bm, bg = (x.sort_values("median", ascending=not hib).model.iloc[0] for x in (med, gen))
+        r = _pair_oriented(ap, task, "linear-probe", bm, bg)
+        if r is None or pd.isna(r["diff"]): continue
+        ok.append(bool(r["diff"] > 0 and r.p_holm < 0.05))
+        parts.append(f"{bm} minus {bg} on {task_name(task)}: {_f3(r['diff'])} ({_ci(r.lo, r.hi)}; {_test(r.test, r.p_holm)})")
+    if not parts: return Finding(head + "not tested here: this run has no medical and general candidate encoder on the same "
+                                        "classification task under a linear probe.", ["encoders"], "claim")
+    return Finding(head + f"{_verdict(ok)}; best medical against best general encoder, " + "; ".join(parts) + ".",
+                   ["all_pairs", "encoders", "main_results"], "claim")
+
+def _claim_tube(T:dict) -> Finding:
+    "The study's claim that classifiers use chest tubes as a shortcut in small pneumothoraces, segmentation does not."
+    head = "**Published claim 2, the chest-tube shortcut in small pneumothoraces:** "
+    sc, ps = T.get("shortcut", pd.DataFrame()), T.get("paper_subgroups", pd.DataFrame())
+    c = sc[(sc.role == "candidate") & sc.q_diff.notna()] if len(sc) and "role" in sc else sc
+    cls, seg = (c[c.task == t] if len(c) else c for t in ("pneumothorax-cls", "pneumothorax-seg"))
+    if not len(cls): return Finding(head + "not tested here: no candidate classifier ran on pneumothorax with chest-tube labels.",
+                                    ["shortcut"], "claim")
+    ok = [bool(cls.flagged.astype(bool).any())] + ([not bool(seg.flagged.astype(bool).any())] if len(seg) else [])
+    pub = ""
+    if len(ps):
+        w, wo = (ps[(ps.measure == "sensitivity, smallest quartile") & (ps.group == g)] for g in ("with tube", "without tube"))
+        if len(w) and len(wo): pub = (f" (published: sensitivity {_f3(w.low.iloc[0])} to {_f3(w.high.iloc[0])} with a tube, "
+                                      f"{_f3(wo.low.iloc[0])} to {_f3(wo.high.iloc[0])} without)")
+    s = (f"{_verdict(ok)}: {int(cls.flagged.astype(bool).sum())} of {len(cls)} candidate classifiers and "
+         f"{int(seg.flagged.astype(bool).sum()) if len(seg) else 0} of {len(seg)} segmenters flagged; in the smallest quarter, "
+         f"sensitivity with a tube {_f3(cls.q_with_tube.min())} to {_f3(cls.q_with_tube.max())}, without {_f3(cls.q_without_tube.min())} to "
+         f"{_f3(cls.q_without_tube.max())}{pub}.")
+    return Finding(head + s, ["shortcut", "paper_subgroups"], "claim")
+
+def _claim_e2e(T:dict) -> Finding:
+    "The study's claim that a supervised end-to-end model matches the best encoders on segmentation."
+    head = "**Published claim 3, the end-to-end baseline matches the best encoders on segmentation:** "
+    bb = T.get("baseline_vs_best", pd.DataFrame())
+    bb = bb[bb.task.str.endswith("-seg") & bb["diff"].notna()] if len(bb) else bb
+    if not len(bb): return Finding(head + "not tested here: this run has no end-to-end baseline beside a segmentation encoder.",
+                                   ["baseline_vs_best"], "claim")
+    ok = [bool(d >= 0 or p >= 0.05) for d, p in zip(bb["diff"], bb.p_holm)]
+    parts = [f"{r.model} minus {r.best} on {task_name(r.task)}: {_f3(r['diff'])} ({_ci(r.lo, r.hi)}; {_test(r.test, r.p_holm)})"
+             for _, r in bb.iterrows()]
+    return Finding(head + f"{_verdict(ok)}; " + "; ".join(parts) + ".", ["baseline_vs_best"], "claim")
+
+def study_findings(T:dict, # the report's tables by name (read_report_tables)
+                   facts:dict, # the study's facts (study_facts.csv as a dict)
+                   most:int=10, # sentences at most
+                  ) -> list[Finding]:
+    "The findings, generated from the report's tables: best candidate per task, the claims on real data, size, the floor, ranks, shortcut, ablation."
+    main = _main_rows(T)
+    protocols = list(dict.fromkeys(main.protocol)) if len(main) else []
+    first = "linear-probe" if "linear-probe" in protocols else (protocols[0] if protocols else None)
+    best = [_best_sentence(T, t, first) for t in TASKS if first is not None]
+    real = str(facts.get("synthetic", "")).lower() != "true"
+    claims = [_claim_domain(T), _claim_tube(T), _claim_e2e(T)] if real else []
+    rest = ([_size_sentence(T)] + [_reference_sentence(T), _floor_sentence(T), _rank_sentence(T)] + ([] if real else [_shortcut_sentence(T)])
+            + [_ablation_sentence(T), _data_sentence(facts)])
+    out = [f for f in best + claims + rest if f is not None]
+    if not real and (d := _data_sentence(facts)) and len(out) > most:  # the data sentence always stays on synthetic data
+        out = [f for f in out if f.kind != "data"][:most - 1] + [d]
+    return out[:most]
+
+def findings_markdown(findings:list[Finding], # from study_findings
+                      base:str="", # prefix of the links to the tables, e.g. "study/" from the documentation's home page
+                      bullets:bool=True, # one sentence per bullet; False: one paragraph
+                     ) -> str:
+    "The findings as markdown, each sentence linked to the CSV tables its numbers come from."
+    def one(f):
+        links = ", ".join(f"[{t}]({base}tables/{t}.csv)" for t in f.tables)
+        return f"{f.text} ({'table' if len(f.tables) == 1 else 'tables'}: {links})"
+    return "\n".join(f"- {one(f)}" for f in findings) if bullets else " ".join(one(f) for f in findings)
+
+def _inline_html(text:str) -> str:
+    "The little markdown the findings use (bold, links) as HTML."
+    t = html.escape(text, quote=False)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f'<a href="{html.escape(m[2])}">{m[1]}</a>', t)
+
+def findings_html(findings:list[Finding], base:str="") -> str:
+    "The findings box that opens the report: the sentences as a list, each linked to its tables."
+    items = "".join(f"<li>{_inline_html(line[2:])}</li>" for line in findings_markdown(findings, base).splitlines())
+    body = f"<ul>{items}</ul>" if findings else "<p>No complete run to report.</p>"
+    return ('<div class="cxr-findings" style="border:2px solid #1f3b57;border-radius:6px;padding:.5rem 1rem;margin:.5rem 0 1.2rem;'
+            'background:#f5f8fb"><h2 style="margin:.2rem 0 .4rem;font-size:1.25rem">Findings</h2>' + body + "</div>")
+
+def read_report_tables(report_dir:str|Path, # a report folder (its tables/ folder is read)
+                      ) -> tuple[dict, dict]: # tables by name, and the study's facts
+    "Every CSV table of a built report, and its study facts, as the findings read them."
+    tdir = Path(report_dir)/"tables"
+    if not tdir.is_dir(): raise CxrStudyError(f"{tdir} does not exist: build the report first (cxr-study report --out STUDY)")
+    T = {p.stem: pd.read_csv(p) for p in sorted(tdir.glob("*.csv"))}
+    f = T.get("study_facts", pd.DataFrame(columns=["key", "value"]))
+    return T, {k: ("" if pd.isna(v) else str(v)) for k, v in zip(f.key, f.value)}
+
+# %% ../nbs/api/80_reporting.ipynb #6c94e709
+def readme_results(report_dir:str|Path, # a built report (its tables/), e.g. nbs/study
+                   base:str="study/", # the report's folder as the README's links reach it
+                  ) -> str: # markdown
+    "The README's results from a built report's tables: the data and models, the main table and the findings."
+    T, facts = read_report_tables(report_dir)
+    if not facts or "summary" not in T:
+        return (f"*The report in `{Path(report_dir).name}` was built by an older cxr_study: rebuild it (`cxr-study report --out STUDY "
+                "--force`, then `copy_report`) to generate this section.*")
+    data = "the synthetic benchmark" if facts.get("synthetic") == "true" else facts.get("data", "")
+    head = (f"The [executed report]({base}index.ipynb) holds {facts.get('n_runs', '?')} runs on {data}: candidate encoders "
+            f"{facts.get('candidates') or 'none'}; references {facts.get('references') or 'none'}"
+            + (f"; ablation variants {facts['ablation_variants']}" if facts.get("ablation_variants") else "") + ".")
+    s = T["summary"]
+    cols = ["Model", "Protocol"] + [c for c in s.columns if c.endswith(": Fold median [range]")]
+    table = s[cols].rename(columns=lambda c: c.replace(": Fold median [range]", "")).to_markdown(index=False)
+    note = ("Median over the test folds [fold minimum, fold maximum], as the study reported; the report gives each beside the "
+            "pooled estimate with its patient-clustered 95% CI.")
+    return "\n\n".join([head, table, note, "Its findings, generated from its tables:", findings_markdown(study_findings(T, facts), base)])
+
+def demo_time_markdown(timings:dict|str|Path, # the demo's timings.json (or its contents)
+                      ) -> str: # markdown: the measured demo time, its conditions, and where the time went
+    "The README's demo time, generated from the timings a measured `cxr-study demo` wrote (never written by hand)."
+    t = read_json(timings) if isinstance(timings, (str, Path)) else timings
+    c = t.get("conditions") or {}
+    if not c: return "*The demo's timings were written by an older cxr_study: run `cxr-study demo` again to generate this section.*"
+    m, sec = divmod(int(round(t["total_seconds"])), 60)
+    encoders = ", ".join(dict.fromkeys(r["encoder"] for r in t.get("runs", [])))
+    head = (f"`cxr-study demo` with its defaults ({c['n_images']} radiographs of {c['size']} px; {t.get('n_runs', len(t.get('runs', [])))} runs "
+            f"of {encoders}; then the report) took **{m} min {sec:02d} s** wall-clock on {c['cores']} CPU cores (GPU: {c['gpu']}; load average "
+            f"{c['load_before']:.2f} in the minute before it started), with a largest single process of **{t['largest_process_mb'] / 1024:.2f} GB**. "
+            f"Measured {c['finished_utc']} UTC with python {c['python']}, torch {c['torch']}, cxr_study {c['cxr_study']}; the demo writes "
+            f"these figures to `cxr_study_demo/timings.json` on every run, and prints where its time went:")
+    parts = pd.DataFrame(t["parts"])
+    parts = parts.assign(seconds=parts.seconds.map("{:.1f}".format), share=parts.share.map("{:.0%}".format))
+    return head + "\n\n" + parts.rename(columns={"part": "Part", "seconds": "Seconds", "share": "Share"}).to_markdown(index=False)
 
 # %% ../nbs/api/80_reporting.ipynb #4d5d8955
 def write_study_outputs(out_dir:str|Path, # the study folder (with runs/)

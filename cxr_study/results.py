@@ -25,8 +25,8 @@ from .metrics import auprc, auprc_rows, auprc_weighted, auroc, auroc_rows, auroc
 __all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLUMNS', 'EMPTY_MASK_SCORE', 'KINDS', 'METRIC_TABLE',
            'RUN_FILES', 'LOGISTIC_CS', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric',
            'paired_metrics', 'get_metric', 'score_fold', 'register_metric', 'unregister_metric', 'registered_metric',
-           'check_predictions', 'check_results', 'run_path', 'run_name', 'run_params', 'read_run_meta', 'is_complete',
-           'write_run', 'list_runs', 'collect_results']
+           'check_predictions', 'check_results', 'name_slug', 'run_path', 'run_name', 'run_params', 'read_run_meta',
+           'is_complete', 'write_run', 'list_runs', 'collect_results']
 
 # %% ../nbs/api/00a_results.ipynb #31224c8f
 RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
@@ -206,11 +206,20 @@ def check_results(df:pd.DataFrame, # per-fold results of one or more runs
 RUN_FILES = ("results.csv", "predictions.parquet", "run.json")  # run.json last: the completion mark
 LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))  # the classification probe's default C grid, 1e-4..1e2, part of a run's identity
 
-def run_path(out_dir:str|Path, encoder:str, task:str, protocol:str) -> Path:
-    "Folder of one run."
-    return Path(out_dir)/"runs"/encoder/task/protocol
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*(@\d+)?")  # a registry key (lowercase, no spaces), at a common size
 
-def run_name(encoder:str, # registry name
+def name_slug(name:str, # an encoder or run name: a registry key ("rad-dino@448") or an id ("timm/convnext_small.fb_in22k")
+             ) -> str: # a folder name
+    "The folder name of an encoder or run: a registry-style name as it is; any other name (an id with `/`, `:`, `?`) made filesystem-safe, with a short digest that keeps it unique."
+    if _PLAIN_NAME.fullmatch(name) and len(name) <= 100: return name
+    readable = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.")[-60:].lstrip("-.")
+    return f"{readable or 'encoder'}-{fingerprint(name, n=10)}"
+
+def run_path(out_dir:str|Path, encoder:str, task:str, protocol:str) -> Path:
+    "Folder of one run (`name_slug` of the encoder: an id's `/` and `:` never make folders)."
+    return Path(out_dir)/"runs"/name_slug(encoder)/task/protocol
+
+def run_name(encoder:str, # registry name, or an encoder id
              input_size:int|None=None, # a common input size instead of the encoder's own
             ) -> str: # the run's `encoder` key and folder name
     "The name a run of `encoder` is filed under: `rad-dino`, or `rad-dino@448` at a common input size."
@@ -290,7 +299,7 @@ def list_runs(out_dir:str|Path, # the study folder
     rows = []
     for d in sorted(p for p in Path(out_dir).glob("runs/*/*/*") if p.is_dir()):
         meta = read_run_meta(d)
-        rows.append(dict(encoder=d.parent.parent.name, task=d.parent.name, protocol=d.name,
+        rows.append(dict(encoder=(meta or {}).get("encoder") or d.parent.parent.name, task=d.parent.name, protocol=d.name,  # the id, not its folder's slug
                          weights=(meta or {}).get("weights"), complete=meta is not None,
                          seconds=(meta or {}).get("seconds"), path=str(d)))
     return pd.DataFrame(rows, columns=["encoder", "task", "protocol", "weights", "complete", "seconds", "path"])

@@ -56,6 +56,9 @@ _NAV_CSS = """<style>
   background:#fff;border:1px solid #ccd;border-radius:4px;padding:.3rem;box-shadow:0 4px 12px rgba(0,0,0,.15)}
 .cxr-site-nav details>div a{display:block;color:#1f3b57}
 .cxr-site-nav details>div a:hover{background:#e8eef5}
+.jp-OutputArea-output{overflow-x:auto}
+.jp-RenderedHTMLCommon table{font-size:12px}
+.jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{padding:2px 6px}
 </style>
 """
 
@@ -109,10 +112,12 @@ def offline_html(text:str) -> str:
 _OPTION = re.compile(r"^#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$")
 
 def apply_cell_options(nb):
-    "Apply Quarto-style `#| echo/output/include: false` (and nbdev's `#| hide`) to a notebook's code cells, in place."
+    "Apply Quarto-style `#| echo/output/include: false` (and nbdev's `#| hide`) to a notebook's code cells, in place; an executed papermill notebook shows only its injected parameters."
     cells = []
+    injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     for cell in nb.cells:
         if cell.cell_type != "code": cells.append(cell); continue
+        if injected and "parameters" in cell.metadata.get("tags", []): continue  # the template's defaults, not this run's
         lines, opts = cell.source.splitlines(), {}
         while lines and (m := _OPTION.match(lines[0])):
             opts[m[1].lower()] = m[2].lower(); lines.pop(0)
@@ -127,6 +132,7 @@ def apply_cell_options(nb):
 def notebook_html(nb_path:str|Path, # the executed notebook
                   nav:str="", # navigation bar to put first in the body
                   title:str|None=None, # the page's <title>
+                  banner:str="", # a notice under the navigation bar (e.g. synthetic data), unless the page carries one already
                  ) -> str: # a standalone HTML page
     "One notebook as a standalone HTML page that loads offline."
     import nbformat
@@ -140,7 +146,8 @@ def notebook_html(nb_path:str|Path, # the executed notebook
         nb, resources={"metadata": {"name": title or nb_path.stem, "path": str(nb_path.parent)}})
     body = ipynb_to_html_links(offline_html(body))
     body = re.sub(r"</head\s*>", lambda m: _NAV_CSS + m[0], body, count=1, flags=re.I)
-    return re.sub(r"<body\b[^>]*>", lambda m: m[0] + "\n" + nav, body, count=1, flags=re.I)
+    top = nav + (f'<div class="cxr-banner-wrap" style="padding:0 1rem">{banner}</div>' if banner and "cxr-banner" not in body else "")
+    return re.sub(r"<body\b[^>]*>", lambda m: m[0] + "\n" + top, body, count=1, flags=re.I)
 
 # %% ../nbs/api/82_site.ipynb #37e79dbf
 class _Refs(HTMLParser):
@@ -181,6 +188,7 @@ def render_html(report_dir:str|Path, # the report folder (executed page notebook
                 runs:list[tuple[str,str]]=(), # (notebook, title) of each run notebook, e.g. runs/<e>/<t>/<p>/experiment.ipynb
                 out:str="html", # the site's folder, relative to report_dir
                 title:str="Study report", # the site's title, first in the navigation bar
+                banner:str="", # HTML notice on every page that does not carry one (run pages of a synthetic study)
                ) -> Path: # the site folder, with index.html
     "Render a report folder's pages and run notebooks to a static HTML site that opens offline."
     report_dir = Path(report_dir)
@@ -199,7 +207,7 @@ def render_html(report_dir:str|Path, # the report folder (executed page notebook
             if (report_dir / sub).is_dir(): shutil.copytree(report_dir / sub, tmp / sub)
         for nb, t, src in sources:
             here = PurePosixPath(_html_name(nb))
-            text = notebook_html(src, site_nav(title, pages, runs, str(here)), t)
+            text = notebook_html(src, site_nav(title, pages, runs, str(here)), t, banner)
             (tmp / here).parent.mkdir(parents=True, exist_ok=True)
             (tmp / here).write_text(text, encoding="utf-8")
             base = src.parent.resolve().parents[len(here.parts) - 2] if len(here.parts) > 1 else src.parent.resolve()

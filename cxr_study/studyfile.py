@@ -19,7 +19,8 @@ from .data.preprocess import MASK_RULES
 from .results import is_complete, run_name, run_params, run_path
 import cxr_study
 from .efficiency import LABEL_EFFICIENCY, efficiency_dir, efficiency_settings
-from .encoders.registry import list_encoders
+from .encoders.hub import encoder_id, forms_text, looks_like_id
+from .encoders.registry import EncoderIdError, list_encoders
 from .protocols import protocol_names, reference_names
 from .sweeps import RunSpec, grid_runs
 from .train.segformer import SEGFORMER_VARIANTS
@@ -172,6 +173,20 @@ def _check_settings(where, settings):
 def _encoder_names():
     return [*reference_names(), *list_encoders(), *[v for v in SEGFORMER_VARIANTS if v not in list_encoders()]]
 
+def _encoders(where, values, known):
+    "A study file's encoders: known names as they are; ids, or `{id: ..., <override>: value}` mappings, as canonical ids (checked in form only: resolving one reads the model's configuration, which `--download` may still have to fetch)."
+    if not isinstance(values, list) or not values: raise CxrStudyError(f"{where}: expected a non-empty list of encoders")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, str) and v in known: out.append(v); continue
+        if not (isinstance(v, dict) or looks_like_id(v)):
+            close = difflib.get_close_matches(str(v), list(known), n=1)
+            raise EncoderIdError(f"{where}: unknown encoder {v!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                                 + f" (known: {', '.join(known)}). {forms_text()}")
+        try: out.append(encoder_id(v))
+        except CxrStudyError as e: raise type(e)(f"{where}[{i}]: {e}") from None
+    return out
+
 # %% ../nbs/api/70a_studyfile.ipynb #ce5b5eb2
 def _subgrids(cfg, key, encoders, seen):
     items = getattr(cfg, key)
@@ -182,7 +197,7 @@ def _subgrids(cfg, key, encoders, seen):
         g = _build(GridCfg, a, f"{w}.")
         if g.name in seen: raise CxrStudyError(f"{w}.name: {g.name!r} is used twice")
         seen.add(g.name)
-        if g.encoders is not None: _names(f"{w}.encoders", g.encoders, encoders, "encoder")
+        if g.encoders is not None: g.encoders = _encoders(f"{w}.encoders", g.encoders, encoders)
         if g.tasks is not None:
             _names(f"{w}.tasks", g.tasks, list(TASKS), "task")
             nodata = [t for t in g.tasks if t not in cfg.data]
@@ -195,7 +210,7 @@ def _subgrids(cfg, key, encoders, seen):
 def _check_efficiency(cfg, encoders):
     le, w = cfg.label_efficiency, "label_efficiency"
     if le.encoders is not None:
-        _names(f"{w}.encoders", le.encoders, encoders, "encoder")
+        le.encoders = _encoders(f"{w}.encoders", le.encoders, encoders)
         refs = [e for e in le.encoders if e in reference_names()]
         if refs: raise CxrStudyError(f"{w}.encoders: {refs[0]!r} is a reference without a probe; list encoders only")
     if le.tasks is not None:
@@ -224,7 +239,7 @@ def validate_study(raw:dict, # the parsed YAML
             if t not in TASKS: raise _unknown("data.", t, list(TASKS))
             if not isinstance(d, str): raise CxrStudyError(f"data.{t}: expected a folder path")
         encoders = _encoder_names()
-        _names("encoders", cfg.encoders, encoders, "encoder")
+        cfg.encoders = _encoders("encoders", cfg.encoders, encoders)
         _names("tasks", cfg.tasks, list(TASKS), "task")
         _names("protocols", cfg.protocols, protocol_names(), "protocol")
         nodata = [t for t in cfg.tasks if t not in cfg.data]
@@ -242,7 +257,7 @@ def validate_study(raw:dict, # the parsed YAML
         seen = {"main"}
         for key in ("baselines", "ablations"): setattr(cfg, key, _subgrids(cfg, key, encoders, seen))
         if cfg.label_efficiency is not None: _check_efficiency(cfg, encoders)
-    except CxrStudyError as e: raise CxrStudyError(f"{where}: {e}") from None
+    except CxrStudyError as e: raise type(e)(f"{where}: {e}") from None  # the error's class kept (EncoderIdError)
     return cfg
 
 def load_study(path:str|Path|None=None, # a YAML study file; None: the study comes from `overrides` alone

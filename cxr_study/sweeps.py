@@ -20,7 +20,7 @@ from .data.cohorts import get_task, split_masks
 from .data.index import read_index
 from .data.preprocess import MASK_RULES
 from .data.rle import chexmask_rle_decode, chexmask_rle_encode
-from .encoders.registry import cfg_at_size
+from .encoders.registry import cfg_at_size, encoder_record
 from .metrics import dice_iou
 from .protocols import Fold, FoldFit, Prepared, Protocol, RunContext, applies, run_protocol, study_cohorts
 from .results import (EMPTY_MASK_SCORE, SUBGROUP_COLUMNS, check_predictions, check_results, is_complete, metrics_for,
@@ -165,7 +165,7 @@ def run_experiment(encoder:str, # registry name, or "prior"
     write_run(out_dir, {"encoder": name, "weights": weights, "task": task, "protocol": protocol},  # run.json, the completion mark, last
               pd.DataFrame(results), pd.concat(preds, ignore_index=True),
               {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(feats.path) if feats is not None else None,
-               "versions": _versions()})
+               "versions": _versions(), **({"encoder_cfg": encoder_record(cfg)} if getattr(cfg, "sources", ()) else {})})  # an id: what it resolved to
     proto.finish(run, prep)  # complete: e.g. checkpoints no longer needed
     return _read_run(final, False)
 

@@ -1,13 +1,16 @@
-"""A small study with a common-resolution ablation and its built report, shared by the report-page tests.
+"""A small study with references, two candidate encoders and a common-resolution ablation, and its built
+report, shared by the report-page tests.
 
-Built once per test session: the prior and ResNet-18 on cardiomegaly classification and heart
-segmentation over two folds, and ResNet-18 again at 64 px (`resnet18@64`), masks scored at 64 px,
-then `build_report` with the HTML site."""
+Built once per test session: the prior and raw pixels (references), ResNet-18 and ViT-S/16 (candidate
+encoders) on cardiomegaly classification and heart segmentation over two folds, and ResNet-18 again at
+64 px (`resnet18@64`, an ablation variant), masks scored at 64 px, then `build_report` with the HTML site."""
 from cxr_study.cli import DEMO_PROBE
 
 PROBE = {**DEMO_PROBE, "max_epochs": 10}
 TASKS = ["cardiomegaly-cls", "heart-seg"]
 FOLDS = [0, 1]
+CANDIDATES = ["resnet18", "vit-small-patch16-224"]
+REFERENCES = ["prior", "raw-pixels"]
 _BUILT = {}
 
 
@@ -17,7 +20,7 @@ def built_study(data_dir, tmp_path_factory):
         from cxr_study.executors import run_grid
         from cxr_study.report import build_report
         out = tmp_path_factory.mktemp("report_study")
-        for encoders, options in ((["prior", "resnet18"], {"probe": PROBE, "mask_size": 64}),
+        for encoders, options in (([*REFERENCES, *CANDIDATES], {"probe": PROBE, "mask_size": 64}),
                                   (["resnet18"], {"probe": PROBE, "mask_size": 64, "input_size": 64})):
             st = run_grid(encoders, TASKS, data_dir, out, folds=FOLDS, executor="inline", options=options, show_progress=False)
             assert set(st.status) == {"done"}, st

@@ -118,3 +118,29 @@ def browse_site(html_dir: str | Path,  # a rendered site (index.html at its root
         if target in anchors and fragment not in anchors[target]:
             problems.append(f"{source}: link {raw} has no target on {rel(target)}")
     return problems
+
+
+def evaluate_pages(html_dir: str | Path,  # a rendered site
+                   script: str,  # a JavaScript function of no argument, run on each page after it loads
+                   executable: str | Path = CHROMIUM,
+                   width: int = 1400,  # the window's width in CSS pixels
+                   timeout_ms: int = 30_000,
+                   ) -> dict[str, object]:  # page (relative to the site) -> what the script returned
+    "Run one script on every HTML page of a site, in headless Chromium at the given width, offline."
+    from playwright.sync_api import sync_playwright
+    executable = require_chromium(executable)
+    root = Path(html_dir).resolve()
+    out: dict[str, object] = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": 1000})
+            context.route(re.compile(r"^(?!file:|data:|blob:|about:)"), lambda route: route.abort())
+            for path in sorted(root.rglob("*.html")):
+                page = context.new_page()
+                page.goto(path.as_uri(), wait_until="load", timeout=timeout_ms)
+                out[path.relative_to(root).as_posix()] = page.evaluate(script)
+                page.close()
+        finally:
+            browser.close()
+    return out

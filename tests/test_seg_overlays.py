@@ -37,9 +37,10 @@ def true_mask(index_row, target, pre, size):
 
 @pytest.mark.parametrize("encoder", ["prior", "resnet18", "resnet18@64"])
 def test_an_overlay_is_the_stored_mask(study, tiny_benchmark, encoder):
-    from cxr_study.overlays import plot_overlays
+    from cxr_study.overlays import overlay_cases, plot_overlays
     from cxr_study.report import load_study
-    cases = pd.read_csv(study / "report" / "tables" / "overlays_heart-seg_linear-probe.csv")
+    from cxr_study.reporting import ROLES
+    cases = overlay_cases(load_study(study), "heart-seg", roles=tuple(ROLES))  # the ablation variant too: its 64-px geometry
     own = cases[cases.selection == "own"]
     r = own[(own.encoder == encoder) & (own.case == "median")].iloc[0]
     run = study / "runs" / encoder / "heart-seg" / "linear-probe"
@@ -64,8 +65,9 @@ def test_an_overlay_is_the_stored_mask(study, tiny_benchmark, encoder):
 
 def test_cases_cover_dice_and_size(study):
     cases = pd.read_csv(study / "report" / "tables" / "overlays_heart-seg_linear-probe.csv")
-    pred = pd.concat([pd.read_parquet(study / "runs" / e / "heart-seg" / "linear-probe" / "predictions.parquet")
-                      for e in ("prior", "resnet18", "resnet18@64")])
+    drawn = ("prior", "raw-pixels", "resnet18", "vit-small-patch16-224")  # the page draws candidates and references, not ablation variants
+    assert set(cases.encoder) == set(drawn)
+    pred = pd.concat([pd.read_parquet(study / "runs" / e / "heart-seg" / "linear-probe" / "predictions.parquet") for e in drawn])
     own = cases[cases.selection == "own"]
     for e, g in pred.groupby("encoder"):  # each model's own worst and best are its lowest and highest Dice
         mine = own[own.encoder == e].set_index("case").dice

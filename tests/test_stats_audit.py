@@ -105,7 +105,7 @@ def test_paired_label_metrics_use_images_both_models_scored(metric):
     ref = roc_auc_score if metric == "auroc" else average_precision_score
     ea, eb = ref(y[keep], a[keep]), ref(y[keep], b[keep])
     for f in (paired_permutation_test, paired_bootstrap_test):
-        r = f(metric, a, b, y, n_perm=200) if f is paired_permutation_test else f(metric, a, b, y, n_boot=200)
+        r = f(metric, a, b, y, n_perm=200) if f is paired_permutation_test else f(metric, a, b, y, n_boot=200, warn=False)
         assert r.n == keep.sum()
         assert (r.estimate_a, r.estimate_b, r.diff) == pytest.approx((ea, eb, ea - eb), abs=1e-12)
 

@@ -13,6 +13,7 @@ import pandas as pd
 from ..core import CxrStudyError, STUDY_SEED
 from ..results import RUN_KEYS, require_columns
 from .bootstrap import Interval, cluster_bootstrap_weights, interval_from_replicates
+from .tables import patient_clusters
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'CALIBRATION_METRICS', 'calibration_edges', 'bin_index', 'calibration_bins',
@@ -102,6 +103,15 @@ def brier_score(y_true, y_prob,
 # %% ../../nbs/api/68_stats.calibration.ipynb #a4b35e50
 CALIBRATION_METRICS = ("ece", "brier")
 
+def _bias_corrected(estimate:float, reps:np.ndarray, level:float) -> Interval:
+    "Bootstrap bias correction: the estimate less the replicates' bias, the percentile interval moved by twice the bias, floored at 0."
+    ok = reps[~np.isnan(reps)]
+    if ok.size < max(10, 0.5 * reps.size): return interval_from_replicates(estimate, reps, level, "percentile")
+    bias = ok.mean() - estimate
+    est = max(estimate - bias, 0.0)
+    lo, hi = np.maximum(np.quantile(ok, [(1 - level) / 2, (1 + level) / 2]) - 2 * bias, 0.0)
+    return Interval(est, min(lo, est), max(hi, est), level, "bias-corrected percentile", reps.size, ok.size)
+
 def calibration_ci(metric:str, # "ece" or "brier"
                    y_true, y_prob,
                    clusters:Sequence|None=None, # (n,) patient ids; None = images independent
@@ -109,17 +119,19 @@ def calibration_ci(metric:str, # "ece" or "brier"
                    n_boot:int=2000, level:float=0.95,
                    stratify:bool=False, # resample within label strata (patients with any positive vs none); off: it fixes the prevalence
                    seed:int=STUDY_SEED,
+                   bias_correct:bool|None=None, # ECE: the bootstrap bias-corrected estimate and interval; None = for the ECE only
                   ) -> Interval:
-    "Patient-clustered bootstrap percentile CI of the ECE or the Brier score."
+    "Patient-clustered bootstrap CI of the ECE (bias-corrected: it is biased upward) or the Brier score (percentile)."
     if metric not in CALIBRATION_METRICS: raise CxrStudyError(f"metric {metric!r}: use one of {', '.join(CALIBRATION_METRICS)}")
     y, p, ok = _checked(y_true, y_prob)
     if not y.size: return Interval(np.nan, np.nan, np.nan, level, "percentile", n_boot, 0, "no images")
-    cl = None if clusters is None else np.asarray(clusters)[ok]
+    cl = None if clusters is None else patient_clusters(np.asarray(clusters, dtype=object)[ok])[0]
     edges = calibration_edges(p, n_bins, strategy)
     f = (lambda W: expected_calibration_error(y, p, weights=W, edges=edges)) if metric == "ece" else (lambda W: brier_score(y, p, weights=W))
     strata = None
     if stratify: strata = y if cl is None else pd.Series(y).groupby(cl).transform("max").to_numpy()
     reps = np.concatenate([f(W) for W in cluster_bootstrap_weights(cl, y.size, strata, n_boot, seed)])
+    if metric == "ece" if bias_correct is None else bias_correct: return _bias_corrected(float(f(np.ones(y.size))), reps, level)
     return interval_from_replicates(float(f(np.ones(y.size))), reps, level, "percentile")
 
 # %% ../../nbs/api/68_stats.calibration.ipynb #6d1401c9
@@ -133,8 +145,8 @@ def calibration_table(preds:pd.DataFrame, # per-image predictions with y_true, y
                       n_bins:int=10, strategy:str="uniform",
                       n_boot:int=2000, level:float=0.95, seed:int=STUDY_SEED,
                       cluster_col:str|None="patient_id", # clusters; None = images independent
-                     ) -> pd.DataFrame: # by..., n, prevalence, mean_pred, ece, ece_lo, ece_hi, brier, brier_lo, brier_hi, reason
-    "ECE and Brier score with patient-clustered bootstrap CIs for every classification run."
+                     ) -> pd.DataFrame: # by..., n, prevalence, mean_pred, ece, ece_lo, ece_hi, ece_plugin, brier, brier_lo, brier_hi, reason
+    "ECE (bias-corrected, and the plug-in value) and Brier score with patient-clustered bootstrap CIs for every classification run."
     rows = []
     for keys, g in _cls_runs(preds, by):
         keys = keys if isinstance(keys, tuple) else (keys,)
@@ -144,9 +156,11 @@ def calibration_table(preds:pd.DataFrame, # per-image predictions with y_true, y
         for m in CALIBRATION_METRICS:
             ci = calibration_ci(m, y, p, cl, n_bins, strategy, n_boot, level, seed=seed)
             r.update({m: ci.estimate, f"{m}_lo": ci.lo, f"{m}_hi": ci.hi})
+        r["ece_plugin"] = expected_calibration_error(y, p, n_bins, strategy) if r["n"] else np.nan
         r["reason"] = ci.reason
         rows.append(r)
-    return pd.DataFrame(rows, columns=[*by, "n", "prevalence", "mean_pred", *[f"{m}{s}" for m in CALIBRATION_METRICS for s in ("", "_lo", "_hi")], "reason"])
+    cols = [*by, "n", "prevalence", "mean_pred", "ece", "ece_lo", "ece_hi", "ece_plugin", "brier", "brier_lo", "brier_hi", "reason"]
+    return pd.DataFrame(rows, columns=cols)
 
 def reliability_table(preds:pd.DataFrame, by:Sequence[str]=RUN_KEYS, n_bins:int=10, strategy:str="uniform") -> pd.DataFrame:
     "The reliability bins (`calibration_bins`) of every classification run, one row per run and bin."

@@ -12,9 +12,11 @@ import pandas as pd
 
 from ..core import CxrStudyError
 from .folds import critical_difference
+from .tables import format_p
 
 # %% auto #0
-__all__ = ['cd_cliques', 'plot_critical_difference', 'plot_forest', 'plot_subgroup_gaps', 'plot_reliability', 'plot_roc_pr']
+__all__ = ['VALUE_NAMES', 'cd_cliques', 'plot_critical_difference', 'annotate_not_estimable', 'p_text', 'plot_forest',
+           'value_name', 'plot_subgroup_gaps', 'plot_reliability', 'plot_roc_pr']
 
 # %% ../../nbs/api/67_stats.figures.ipynb #5d452af2
 def _figure(figsize):
@@ -76,62 +78,97 @@ def plot_critical_difference(mean_ranks:pd.Series, # mean rank per treatment (fr
     return fig
 
 # %% ../../nbs/api/67_stats.figures.ipynb #b2552c29
+def annotate_not_estimable(ax, ys, x=0.5):
+    "Write 'not estimable' on the rows `ys` (an axes-fraction x), where a row has no value to draw."
+    for y in ys: ax.annotate("not estimable", (x, y), xycoords=("axes fraction", "data"), ha="center", va="center", fontsize=7, color="0.4", style="italic")
+
+def p_text(p:float, adjusted:str|None=None, floor:float|None=None) -> str:
+    "'p = 0.012 (Holm)', 'p < 0.001 (Holm)' or 'p ≤ 0.0033': a p-value written into a figure."
+    s = format_p(p, adjusted, floor)
+    return f"p {s[0]} {s[1:]}" if s[:1] in "<≤" else f"p = {s}"
+
 def plot_forest(table:pd.DataFrame, # rows with `diff`, `lo`, `hi` and a label column
                 label:str|Sequence[str]=("a", "b"), # label column(s); two are joined as "a vs b"
                 p_col:str|None="p_holm", # p-value column shown at the right (None: none)
                 xlabel:str="difference", # x axis label
                 title:str|None=None, # axes title
+                p_adjust:str|None="Holm", # the adjustment `p_col` holds, written after each p (None: unadjusted)
+                p_floor:float|None=None, # the smallest p a permutation test can give (1/(B+1)); with a `test` column, for its permutation rows only
                ):
-    "Forest plot of differences with confidence intervals; returns a Figure."
+    "Forest plot of differences with confidence intervals, p-values written as the report writes them; returns a Figure."
+    from matplotlib.ticker import MaxNLocator
     cols = [label] if isinstance(label, str) else list(label)
     missing = [c for c in ["diff", "lo", "hi", *cols] if c not in table.columns]
     if missing: raise CxrStudyError(f"forest plot needs column(s) {missing}")
     t = table.reset_index(drop=True)
     names = t[cols].astype(str).agg(" vs ".join, axis=1)
-    fig = _figure((7, 0.8 + 0.35 * len(t)))
+    fig = _figure((7, 0.9 + 0.35 * len(t)))
     ax = fig.add_subplot()
     y = np.arange(len(t))[::-1]
     ok = t[["lo", "hi"]].notna().all(1).to_numpy()
+    ax.axvline(0, color="0.5", ls="--", lw=1, zorder=0)
     ax.hlines(y[ok], t.lo[ok], t.hi[ok], color="k", lw=1.2)
     ax.plot(t["diff"], y, "s", color="navy", ms=5)
-    ax.axvline(0, color="0.5", ls="--", lw=1)
-    ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlabel(xlabel)
+    annotate_not_estimable(ax, y[t["diff"].isna().to_numpy()])
+    ax.set_yticks(y, names, fontsize=8); ax.set_ylim(-0.7, len(t) - 0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5)); ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
     if p_col and p_col in t:
-        for yi, p in zip(y, t[p_col]): ax.annotate("" if pd.isna(p) else f"p={p:.3g}", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+        perm = t["test"].astype(str).str.contains("permutation") if "test" in t else pd.Series(True, index=t.index)
+        for yi, p, pm in zip(y, t[p_col], perm):
+            ax.annotate("" if pd.isna(p) else p_text(p, p_adjust, p_floor if pm else None), (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=7)
     if title: ax.set_title(title, fontsize=10)
     return fig
 
 # %% ../../nbs/api/67_stats.figures.ipynb #f0728707
+VALUE_NAMES = {"chest_tube": {0: "no tube", 1: "tube"},
+               "ptx_size_quartile": {1: "Q1 (smallest)", 2: "Q2", 3: "Q3", 4: "Q4 (largest)"}}
+
+def value_name(col:str, v) -> str:
+    "A subgroup value as a reader reads it: named when the column has names, whole numbers without '.0'."
+    if pd.isna(v): return "unknown"
+    if isinstance(v, (float, np.floating)) and float(v).is_integer(): v = int(v)
+    return VALUE_NAMES.get(col, {}).get(v, str(v))
+
+def _gap_legend(ax, colors, fill_col, faded):
+    from matplotlib.lines import Line2D
+    h = [Line2D([], [], ls="", marker="o", color=c, label=n) for n, c in colors.items()]
+    if fill_col: h += [Line2D([], [], ls="", marker="o", color="k", label=value_name(fill_col, 1)),
+                       Line2D([], [], ls="", marker="o", color="k", mfc="white", label=value_name(fill_col, 0))]
+    if faded: h.append(Line2D([], [], ls="", marker="o", color="k", alpha=0.3, label="too few images (faded)"))
+    ax.legend(handles=h, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(h), 4), frameon=False)
+
 def plot_subgroup_gaps(table:pd.DataFrame, # output of `subgroup_metrics`
                        group_cols:Sequence[str], # subgroup columns (as passed to `subgroup_metrics`)
                        run_col:str="encoder", # one row of the plot per value
                        title:str|None=None, # axes title
+                       fill_col:str|None=None, # a 0/1 group column drawn as marker fill (filled = 1) instead of colour
+                       xlabel:str|None=None, # x axis label (default: the metric)
                       ):
-    "Dot-and-whisker plot of a metric per subgroup and run, with worst-to-best gaps; returns a Figure."
-    t = table.copy()
-    t["group"] = t[list(group_cols)].astype(str).agg(", ".join, axis=1)
-    groups, runs = list(dict.fromkeys(t.group)), list(dict.fromkeys(t[run_col]))
-    fig = _figure((7.5, 0.9 + 0.6 * len(runs)))
-    ax = fig.add_subplot()
+    "Dot-and-whisker plot of a metric per subgroup and run, with worst-to-best gaps at the right and the legend below; returns a Figure."
     import matplotlib as mpl
-    colors = mpl.colormaps["tab10"]
-    off = np.linspace(-0.3, 0.3, len(groups)) if len(groups) > 1 else np.zeros(1)
+    t = table.reset_index(drop=True)
+    hue = [c for c in group_cols if c != fill_col]
+    t["hue"] = [", ".join(value_name(c, r[c]) for c in hue) or "all" for _, r in t.iterrows()]
+    t["cell"] = t[list(group_cols)].astype(str).agg("|".join, axis=1)
+    cells, runs = list(dict.fromkeys(t.cell)), list(dict.fromkeys(t[run_col]))
+    colors = {h: mpl.colormaps["tab10"](i % 10) for i, h in enumerate(dict.fromkeys(t.hue))}
+    fig = _figure((7.5, 1.6 + 0.6 * len(runs)))
+    ax = fig.add_subplot()
+    off = np.linspace(-0.3, 0.3, len(cells)) if len(cells) > 1 else np.zeros(1)
     for i, run in enumerate(runs):
-        y0 = len(runs) - 1 - i
-        sub = t[t[run_col] == run]
-        for j, gname in enumerate(groups):
-            row = sub[sub.group == gname]
-            if row.empty or pd.isna(row.estimate.iloc[0]): continue
-            row = row.iloc[0]
-            c = colors(j % 10)
-            ax.hlines(y0 + off[j], row.lo, row.hi, color=c, lw=1)
-            ax.plot(row.estimate, y0 + off[j], "o", ms=5, color=c, mfc=c if row.supported else "none", label=gname if i == 0 else None)
+        y0, sub = len(runs) - 1 - i, t[t[run_col] == run]
+        for _, row in sub[sub.estimate.notna()].iterrows():
+            yy, c, a = y0 + off[cells.index(row.cell)], colors[row.hue], 1.0 if row.supported else 0.3
+            filled = fill_col is None or row[fill_col] == 1
+            ax.hlines(yy, row.lo, row.hi, color=c, lw=1, alpha=a)
+            ax.plot(row.estimate, yy, "o", ms=5, color=c, mfc=c if filled else "white", alpha=a)
         ok = sub[sub.supported & sub.estimate.notna()]
         if len(ok) > 1: ax.annotate(f"gap {ok.estimate.max() - ok.estimate.min():.2f}", (1.01, y0), xycoords=("axes fraction", "data"), va="center", fontsize=7)
-    ax.set_yticks(range(len(runs)), runs[::-1], fontsize=8)
-    ax.set_xlabel(table.metric.iloc[0] if "metric" in table and len(table) else "estimate")
-    ax.legend(fontsize=7, title=", ".join(group_cols), title_fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1))
+        if sub.estimate.isna().all(): annotate_not_estimable(ax, [y0])
+    ax.set_yticks(range(len(runs)), runs[::-1], fontsize=8); ax.set_ylim(-0.6, len(runs) - 0.4)
+    ax.set_xlabel(xlabel or (str(t.metric.iloc[0]) if "metric" in t and len(t) else "estimate"), fontsize=9)
+    _gap_legend(ax, colors if hue else {}, fill_col, (~t.supported & t.estimate.notna()).any())
     if title: ax.set_title(title, fontsize=10)
     return fig
 
@@ -147,7 +184,7 @@ def plot_reliability(bins:pd.DataFrame, # from `reliability_table`: one row per 
     if missing: raise CxrStudyError(f"reliability diagram needs column(s) {missing}; pass the output of reliability_table")
     runs = list(dict.fromkeys(bins[run_col]))
     nc = max(1, min(ncols, len(runs))); nr = max(1, -(-len(runs) // nc))
-    fig = _figure((2.9 * nc, 3.3 * nr))
+    fig = _figure((2.9 * nc, 3.5 * nr))
     gs = fig.add_gridspec(2 * nr, nc, height_ratios=[3, 1] * nr)
     for i, run in enumerate(runs):
         r, c = divmod(i, nc)
@@ -159,7 +196,7 @@ def plot_reliability(bins:pd.DataFrame, # from `reliability_table`: one row per 
         head = str(run)
         if stats is not None and (s := stats[stats[run_col] == run]).size:  # the run's ECE and Brier score under its name
             s = s.iloc[0]
-            head += f"\nECE {s.ece:.3f} ({s.ece_lo:.3f}-{s.ece_hi:.3f}), Brier {s.brier:.3f} ({s.brier_lo:.3f}-{s.brier_hi:.3f})"
+            head += f"\nECE {s.ece:.3f} ({s.ece_lo:.3f}-{s.ece_hi:.3f})\nBrier {s.brier:.3f} ({s.brier_lo:.3f}-{s.brier_hi:.3f})"
         ax.set_xlim(0, 1); ax.set_ylim(-0.02, 1.02); ax.set_title(head, fontsize=7)
         ax.set_ylabel("fraction positive", fontsize=7); ax.tick_params(labelsize=7, labelbottom=False)
         allb = bins[bins[run_col] == run]
@@ -173,27 +210,30 @@ def plot_reliability(bins:pd.DataFrame, # from `reliability_table`: one row per 
 def plot_roc_pr(preds:pd.DataFrame, # per-image predictions with y_true, y_score and `run_col`
                 run_col:str="model", # one curve per value
                 title:str|None=None, # figure title
+                references:Sequence[str]|None=None, # runs drawn grey and dashed (floor references); None: names ending "(reference)"
                ):
-    "ROC and precision-recall curves side by side, with AUROC / AUPRC in the legends; returns a Figure."
+    "ROC and precision-recall curves side by side, with AUROC / AUPRC in the legends, references grey and chance on top; returns a Figure."
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
     missing = [c for c in [run_col, "y_true", "y_score"] if c not in preds.columns]
     if missing: raise CxrStudyError(f"ROC/PR curves need column(s) {missing}")
     runs = list(dict.fromkeys(preds[run_col]))
     fig = _figure((9, 3.6 + 0.16 * len(runs)))
     roc, pr = fig.subplots(1, 2)
-    prevalence = []
+    prevalence, n_ref = [], 0
     for i, run in enumerate(runs):
         g = preds[(preds[run_col] == run) & preds.y_true.notna() & preds.y_score.notna()]
         y, s = g.y_true.to_numpy(int), g.y_score.to_numpy(float)
         if len(np.unique(y)) < 2: continue
-        c = f"C{i % 10}"
+        ref = run in references if references is not None else str(run).endswith("(reference)")
+        st = dict(color="0.55", ls=("--", "-.")[n_ref % 2], lw=1.0) if ref else dict(color=f"C{i % 10}", lw=1.2)
+        n_ref += ref  # each reference its own dash, so that two references can be told apart
         fpr, tpr, _ = roc_curve(y, s)
-        roc.plot(fpr, tpr, color=c, lw=1.2, label=f"{run} (AUROC {roc_auc_score(y, s):.3f})")
+        roc.plot(fpr, tpr, **st, label=f"{run} (AUROC {roc_auc_score(y, s):.3f})")
         prec, rec, _ = precision_recall_curve(y, s)
-        pr.plot(rec, prec, color=c, lw=1.2, drawstyle="steps-post", label=f"{run} (AUPRC {average_precision_score(y, s):.3f})")
+        pr.plot(rec, prec, **st, drawstyle="steps-post", label=f"{run} (AUPRC {average_precision_score(y, s):.3f})")
         prevalence.append(y.mean())
-    roc.plot([0, 1], [0, 1], ls=":", color="0.5", lw=1)
-    if prevalence: pr.axhline(np.mean(prevalence), ls=":", color="0.5", lw=1)
+    roc.plot([0, 1], [0, 1], ls=":", color="0.3", lw=1.2, zorder=10, label="chance")  # on top: a constant model's curve lies on it
+    if prevalence: pr.axhline(np.mean(prevalence), ls=":", color="0.3", lw=1.2, zorder=10, label="chance (prevalence)")
     roc.set_xlabel("1 - specificity", fontsize=8); roc.set_ylabel("sensitivity", fontsize=8); roc.set_title("ROC", fontsize=9)
     pr.set_xlabel("recall (sensitivity)", fontsize=8); pr.set_ylabel("precision", fontsize=8); pr.set_title("precision-recall", fontsize=9)
     for ax in (roc, pr):

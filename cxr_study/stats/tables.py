@@ -14,13 +14,40 @@ from ..core import STUDY_SEED
 from ..results import CLS_COLUMNS, SEG_COLUMNS, task_kind
 
 # %% auto #0
-__all__ = ['is_classification', 'simulate_predictions']
+__all__ = ['is_classification', 'format_p', 'patient_clusters', 'missing_ids_note', 'simulate_predictions']
 
 # %% ../../nbs/api/60_stats.tables.ipynb #347510f8
 def is_classification(task:str, # a task name such as "pneumothorax-cls"
                      ) -> bool:
     "True for classification tasks (`*-cls`), False for segmentation (`*-seg`)."
     return task_kind(task) == "classification"
+
+# %% ../../nbs/api/60_stats.tables.ipynb #42a29c99
+def format_p(p:float, # a p-value (NaN: not computed)
+             adjusted:str|None=None, # "Holm", "BH" ...: the adjustment, written after the value
+             floor:float|None=None, # the smallest p the test can give (a permutation test: 1/(B+1))
+            ) -> str: # e.g. "0.012", "<0.001", "0.034 (Holm)", "≤0.0033"; "" for NaN
+    "A p-value as the report writes it everywhere."
+    if p is None or pd.isna(p): return ""
+    p = float(p)
+    if floor is not None and floor >= 0.001 and p <= floor * (1 + 1e-9): s = f"≤{floor:#.2g}"
+    elif p < 0.001: s = "<0.001"
+    else: s = f"{p:#.2g}".rstrip(".") if p < 1 else "1.0"
+    return f"{s} ({adjusted})" if adjusted else s
+
+# %% ../../nbs/api/60_stats.tables.ipynb #b72324f4
+def patient_clusters(ids, # (n,) patient ids of any type; None, NaN and "" are missing
+                    ) -> tuple[np.ndarray, int]: # (n,) integer cluster codes, number of images without an id
+    "Integer cluster codes for patient ids: each image without an id is a cluster of its own."
+    s = pd.Series(np.asarray(ids, dtype=object).ravel())
+    missing = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    codes = pd.factorize(s.where(~missing, None), use_na_sentinel=True)[0].astype(int)
+    codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
+    return codes, int(missing.sum())
+
+def missing_ids_note(n_missing:int) -> str:
+    "The sentence a table's reason carries when images had no patient id."
+    return "" if not n_missing else f"{n_missing} image{'s' * (n_missing != 1)} without a patient id, each its own cluster"
 
 # %% ../../nbs/api/60_stats.tables.ipynb #e4cab33b
 def simulate_predictions(encoders:dict|None=None, # encoder name -> strength (logit separation); default three encoders
