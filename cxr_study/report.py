@@ -558,7 +558,7 @@ def _oc_rate(oc:pd.DataFrame, test:str, arm:str) -> str:
     return f"{r.rate:.0%} (95% CI {r.ci_lo:.0%}-{r.ci_hi:.0%}, {int(r.n_flagged)} of {int(r.n_runs)} studies)"
 
 def shortcut_oc_sentences(oc:pd.DataFrame) -> str: # from stats.subgroups.shortcut_operating_characteristics
-    "The simulated false-flag rates and power of the two shortcut tests as sentences, every number read from the table."
+    "The simulated false-flag rates and power of the two shortcut tests as a sentence and bullets, every number read from the table."
     r = oc.iloc[0]
     alpha = float(r.alpha)
     head = (f"Simulated on {int(r.n_seeds)} synthetic studies per arm ({int(r.n_images)} radiographs at {int(r.image_size)} px; "
@@ -577,7 +577,7 @@ def shortcut_oc_sentences(oc:pd.DataFrame) -> str: # from stats.subgroups.shortc
                    "depends on the tube\", and the tube x size table below for whether it matters.")
     if "generator_matches" in oc and not oc.generator_matches.all():
         out.append("These rates were simulated on an earlier version of the synthetic generator than the installed one.")
-    return " ".join(out)
+    return out[0] + "\n\n" + "\n".join(f"- {x}" for x in out[1:])
 
 def subgroup_table(study:Study, n_boot:int=1000, seed:int=STUDY_SEED) -> pd.DataFrame:
     "Sensitivity (classification) or Dice (segmentation) by chest tube x pneumothorax size quartile, with clustered CIs."

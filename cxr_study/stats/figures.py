@@ -101,8 +101,10 @@ def plot_forest(table:pd.DataFrame, # rows with `diff`, `lo`, `hi` and a label c
     missing = [c for c in ["diff", "lo", "hi", *cols] if c not in table.columns]
     if missing: raise CxrStudyError(f"forest plot needs column(s) {missing}")
     t = table.reset_index(drop=True)
-    names = t[cols].astype(str).agg(" vs ".join, axis=1)
-    fig = _figure((7, 0.9 + 0.35 * len(t)))
+    import textwrap
+    names = [textwrap.fill(n, 44) for n in t[cols].astype(str).agg(" vs ".join, axis=1)]  # long labels wrap instead of squeezing the axes
+    lines = max(n.count("\n") + 1 for n in names) if names else 1
+    fig = _figure((5.2 + 0.07 * max((len(r) for n in names for r in n.split("\n")), default=0), 0.9 + 0.3 * lines * len(t)))
     ax = fig.add_subplot()
     y = np.arange(len(t))[::-1]
     ok = t[["lo", "hi"]].notna().all(1).to_numpy()
