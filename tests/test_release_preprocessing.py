@@ -52,6 +52,11 @@ def release_pipeline(rel: dict):
             a = np.array(im.resize((size, size))) / 255.0
             return torch.from_numpy(((a - mean) / std).transpose(2, 0, 1).astype("float32"))
         return ark
+    if lib == "pil-gray":  # the project's own control: PIL squash resize of the gray image, / 255, normalise, one channel
+        def gray(im):
+            a = np.asarray(im.convert("L").resize((size, size), resample=rel["resample"]), np.float32) / 255.0
+            return torch.from_numpy(((a - mean[0]) / std[0])[None].astype("float32"))
+        return gray
     if lib == "timm":
         import timm
         from timm.data import create_transform, resolve_data_config
@@ -86,7 +91,7 @@ def test_preprocess_image_matches_the_release_pipeline(name, xray):
     p = get_encoder_cfg(name).preprocess
     ours = preprocess_image(xray, p)
     theirs = release_pipeline(RELEASES[name])(Image.fromarray(xray).convert("RGB")).float()
-    assert tuple(ours.shape) == tuple(theirs.shape) == (3, RELEASES[name]["size"], RELEASES[name]["size"])
+    assert tuple(ours.shape) == tuple(theirs.shape) == (RELEASES[name].get("channels", 3), RELEASES[name]["size"], RELEASES[name]["size"])
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
