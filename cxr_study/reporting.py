@@ -333,7 +333,8 @@ def _shortcut_sentence(T:dict) -> Finding|None:
     if not pd.isna(r.estimate):
         s += (f"; over all sizes, its sensitivity with a tube differed by {_f3(r.estimate)} ({_ci(r.lo, r.hi)}; adjusted for size and fold, "
               f"GEE clustered by patient, {_p(r.p_holm)} over {int(sc.p.notna().sum())} runs)")
-    s += f"; {int(sc.flagged.astype(bool).sum())} of {len(sc)} runs flagged"
+    tested = int(sc.p.notna().sum())
+    s += f"; {int(sc.flagged.astype(bool).sum())} of {len(sc)} runs flagged" + (f" ({tested} testable)" if tested != len(sc) else "")
     return Finding(s + ".", ["shortcut"], "shortcut")
 
 def _size_sentence(T:dict) -> Finding|None:
