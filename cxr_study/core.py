@@ -24,10 +24,10 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['STUDY_SEED', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest',
-           'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json', 'write_table', 'read_table',
-           'csv_records', 'csv_lines', 'read_csv_text', 'get_device', 'cgroup_cpu_limit', 'available_cores',
-           'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere', 'free_cores', 'threads_for_now',
-           'progress']
+           'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json', 'file_lock', 'write_table',
+           'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'get_device', 'cgroup_cpu_limit',
+           'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere', 'free_cores',
+           'threads_for_now', 'progress_off', 'progress', 'epoch_line']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -139,6 +139,18 @@ def write_json(obj:Any, path:str|Path) -> Path:
 def read_json(path:str|Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text())
+
+# %% ../nbs/api/00_core.ipynb #91a0c6a3
+def file_lock(path:str|Path, # the lock file; its folder is made
+             ):
+    "A `filelock.FileLock` on `path` (held across processes, released when its holder dies); a symbolic link there is refused."
+    from filelock import FileLock
+    path = Path(path)
+    if path.is_symlink():  # filelock opens with O_NOFOLLOW and would fail anyway: say why
+        raise CxrStudyError(f"{path}: the lock file is a symbolic link (to {os.readlink(path)}); locks are never taken through a link. "
+                            "Remove the link and run the command again.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 # %% ../nbs/api/00_core.ipynb #9e898a24
 def write_table(df, path:str|Path, # .csv or .parquet
@@ -359,14 +371,61 @@ def _kernel_without_widgets() -> bool:
     import importlib.util
     return importlib.util.find_spec("ipywidgets") is None
 
+def progress_off() -> bool:
+    "True when progress is switched off: tqdm's `TQDM_DISABLE` (any value but empty, 0, false, no, off) or `CXR_STUDY_PROGRESS=0`."
+    return (os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no", "off")
+            or os.environ.get("CXR_STUDY_PROGRESS", "1") == "0")
+
+def _is_terminal(stream) -> bool:
+    try: return bool(stream.isatty())
+    except (AttributeError, ValueError): return False
+
+# %% ../nbs/api/00_core.ipynb #828986be
+def _line_progress():
+    "tqdm's class with whole lines for logs (tqdm is imported when a display is first made)."
+    from tqdm.std import tqdm
+    class LineProgress(tqdm):
+        "A tqdm for a log that is not a terminal: a whole line at each tenth of the total (each item with ten or fewer, or no total), never a redrawn bar."
+        def __init__(self, *args, **kw):
+            self._shown = self._written = None
+            super().__init__(*args, mininterval=0, miniters=1, bar_format="{l_bar}{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]", **kw)
+        def _mark(self) -> int: return self.n * min(self.total, 10) // self.total if self.total else self.n
+        def display(self, msg=None, pos=None, last:bool=False):
+            if msg == "": return False  # tqdm clears its bar so: a log has none
+            if self._mark() == self._shown and not (last and self.n != self._written): return True
+            self._shown, self._written = self._mark(), self.n
+            self.fp.write(self.__str__() + "\n"); self.fp.flush()
+            return True
+        def close(self):
+            if not self.disable: self.display(last=True)  # where it stopped, if not shown yet
+            self.leave = False
+            super().close()
+    return LineProgress
+
 def progress(it:Iterable, # what to iterate over
              desc:str|None=None, # label shown
              total:int|None=None, # length when `it` has none
-             disable:bool|None=None, # None: off when CXR_STUDY_PROGRESS=0
+             disable:bool|None=None, # None: off when `progress_off()` (TQDM_DISABLE, CXR_STUDY_PROGRESS=0)
             ):
-    "A tqdm progress bar that can be switched off globally with `CXR_STUDY_PROGRESS=0`."
+    "Progress the tqdm way: a bar on a terminal (a widget in a notebook), whole lines in a log, nothing when switched off."
     quiet_kernel = _kernel_without_widgets()
+    if disable is None: disable = progress_off() or quiet_kernel
     if quiet_kernel: from tqdm.std import tqdm  # tqdm.auto itself warns on import there
-    else: from tqdm.auto import tqdm
-    if disable is None: disable = os.environ.get("CXR_STUDY_PROGRESS", "1") == "0" or quiet_kernel
+    elif "ipykernel" in sys.modules: from tqdm.auto import tqdm
+    elif _is_terminal(sys.stderr): from tqdm.std import tqdm
+    else: return _line_progress()(it, desc=desc, total=total, disable=disable)
     return tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True)
+
+def epoch_line(desc:str, # what is trained ("segmentation probe", "fine-tuning")
+               epoch:int, # the epoch just finished, counted from 1
+               max_epochs:int|None=None, # the most epochs it may run
+               seconds:float|None=None, # the epoch's wall-clock time
+               **metrics:float, # train_loss=..., val_loss=..., val_dice=...: written in this order
+              ) -> str: # the line
+    "One line for a finished training epoch, written to stderr (through tqdm, beside any bar) unless progress is off or inside a notebook kernel."
+    vals = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if v is not None)
+    line = f"{desc}: epoch {epoch}{f'/{max_epochs}' if max_epochs else ''}: {vals}" + (f", {seconds:.1f} s" if seconds is not None else "")
+    if not progress_off() and "ipykernel" not in sys.modules:  # an executed notebook would keep every line
+        from tqdm.std import tqdm
+        tqdm.write(line, file=sys.stderr)
+    return line

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, progress, read_json, read_table,
+from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file_lock, progress, read_json, read_table,
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from .results import name_slug, run_path
 from .data.cohorts import get_task
@@ -39,8 +39,7 @@ STATUS_COLUMNS = ["encoder", "task", "protocol", "status", "seconds", "message"]
 
 def run_lock(spec:RunSpec) -> FileLock:
     "The lock of one run: a file under `<out>/.locks/`."
-    d = Path(spec.out_dir)/".locks"; d.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(d/f"{name_slug(spec.name)}--{spec.task}--{spec.protocol}.lock"))
+    return file_lock(Path(spec.out_dir)/".locks"/f"{name_slug(spec.name)}--{spec.task}--{spec.protocol}.lock")
 
 def _clean_partial(folder:Path):
     "Remove temporary files a killed writer left in a run folder (atomic writes name them .<name>.*.tmp)."

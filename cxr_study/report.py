@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, progress, read_json, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, write_json, write_table
 from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                                task_kind)
 from .reporting import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
@@ -831,12 +831,10 @@ def build_report(study_dir:str|Path, # a study folder with complete runs
                  force:bool=False, # rebuild even when the report is up to date with the runs
                 ) -> Path: # the report folder
     "Execute the report notebooks into STUDY/report with every table as CSV; optionally render the HTML site."
-    from filelock import FileLock
     study_dir = Path(study_dir).absolute()
     kw = dict(html=html, n_boot=n_boot, n_perm=n_perm, show_progress=show_progress, force=force)
     if not (study_dir/"runs").is_dir(): return _build_report(study_dir, **kw)  # no study here: its clear error, and nothing written
-    (study_dir/".locks").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(study_dir/".locks"/"report.lock")):  # one builder at a time, so any other stage is a killed builder's
+    with file_lock(study_dir/".locks"/"report.lock"):  # one builder at a time, so any other stage is a killed builder's
         for left in study_dir.glob(".report-*"): shutil.rmtree(left, ignore_errors=True)
         return _build_report(study_dir, **kw)
 
