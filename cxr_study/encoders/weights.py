@@ -24,7 +24,7 @@ __all__ = ['HF_WEIGHT_FILES', 'TIMM_HEADS', 'checkpoint_format', 'torch_load_wei
            'hf_download_command', 'missing_weights_error', 'hub_repo_id', 'resolve_weights', 'hf_cached_file',
            'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights', 'fetch_weights', 'hub_fetch',
            'key_problems', 'load_hf_model', 'check_keys', 'load_timm_weights', 'load_open_clip_visual',
-           'checkpoint_positions', 'resample_siglip_positions', 'load_siglip_release']
+           'open_clip_vision_tower', 'checkpoint_positions', 'resample_siglip_positions', 'load_siglip_release']
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #0baf4acd
 def checkpoint_format(path:str|Path) -> str:
@@ -396,6 +396,15 @@ def load_open_clip_visual(visual:nn.Module, # an open_clip vision tower (a CLIP 
     "Load the vision tower of an open_clip release; the text tower and the logit scale are left out."
     sd = load_checkpoint(path)
     check_keys(visual, {k[7:]: v for k, v in sd.items() if k.startswith("visual.")}, Path(path).name)
+
+def open_clip_vision_tower(embed_dim:int, # the joint embedding width
+                           vision_cfg:dict, # open_clip's vision configuration (`CLIPVisionCfg` fields)
+                           quick_gelu:bool=False, # the release's activation (OpenAI's QuickGELU)
+                          ) -> nn.Module:
+    "An open_clip vision tower, built through open_clip's public API (a `CustomTextCLIP` with a tiny text stand-in, of which `visual` is kept)."
+    from open_clip import CLIPTextCfg, CustomTextCLIP
+    stand_in = CLIPTextCfg(context_length=8, vocab_size=32, width=16, heads=2, layers=1)  # built after the vision tower: its initialisation is unchanged
+    return CustomTextCLIP(embed_dim, vision_cfg, stand_in, quick_gelu=quick_gelu).visual
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #ad0823c3
 def _vision_pos_key(keys) -> str|None:
