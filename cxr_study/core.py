@@ -25,9 +25,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['STUDY_SEED', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest',
            'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json', 'file_lock', 'write_table',
-           'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'get_device', 'cgroup_cpu_limit',
-           'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere', 'free_cores',
-           'threads_for_now', 'progress_off', 'progress', 'epoch_line']
+           'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'get_device', 'visible_devices', 'worker_devices',
+           'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
+           'free_cores', 'threads_for_now', 'progress_off', 'progress', 'epoch_line']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -268,6 +268,47 @@ def get_device(device:str|None=None, # "cpu", "cuda", "cuda:1", or None for the 
         raise CxrStudyError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine "
                             "(install a CUDA build of torch and check nvidia-smi, or use --device cpu)")
     return dev
+
+# %% ../nbs/api/00_core.ipynb #609e3c79
+def _cuda_count() -> int:
+    "GPUs torch sees in this process (0 without CUDA, or without torch)."
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception: return 0
+
+def _visible_entries(value:str) -> list[str]:
+    "CUDA_VISIBLE_DEVICES's entries (indices, GPU-/MIG- UUIDs) up to the first invalid one, where CUDA stops reading."
+    ids = []
+    for x in value.split(","):
+        x = x.strip()
+        if not x or x.startswith("-"): break  # "-1" (or an empty entry) hides the GPUs after it
+        ids.append(x)
+    return ids
+
+def visible_devices(env:dict|None=None, # an environment (default: this process's)
+                    count:int|None=None, # GPUs this process sees (default: asked of torch)
+                   ) -> list[str]: # one id per GPU, in the order torch numbers them
+    "The GPUs this process may use, as a child's `CUDA_VISIBLE_DEVICES` must name them: the variable's own entries when it is set."
+    env = os.environ if env is None else env
+    count = _cuda_count() if count is None else count
+    vis = env.get("CUDA_VISIBLE_DEVICES")
+    return _visible_entries(vis)[:count] if vis is not None else [str(i) for i in range(count)]
+
+def worker_devices(devices:list|None=None, # indices as this process numbers its GPUs (cuda:0, cuda:1, ...); None: all of them
+                   env:dict|None=None, # an environment (default: this process's)
+                   count:int|None=None, # GPUs this process sees (default: asked of torch)
+                  ) -> list[str]: # what each worker's CUDA_VISIBLE_DEVICES must hold
+    "The ids to give workers for `devices`: mapped onto the parent's `CUDA_VISIBLE_DEVICES` when it is set, the machine's indices otherwise."
+    env = os.environ if env is None else env
+    if devices is None: return visible_devices(env, count)
+    vis = env.get("CUDA_VISIBLE_DEVICES")
+    if vis is None: return [str(int(d)) for d in devices]
+    ids = _visible_entries(vis)
+    bad = [d for d in devices if not 0 <= int(d) < len(ids)]
+    if bad: raise CxrStudyError(f"GPU index {bad[0]} asked for, but this process may use {len(ids)} GPU(s) "
+                                f"(CUDA_VISIBLE_DEVICES={vis}), numbered 0 to {len(ids) - 1} in its order")
+    return [ids[int(d)] for d in devices]
 
 # %% ../nbs/api/00_core.ipynb #486da423
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") # read by OpenMP, MKL and OpenBLAS when they start
