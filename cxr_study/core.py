@@ -23,11 +23,12 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STUDY_SEED', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest',
-           'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json', 'file_lock', 'write_table',
-           'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'get_device', 'visible_devices', 'worker_devices',
-           'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
-           'free_cores', 'threads_for_now', 'progress_off', 'progress', 'epoch_line']
+__all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything',
+           'fingerprint', 'file_digest', 'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json',
+           'clean_notebook', 'write_clean_notebook', 'file_lock', 'write_table', 'read_table', 'csv_records',
+           'csv_lines', 'read_csv_text', 'get_device', 'visible_devices', 'worker_devices', 'cgroup_cpu_limit',
+           'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere', 'free_cores',
+           'threads_for_now', 'progress_off', 'progress', 'epoch_line']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -139,6 +140,46 @@ def write_json(obj:Any, path:str|Path) -> Path:
 def read_json(path:str|Path) -> Any:
     "Read a JSON file."
     return json.loads(Path(path).read_text())
+
+# %% ../nbs/api/00_core.ipynb #9b100314
+NBDEV_NB_KEYS = ("kernelspec", "jekyll", "jupytext", "doc", "widgets") # notebook metadata nbdev_clean keeps
+NBDEV_CELL_KEYS = ("hide_input", "tags") # cell metadata it keeps (tags: settings.ini's allowed_cell_metadata_keys)
+
+def _no_addresses(text):
+    "Reprs without their memory address (`<object at 0x7f...>` -> `<object>`), as nbdev_clean's clean_ids does."
+    import re
+    sub = lambda s: re.sub(r"(<.*?)( at 0x[0-9a-fA-F]+)(>)", r"\1\3", s) if "at 0x" in s else s
+    return sub(text) if isinstance(text, str) else [sub(s) for s in text]
+
+def clean_notebook(nb, # a notebook (nbformat's NotebookNode, version 4)
+                   nb_keys:tuple=NBDEV_NB_KEYS, # notebook metadata to keep
+                   cell_keys:tuple=NBDEV_CELL_KEYS, # cell metadata to keep
+                  ):
+    "The notebook as `nbdev_clean` leaves it: no execution counts, no addresses in text outputs, only the kept metadata (in place; returned)."
+    for c in nb.cells:
+        if "execution_count" in c: c.execution_count = None
+        for o in c.get("outputs", []):
+            if "execution_count" in o: o.execution_count = None
+            data = o.get("data", {})
+            data.pop("application/vnd.google.colaboratory.intrinsic+json", None)
+            for k in data:
+                if k.startswith("text"): data[k] = _no_addresses(data[k])
+                if k.startswith("image") and "svg" not in k: data[k] = data[k].rstrip()
+            if "text" in o: o.text = _no_addresses(o.text)
+        c.metadata = {k: v for k, v in c.metadata.items() if k in cell_keys}
+        if "id" not in c: c.id = os.urandom(4).hex()
+    if nb.metadata.get("kernelspec", {}).get("name"): nb.metadata.kernelspec.display_name = nb.metadata.kernelspec.name
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in nb_keys}
+    if nb.nbformat == 4 and nb.get("nbformat_minor", 0) < 5: nb.nbformat_minor = 5
+    return nb
+
+def write_clean_notebook(nb, # a notebook (NotebookNode, version 4)
+                         path:str|Path, # where to write it (atomically)
+                        ) -> Path:
+    "Write `nb` cleaned as `nbdev_clean` would leave it (nbformat's layout: sorted keys, one-space indent, lines as lists)."
+    import nbformat
+    with atomic_path(path) as tmp: nbformat.write(clean_notebook(nbformat.from_dict(nb)), str(tmp))
+    return Path(path)
 
 # %% ../nbs/api/00_core.ipynb #91a0c6a3
 def file_lock(path:str|Path, # the lock file; its folder is made

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, write_clean_notebook, write_json, write_table
 from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                                task_kind)
 from .reporting import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
@@ -849,10 +849,8 @@ def copy_report(report_dir:str|Path, # an executed report (STUDY/report)
     shutil.rmtree(stage)
     shutil.copytree(report_dir, stage, ignore=shutil.ignore_patterns("html", "_site", "_quarto.yml", ".*"))
     import nbformat
-    for nb_path in stage.rglob("*.ipynb"):  # papermill records where it ran: not part of a published copy
-        nb = nbformat.read(nb_path, as_version=4)
-        for k in ("input_path", "output_path"): nb.metadata.get("papermill", {}).pop(k, None)
-        nbformat.write(nb, nb_path)
+    for nb_path in stage.rglob("*.ipynb"):  # as nbdev_clean leaves them: papermill's records of where and when it ran go
+        write_clean_notebook(nbformat.read(nb_path, as_version=4), nb_path)
         (nb_path.parent/".notest").touch()
     if dest.exists(): shutil.rmtree(dest)
     shutil.move(str(stage), str(dest))
