@@ -26,9 +26,9 @@ import numpy as np
 __all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything',
            'fingerprint', 'file_digest', 'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json',
            'clean_notebook', 'write_clean_notebook', 'file_lock', 'write_table', 'read_table', 'csv_records',
-           'csv_lines', 'read_csv_text', 'get_device', 'visible_devices', 'worker_devices', 'cgroup_cpu_limit',
-           'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere', 'free_cores',
-           'threads_for_now', 'progress_off', 'progress', 'epoch_line']
+           'csv_lines', 'read_csv_text', 'expand_path', 'get_device', 'visible_devices', 'worker_devices',
+           'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
+           'free_cores', 'threads_for_now', 'progress_off', 'progress', 'epoch_line']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -297,6 +297,17 @@ def read_csv_text(path:str|Path, # a CSV (or .csv.gz)
         raise CxrStudyError(f"{path}{f':line {k}' if k else ''}: not a readable {what}: {why}") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise CxrStudyError(f"{path}: not a readable {what}: the gzip file is damaged or truncated ({e})") from None
+
+# %% ../nbs/api/00_core.ipynb #5ff9924d
+def expand_path(value:str, # a path from a study file or the command line
+                where:str="path", # what it is, for messages (a study-file key)
+               ) -> str:
+    "`value` with `~` and `$VAR` / `${VAR}` expanded, as a shell would; a variable that is not set is an error that names it."
+    import re
+    s = os.path.expanduser(str(value))
+    unset = [a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", s) if (a or b) not in os.environ]
+    if unset: raise CxrStudyError(f"{where}: {value!r} uses ${unset[0]}, which is not set in the environment")
+    return os.path.expandvars(s)
 
 # %% ../nbs/api/00_core.ipynb #4a94df45
 def get_device(device:str|None=None, # "cpu", "cuda", "cuda:1", or None for the best available

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import CxrStudyError, STUDY_SEED
+from .core import CxrStudyError, STUDY_SEED, expand_path
 from .data.cohorts import TASKS
 from .data.preprocess import MASK_RULES
 from .results import is_complete, run_name, run_params, run_path
@@ -238,6 +238,7 @@ def validate_study(raw:dict, # the parsed YAML
         for t, d in cfg.data.items():
             if t not in TASKS: raise _unknown("data.", t, list(TASKS))
             if not isinstance(d, str): raise CxrStudyError(f"data.{t}: expected a folder path")
+        cfg.data, cfg.out = {t: expand_path(d, f"data.{t}") for t, d in cfg.data.items()}, expand_path(cfg.out, "out")  # ~ and $VAR
         encoders = _encoder_names()
         cfg.encoders = _encoders("encoders", cfg.encoders, encoders)
         _names("tasks", cfg.tasks, list(TASKS), "task")
