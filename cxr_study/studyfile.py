@@ -92,7 +92,7 @@ class StudyCfg:
     protocols:list=field(default_factory=lambda: ["linear-probe"])
     folds:list=field(default_factory=lambda: [0, 1, 2, 3, 4])
     seeds:list=field(default_factory=lambda: [STUDY_SEED])
-    pretrained:bool|str=False # false, true (each release), an org/name Hugging Face id, or a local path
+    pretrained:bool|str=False # false, true (each release), an org/name[@commit or tag] Hugging Face id, or a local path
     device:str|None=None # cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)
     settings:dict=field(default_factory=dict) # protocol -> {probe, Cs, mask_size, mask_resize, adapt}
     baselines:list=field(default_factory=list) # GridCfg sub-grids of reference models (e.g. SegFormer end to end)
