@@ -18,6 +18,9 @@ spdx = licenses[cfg["license"]]
 
 requirements = shlex.split(cfg.get("requirements", ""))
 dev_requirements = shlex.split(cfg.get("dev_requirements", ""))
+# decoders for the compressed DICOM syntaxes Pillow does not read (JPEG Lossless, JPEG-LS, 12-bit JPEG, HTJ2K):
+# an extra, because pylibjpeg-libjpeg is GPL-3.0 licensed
+dicom_requirements = shlex.split(cfg.get("dicom_requirements", ""))
 console_scripts = [s.strip() for s in cfg.get("console_scripts", "").split(";") if s.strip()]
 
 setuptools.setup(
@@ -48,7 +51,7 @@ setuptools.setup(
                   "cxr_study": ["reference/*.csv", "weights/*"]},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements + dicom_requirements, "dicom": dicom_requirements},
     entry_points={"console_scripts": console_scripts, "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     zip_safe=False,
 )

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, progress, read_json, read_table,
+from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file_lock, progress, visible_devices, worker_devices, read_json, read_table,
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from .results import name_slug, run_path
 from .data.cohorts import get_task
@@ -39,8 +39,7 @@ STATUS_COLUMNS = ["encoder", "task", "protocol", "status", "seconds", "message"]
 
 def run_lock(spec:RunSpec) -> FileLock:
     "The lock of one run: a file under `<out>/.locks/`."
-    d = Path(spec.out_dir)/".locks"; d.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(d/f"{name_slug(spec.name)}--{spec.task}--{spec.protocol}.lock"))
+    return file_lock(Path(spec.out_dir)/".locks"/f"{name_slug(spec.name)}--{spec.task}--{spec.protocol}.lock")
 
 def _clean_partial(folder:Path):
     "Remove temporary files a killed writer left in a run folder (atomic writes name them .<name>.*.tmp)."
@@ -161,18 +160,15 @@ def _warm_engine():
     return WarmEngine
 
 # %% ../nbs/api/70b_executors.ipynb #0b4b9f09
-def visible_gpus() -> list[int]:
-    "Indices of the GPUs this process may use (none without CUDA)."
-    try:
-        import torch
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    except Exception: return []
+def visible_gpus() -> list[str]:
+    "The GPUs this process may use, as its workers' CUDA_VISIBLE_DEVICES names them (none without CUDA)."
+    return visible_devices()
 
 def pool_slots(workers:int|str="auto", # runs at once; "auto": one per visible GPU, else 1
                devices:list|None=None, # GPU indices (default: every visible GPU)
               ) -> list[dict]: # one environment overlay per worker
     "The environment of each worker: its GPU, or its share of the CPU cores."
-    gpus = list(devices) if devices is not None else visible_gpus()
+    gpus = worker_devices(devices)  # onto the parent's CUDA_VISIBLE_DEVICES: a scheduler's GPUs, not 0 and 1
     n = (len(gpus) or 1) if workers == "auto" else int(workers)
     if n < 1: raise CxrStudyError(f"workers must be at least 1, got {workers!r}")
     if gpus: return [{"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)])} for i in range(n)]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, progress, read_json, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, write_clean_notebook, write_json, write_table
 from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                                task_kind)
 from .reporting import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
@@ -831,12 +831,10 @@ def build_report(study_dir:str|Path, # a study folder with complete runs
                  force:bool=False, # rebuild even when the report is up to date with the runs
                 ) -> Path: # the report folder
     "Execute the report notebooks into STUDY/report with every table as CSV; optionally render the HTML site."
-    from filelock import FileLock
     study_dir = Path(study_dir).absolute()
     kw = dict(html=html, n_boot=n_boot, n_perm=n_perm, show_progress=show_progress, force=force)
     if not (study_dir/"runs").is_dir(): return _build_report(study_dir, **kw)  # no study here: its clear error, and nothing written
-    (study_dir/".locks").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(study_dir/".locks"/"report.lock")):  # one builder at a time, so any other stage is a killed builder's
+    with file_lock(study_dir/".locks"/"report.lock"):  # one builder at a time, so any other stage is a killed builder's
         for left in study_dir.glob(".report-*"): shutil.rmtree(left, ignore_errors=True)
         return _build_report(study_dir, **kw)
 
@@ -851,10 +849,8 @@ def copy_report(report_dir:str|Path, # an executed report (STUDY/report)
     shutil.rmtree(stage)
     shutil.copytree(report_dir, stage, ignore=shutil.ignore_patterns("html", "_site", "_quarto.yml", ".*"))
     import nbformat
-    for nb_path in stage.rglob("*.ipynb"):  # papermill records where it ran: not part of a published copy
-        nb = nbformat.read(nb_path, as_version=4)
-        for k in ("input_path", "output_path"): nb.metadata.get("papermill", {}).pop(k, None)
-        nbformat.write(nb, nb_path)
+    for nb_path in stage.rglob("*.ipynb"):  # as nbdev_clean leaves them: papermill's records of where and when it ran go
+        write_clean_notebook(nbformat.read(nb_path, as_version=4), nb_path)
         (nb_path.parent/".notest").touch()
     if dest.exists(): shutil.rmtree(dest)
     shutil.move(str(stage), str(dest))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import CxrStudyError, STUDY_SEED
+from .core import CxrStudyError, STUDY_SEED, expand_path
 from .data.cohorts import TASKS
 from .data.preprocess import MASK_RULES
 from .results import is_complete, run_name, run_params, run_path
@@ -92,7 +92,7 @@ class StudyCfg:
     protocols:list=field(default_factory=lambda: ["linear-probe"])
     folds:list=field(default_factory=lambda: [0, 1, 2, 3, 4])
     seeds:list=field(default_factory=lambda: [STUDY_SEED])
-    pretrained:bool|str=False # false, true (each release), an org/name Hugging Face id, or a local path
+    pretrained:bool|str=False # false, true (each release), an org/name[@commit or tag] Hugging Face id, or a local path
     device:str|None=None # cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)
     settings:dict=field(default_factory=dict) # protocol -> {probe, Cs, mask_size, mask_resize, adapt}
     baselines:list=field(default_factory=list) # GridCfg sub-grids of reference models (e.g. SegFormer end to end)
@@ -238,6 +238,7 @@ def validate_study(raw:dict, # the parsed YAML
         for t, d in cfg.data.items():
             if t not in TASKS: raise _unknown("data.", t, list(TASKS))
             if not isinstance(d, str): raise CxrStudyError(f"data.{t}: expected a folder path")
+        cfg.data, cfg.out = {t: expand_path(d, f"data.{t}") for t, d in cfg.data.items()}, expand_path(cfg.out, "out")  # ~ and $VAR
         encoders = _encoder_names()
         cfg.encoders = _encoders("encoders", cfg.encoders, encoders)
         _names("tasks", cfg.tasks, list(TASKS), "task")

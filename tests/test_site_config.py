@@ -95,3 +95,10 @@ def test_ci_script_installs_chromium_before_the_test_command():
     install, cmd = ci.find("apt-get install -y -qq chromium"), ci.find(_readme_test_command())
     assert 0 <= install < cmd, "the CI script must install chromium before running the tests"
     assert "nbdev_export" in ci[cmd:]
+
+
+def test_workflows_install_the_cpu_build_of_torch_and_torchvision_before_the_requirements():
+    cpu = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    for name, then in [("test.yml", _readme_test_command()), ("site.yml", 'pip install -e ".[dev]"')]:
+        runs = "\n".join(_runs(_workflow(name)))
+        assert 0 <= runs.find(cpu) < runs.find(then), f"{name}: torch and torchvision from the CPU index before {then!r}"

@@ -55,8 +55,8 @@ def read_dicom(path:str|Path, # a DICOM file
     except Exception as e:
         name = getattr(ts, "name", str(ts))
         raise CxrStudyError(f"{path}: cannot decode pixel data with transfer syntax {name} ({ts}): {e}. "
-                            "Compressed DICOMs need a pydicom decoder plugin: pip install pylibjpeg "
-                            "pylibjpeg-libjpeg pylibjpeg-openjpeg (JPEG, JPEG-LS, JPEG 2000), or gdcm.") from None
+                            "Compressed DICOMs need a pydicom decoder plugin. Pillow decodes JPEG Baseline, 8-bit JPEG Extended and JPEG 2000; JPEG Lossless, JPEG-LS, 12-bit JPEG and HTJ2K "
+                            "need pylibjpeg and its plugins: pip install \"cxr-study[dicom]\" (or gdcm).") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise CxrStudyError(f"{path}: PhotometricInterpretation {photometric} is not a grayscale radiograph")

@@ -22,7 +22,7 @@ from ..data.preprocess import PreprocessCfg
 from .registry import (Encoder, EncoderCfg, EncoderIdError, EncoderOutput, IdResolver, StagedEncoder,
                                          WeightsCfg, cfg_at_size, get_encoder_cfg, set_id_resolver)
 from .weights import (fetch_weights, hf_cache_dir, hf_cached, hub_fetch, is_repo_id, load_hf_model,
-                                        load_open_clip_visual, load_timm_weights, resolve_weights, TIMM_HEADS, weights_tag)
+                                        load_open_clip_visual, load_timm_weights, open_clip_vision_tower, resolve_weights, TIMM_HEADS, weights_tag)
 
 # %% auto #0
 __all__ = ['ID_FORMS', 'OVERRIDES', 'POOLS', 'forms_text', 'looks_like_id', 'EncoderId', 'parse_encoder_id', 'encoder_id',
@@ -505,10 +505,9 @@ def _hf_class(src:IdSource, pool:str):
     return cls, ({"add_pooling_layer": False} if no_pooler else {})
 
 def _open_clip_visual(src:IdSource) -> nn.Module:
-    from open_clip.model import _build_vision_tower
     mc = src.arch["model_cfg"]
     vc = dict(mc["vision_cfg"], **({"timm_model_pretrained": False} if "timm_model_name" in mc["vision_cfg"] else {}))
-    try: return _build_vision_tower(mc["embed_dim"], vc, quick_gelu=bool(src.arch["quick_gelu"]))
+    try: return open_clip_vision_tower(mc["embed_dim"], vc, quick_gelu=bool(src.arch["quick_gelu"]))
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
         raise CxrStudyError(f"{src.eid.text}: open_clip cannot build the vision tower ({type(e).__name__}: {e})") from None
 

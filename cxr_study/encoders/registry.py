@@ -72,6 +72,7 @@ class WeightsCfg:
     paper:str="" # citation or arXiv id
     license:str="" # the weights' license
     how_to_obtain:str="" # shown when the weights are missing
+    revision:str|None=None # the release's commit or tag on the hub (None: its main branch); pretrained="org/name@<rev>" picks another
 
 @dataclass(frozen=True)
 class EncoderCfg:

@@ -18,7 +18,7 @@ from ..core import CxrStudyError
 from ..data.preprocess import PreprocessCfg
 from .registry import (Encoder, EncoderCfg, EncoderOutput, StagedEncoder, WeightsCfg, cfg_at_size,
                                          register_encoder)
-from .weights import check_keys, load_checkpoint, load_open_clip_visual, resolve_weights, weights_tag
+from .weights import check_keys, load_checkpoint, load_open_clip_visual, open_clip_vision_tower, resolve_weights, weights_tag
 from .zoo import register_reference, torchvision_squash_reference
 
 # %% auto #0
@@ -265,10 +265,9 @@ class OpenClipTimmEncoder(Encoder):
 def _build_biomedclip(cfg:EncoderCfg, pretrained=False, input_size:int|None=None, reduced:bool=False, **kw):
     if kw: raise CxrStudyError(f"{cfg.name}: unknown options {sorted(kw)}")
     path = None if pretrained in (False, None) else resolve_weights(cfg.name, cfg.weights, pretrained)
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
     cfg = cfg_at_size(cfg, input_size)
     oc = biomedclip_config("vit_tiny_patch16_224" if reduced else "vit_base_patch16_224")
-    visual = _build_vision_tower(oc["embed_dim"], CLIPVisionCfg(**oc["vision_cfg"]))
+    visual = open_clip_vision_tower(oc["embed_dim"], oc["vision_cfg"])
     if path is not None: load_open_clip_visual(visual, path)
     if cfg.preprocess.size != 224: visual.trunk.set_input_size(img_size=cfg.preprocess.size)  # resample position embeddings
     enc = OpenClipTimmEncoder(cfg, visual)

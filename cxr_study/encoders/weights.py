@@ -20,11 +20,12 @@ from .registry import get_encoder_cfg, id_resolver, is_encoder_id
 
 # %% auto #0
 __all__ = ['HF_WEIGHT_FILES', 'TIMM_HEADS', 'checkpoint_format', 'torch_load_weights_only', 'refused_global', 'load_checkpoint',
-           'is_repo_id', 'local_weights_path', 'weight_files', 'config_files', 'hf_cache_dir', 'hf_cached',
-           'hf_download_command', 'missing_weights_error', 'hub_repo_id', 'resolve_weights', 'hf_cached_file',
-           'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights', 'fetch_weights', 'hub_fetch',
-           'key_problems', 'load_hf_model', 'check_keys', 'load_timm_weights', 'load_open_clip_visual',
-           'checkpoint_positions', 'resample_siglip_positions', 'load_siglip_release']
+           'is_repo_id', 'split_revision', 'is_repo_spec', 'local_weights_path', 'weight_files', 'config_files',
+           'hf_cache_dir', 'hf_cached', 'hf_download_command', 'missing_weights_error', 'hub_repo_id',
+           'resolve_weights', 'hf_cached_file', 'hub_snapshot', 'weights_tag', 'hub_offline', 'download_weights',
+           'fetch_weights', 'hub_fetch', 'key_problems', 'load_hf_model', 'check_keys', 'load_timm_weights',
+           'load_open_clip_visual', 'open_clip_vision_tower', 'checkpoint_positions', 'resample_siglip_positions',
+           'load_siglip_release']
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #0baf4acd
 def checkpoint_format(path:str|Path) -> str:
@@ -85,13 +86,27 @@ def is_repo_id(s) -> bool:
     "Whether `s` is a string of the form of a Hugging Face repo id, `org/name`."
     return isinstance(s, str) and len(s) <= 96 and bool(_REPO_ID.match(s)) and "--" not in s and ".." not in s
 
+_REVISION = re.compile(r"^[\w.-]{1,64}$", re.ASCII)  # a commit hash, a tag or a branch name (without "/")
+
+def split_revision(spec:str, # "org/name" or "org/name@<commit or tag>"
+                  ) -> tuple[str, str|None]: # the repo id, and the revision (None: the main branch)
+    "A repo spec's repo id and revision."
+    repo, at, rev = str(spec).partition("@")
+    return repo, (rev if at else None)
+
+def is_repo_spec(s) -> bool:
+    "Whether `s` names a Hugging Face repo, at its main branch or at a revision: `org/name` or `org/name@<commit or tag>`."
+    if not isinstance(s, str): return False
+    repo, rev = split_revision(s)
+    return is_repo_id(repo) and (rev is None or bool(_REVISION.match(rev)))
+
 def local_weights_path(pretrained, # False, True, a repo id or a path
                       ) -> Path|None:
-    "The local file or folder `pretrained` names (which may not exist), or None for False, True and repo ids."
+    "The local file or folder `pretrained` names (which may not exist), or None for False, True and repo ids (`org/name[@revision]`)."
     if pretrained is None or pretrained is False or pretrained is True: return None
     if not isinstance(pretrained, (str, os.PathLike)):
         raise CxrStudyError(f"pretrained must be True, False, a Hugging Face repo id (org/name) or a path, got {pretrained!r}")
-    if isinstance(pretrained, Path) or Path(pretrained).exists() or not is_repo_id(pretrained): return Path(pretrained)
+    if isinstance(pretrained, Path) or Path(pretrained).exists() or not is_repo_spec(pretrained): return Path(pretrained)
     return None
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #0cdf705a
@@ -116,13 +131,14 @@ def hf_cache_dir() -> Path:
     from huggingface_hub import constants
     return Path(constants.HF_HUB_CACHE)
 
-def hf_cached(repo_id:str, # e.g. "microsoft/rad-dino"
+def hf_cached(repo_id:str, # e.g. "microsoft/rad-dino", or "microsoft/rad-dino@<commit or tag>"
               filenames:tuple|list, # candidates in order of preference
              ) -> Path|None:
     "Path of the first candidate file present in the local Hugging Face cache, else None."
     from huggingface_hub import try_to_load_from_cache
+    repo, rev = split_revision(repo_id)
     for fn in filenames:
-        p = try_to_load_from_cache(repo_id, fn)
+        p = try_to_load_from_cache(repo, fn, revision=rev)
         if isinstance(p, str) and Path(p).is_file(): return Path(p)
     return None
 
@@ -130,8 +146,9 @@ def hf_download_command(repo_id:str, # e.g. "microsoft/rad-dino"
                         weights, # the entry's `WeightsCfg`
                         files:tuple|None=None, # default: `weight_files(weights)`
                        ) -> str:
-    "The `hf download` command that fetches the preferred weights file and the configuration."
-    return " ".join(["hf download", repo_id, (files or weight_files(weights))[0], *config_files(weights)])
+    "The `hf download` command that fetches the preferred weights file and the configuration (at the spec's revision)."
+    repo, rev = split_revision(repo_id)
+    return " ".join(["hf download", repo, (files or weight_files(weights))[0], *config_files(weights), *(["--revision", rev] if rev else [])])
 
 def missing_weights_error(name:str, # registry name
                           what:str, # what was looked for
@@ -145,11 +162,11 @@ def hub_repo_id(name:str, # registry name, for messages
                 weights, # the entry's `WeightsCfg`
                 pretrained, # False, True, a repo id or a path
                ) -> str|None:
-    "The Hugging Face repo id `pretrained` names (True: the entry's release), or None (False, a local path)."
+    "The Hugging Face repo spec `pretrained` names (True: the entry's release at its pinned revision), or None (False, a local path)."
     if pretrained is True:
         if not weights.source:
             raise missing_weights_error(name, "this release is not on the Hugging Face hub", weights.how_to_obtain)
-        return weights.source
+        return weights.source + (f"@{weights.revision}" if getattr(weights, "revision", None) else "")
     if pretrained is None or pretrained is False or local_weights_path(pretrained) is not None: return None
     return str(pretrained)
 
@@ -160,7 +177,7 @@ def _not_cached_error(name, weights, repo_id, pretrained, files) -> CxrStudyErro
     how = (f"Get it with `{hf_download_command(repo_id, weights, files)}` where the hub is reachable (then copy that "
            f"cache folder here, or point HF_HOME at a copy), or let cxr-study fetch it: the --download option of "
            f"`cxr-study run` and `cxr-study grid`, or cxr_study.encoders.weights.{call}.")
-    if repo_id == weights.source and weights.how_to_obtain: how += " " + weights.how_to_obtain
+    if split_revision(repo_id)[0] == weights.source and weights.how_to_obtain: how += " " + weights.how_to_obtain
     return missing_weights_error(name, f"{why}{repo_id} is not in the local Hugging Face cache {hf_cache_dir()} "
                                  f"(looked for {' or '.join(files)})", how)
 
@@ -266,27 +283,28 @@ def fetch_weights(cfg, # a resolved entry (`get_encoder_cfg`)
     name, w = cfg.name, cfg.weights
     if pretrained is None or pretrained is False: return None
     if pretrained is True and not w.source and not cfg.params: return None  # an entry without weights (raw pixels)
-    repo = hub_repo_id(name, w, pretrained)
-    if repo is None: return resolve_weights(name, w, pretrained)  # a local path: nothing to fetch
-    files = weight_files(w)
-    if (p := hf_cached(repo, files)) is not None: return p
+    spec = hub_repo_id(name, w, pretrained)
+    if spec is None: return resolve_weights(name, w, pretrained)  # a local path: nothing to fetch
+    files, (repo, rev) = weight_files(w), split_revision(spec)
+    at = {"revision": rev} if rev else {}  # huggingface_hub's default otherwise: the main branch
+    if (p := hf_cached(spec, files)) is not None: return p
     if hub_offline():
         raise CxrStudyError(f"cannot download {repo} for {name!r}: the Hugging Face hub is offline here (HF_HUB_OFFLINE "
                             f"is set). Unset HF_HUB_OFFLINE on a machine that reaches the hub, or run "
-                            f"`{hf_download_command(repo, w, files)}` there and copy its cache folder to {hf_cache_dir()}.")
+                            f"`{hf_download_command(spec, w, files)}` there and copy its cache folder to {hf_cache_dir()}.")
     import huggingface_hub as hub
     try:
         if len(files) > 1:  # take the first candidate the repo holds, not all of them
-            listed = set(hub.list_repo_files(repo, token=token))
+            listed = set(hub.list_repo_files(repo, token=token, **at))
             held = [f for f in files if f in listed]
             if not held:
                 raise CxrStudyError(f"{repo} on the Hugging Face hub holds none of {', '.join(files)}, the files {name!r} "
                                     "loads. Pass pretrained=<local file or folder> for weights in another layout.")
             files = (held[0],)
-        hub.snapshot_download(repo, allow_patterns=[*files, *_shard_pattern(files[0]), *config_files(w)], token=token)
+        hub.snapshot_download(repo, allow_patterns=[*files, *_shard_pattern(files[0]), *config_files(w)], token=token, **at)
     except CxrStudyError: raise
-    except Exception as e: raise _hub_error(e, repo) from None
-    return resolve_weights(name, w, repo)
+    except Exception as e: raise _hub_error(e, spec) from None
+    return resolve_weights(name, w, spec)
 
 def hub_fetch(repo:str, # e.g. "facebook/dinov2-small"
               files:tuple, # candidate files, e.g. configuration files; those the repo lacks are recorded as absent in the cache
@@ -396,6 +414,15 @@ def load_open_clip_visual(visual:nn.Module, # an open_clip vision tower (a CLIP 
     "Load the vision tower of an open_clip release; the text tower and the logit scale are left out."
     sd = load_checkpoint(path)
     check_keys(visual, {k[7:]: v for k, v in sd.items() if k.startswith("visual.")}, Path(path).name)
+
+def open_clip_vision_tower(embed_dim:int, # the joint embedding width
+                           vision_cfg:dict, # open_clip's vision configuration (`CLIPVisionCfg` fields)
+                           quick_gelu:bool=False, # the release's activation (OpenAI's QuickGELU)
+                          ) -> nn.Module:
+    "An open_clip vision tower, built through open_clip's public API (a `CustomTextCLIP` with a tiny text stand-in, of which `visual` is kept)."
+    from open_clip import CLIPTextCfg, CustomTextCLIP
+    stand_in = CLIPTextCfg(context_length=8, vocab_size=32, width=16, heads=2, layers=1)  # built after the vision tower: its initialisation is unchanged
+    return CustomTextCLIP(embed_dim, vision_cfg, stand_in, quick_gelu=quick_gelu).visual
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #ad0823c3
 def _vision_pos_key(keys) -> str|None:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file_digest, fingerprint, get_device, progress,
+from ..core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file_digest, file_lock, fingerprint, get_device, progress,
                             read_json, remove_stale_temporaries, threads_for_now, write_json, write_table)
 from ..data.index import resolve_image_path
 from ..data.preprocess import PreprocessCfg, preprocess_image
@@ -84,15 +84,6 @@ class Features:
         missing = [i for i in image_ids if i not in pos]
         if missing: raise CxrStudyError(f"{self.path}: no features for image(s) {missing[:3]}")
         return np.array([pos[i] for i in image_ids], dtype=int)
-
-@contextlib.contextmanager
-def _lock(path:Path):
-    import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 def _open(path:Path) -> Features:
     meta = read_json(path/"meta.json")
@@ -310,7 +301,7 @@ def extract_features(encoder:str, # registry name
     path = cache_dir/f"{name_slug(encoder)}-{fingerprint(key)}"  # an id's / and : make no folders
     if _entry_ok(path): return _open(path)
     enc = enc.to(dev)
-    with _lock(cache_dir/f".{path.name}.lock"):
+    with file_lock(cache_dir/f".{path.name}.lock"):
         if _entry_ok(path): return _open(path)
         parts = path/"parts"; parts.mkdir(parents=True, exist_ok=True)
         ids = images["image_id"].tolist()

@@ -5,6 +5,7 @@
 # %% ../../nbs/api/31_heads.multiscale.ipynb #1e283f84
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import CxrStudyError, STUDY_SEED, get_device, threads_for_now
+from ..core import CxrStudyError, STUDY_SEED, epoch_line, get_device, threads_for_now
 from .probes import EarlyStopping, UpsampledCE, _batches, loss_terms, upsample_matrix
 
 # %% auto #0
@@ -131,7 +132,7 @@ def _fit_multiscale(G_train, M_train, G_val, M_val, class_weights, cfg:Multiscal
     hist = {"train_loss": [], "val_loss": [], "best_epoch": -1}
     stopper = EarlyStopping(cfg.patience, cfg.min_delta)
     for epoch in range(cfg.max_epochs):
-        probe.train(); tot = 0.0
+        probe.train(); tot, t0 = 0.0, time.time()
         for b in _batches(n, cfg.batch_size, rng):
             loss = _loss(probe, G_train, Z_train, terms, b, U, dev)
             opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(b)
@@ -139,6 +140,7 @@ def _fit_multiscale(G_train, M_train, G_val, M_val, class_weights, cfg:Multiscal
         with torch.no_grad():
             val = sum(_loss(probe, G_val, Z_val, terms_val, b, U, dev).item() * len(b) for b in _batches(len(G_val[0]), 64)) / len(G_val[0])
         hist["train_loss"].append(tot / n); hist["val_loss"].append(val)
+        epoch_line("multi-scale probe", epoch + 1, cfg.max_epochs, time.time() - t0, train_loss=tot / n, val_loss=val)
         if stopper.step(val, probe, epoch): break
     hist["best_epoch"] = stopper.best_epoch
     stopper.restore(probe)

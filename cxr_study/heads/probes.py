@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import STUDY_SEED, get_device, threads_for_now
+from ..core import STUDY_SEED, epoch_line, get_device, threads_for_now
 from ..metrics import auroc
 from ..results import LOGISTIC_CS
 
@@ -255,9 +256,10 @@ def _fit_seg(G_train, M_train, G_val, M_val, class_weights, cfg:SegProbeCfg, dev
     hist, stopper = {"train_loss": [], "val_loss": [], "best_epoch": -1}, EarlyStopping(cfg.patience, cfg.min_delta)
     buf = torch.empty((min(cfg.batch_size, len(Z)), *Z.shape[1:]), device=dev)
     for epoch in range(cfg.max_epochs):
-        order = torch.as_tensor(rng.permutation(len(Z)), device=dev)
+        t0 = time.time(); order = torch.as_tensor(rng.permutation(len(Z)), device=dev)
         probe.train(); hist["train_loss"].append(_fit_epoch(probe, opt, Z, A, B, hard, U, order, cfg.batch_size, buf))
         probe.eval(); hist["val_loss"].append(_val_loss(probe, Zv, Av, Bv, hard, U))
+        epoch_line("segmentation probe", epoch + 1, cfg.max_epochs, time.time() - t0, train_loss=hist["train_loss"][-1], val_loss=hist["val_loss"][-1])
         if stopper.step(hist["val_loss"][-1], probe, epoch): break
     hist["best_epoch"] = stopper.best_epoch
     stopper.restore(probe)

@@ -11,6 +11,7 @@ import hashlib
 import math
 import random
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import CxrStudyError, STUDY_SEED, atomic_path, get_device, remove_stale_temporaries
+from ..core import CxrStudyError, STUDY_SEED, atomic_path, epoch_line, get_device, remove_stale_temporaries
 from ..data.preprocess import PreprocessCfg, preprocess_image
 from ..data.readers import read_image
 from ..encoders.registry import Encoder, EncoderCfg
@@ -411,7 +412,7 @@ def fit_finetune(model:nn.Module, # FinetuneModel or any module with .encoder, .
     trainable = [p for g in groups for p in g["params"]]
     vbatches = [list(range(i, min(i + cfg.batch_size, len(val)))) for i in range(0, len(val), cfg.batch_size)]
     while not st["done"] and st["epoch"] < cfg.max_epochs:
-        tot = _train_epoch(model, train, kind, weight, dev, cfg, opt, trainable, rng, gen, st, on_step)
+        t0, tot = time.time(), _train_epoch(model, train, kind, weight, dev, cfg, opt, trainable, rng, gen, st, on_step)
         sched.step()
         model.eval()
         with torch.no_grad():
@@ -422,6 +423,7 @@ def fit_finetune(model:nn.Module, # FinetuneModel or any module with .encoder, .
             if ckpt_dir: _save(best_state, ckpt_dir/"best.pt")
         else: st["bad"] += 1
         st["epoch"] += 1
+        epoch_line(f"fine-tuning ({kind})", st["epoch"], cfg.max_epochs, time.time() - t0, train_loss=st["train_loss"][-1], val_loss=v)
         st["done"] = st["bad"] >= cfg.patience or st["epoch"] >= cfg.max_epochs
         if ckpt_dir: _save({"model": _cpu_state(model), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": _rng_state(rng, gen), "state": st}, ckpt_dir/"last.pt")
