@@ -72,12 +72,12 @@ def time_extraction(encoder, images, root, cache, device) -> float:
 
 def time_sweep(encoder, tasks, root, study, sweep, folds, probe, mask_size, device) -> tuple[float, dict]:
     "Seconds of the whole sweep, and per task; `study/cache` already holds the features."
-    from cxr_study.efficiency import run_label_efficiency
+    from cxr_study.efficiency import efficiency_spec, run_label_efficiency
     per_task, t0 = {}, time.perf_counter()
     for t in tasks:
         t1 = time.perf_counter()
-        r = run_label_efficiency(encoder, t, root, study, folds=folds, probe=probe, mask_size=mask_size, device=device, adapt=sweep,
-                                 overwrite=True)
+        r = run_label_efficiency(efficiency_spec(encoder, t, root, study, folds=folds, probe=probe, mask_size=mask_size, device=device,
+                                                 adapt=sweep), overwrite=True)
         per_task[t] = (time.perf_counter() - t1, len(r["results"]))
     dt = time.perf_counter() - t0
     assert len(list((study/"cache").glob(f"{encoder}-*"))) == 1, "the sweep extracted nothing more"

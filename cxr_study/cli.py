@@ -12,21 +12,22 @@ from dataclasses import fields
 from pathlib import Path
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, read_json, write_json
+from .core import CxrStudyError, STUDY_SEED, available_cores, read_json, write_json
 from .data.adapters import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, format_problems, label_counts
+from .data.cohorts import TASKS
 from .data.index import MASK_TARGETS
 from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset
-from .data.preprocess import MASK_RULES
 from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from .encoders.hub import describe_encoder
 from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
 from .encoders.weights import download_weights
 from .executors import execute_run, report_timings, run_study, run_timings, time_budget
 from .plan import encoder_profile, format_plan, plan_study
-from .protocols import protocol_names, reference_names
+from .protocols import get_protocol, protocol_names, reference_names
 from .report import build_report, copy_report
 from .reporting import write_study_outputs
 from .studyfile import expand_study, load_study, shipped_study, study_out
+from .study.options import RunOptions, add_option_flags, option_applies, option_names, options_from_args
 from .sweeps import RunSpec, run_experiment
 
 # %% auto #0
@@ -35,7 +36,7 @@ __all__ = ['TASK_NAMES', 'DEMO_PROBE', 'build_parser', 'cmd_report', 'cmd_synthe
            'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare']
 
 # %% ../nbs/api/71_cli.ipynb #790810b3
-TASK_NAMES = ("pneumothorax-cls", "cardiomegaly-cls", "pneumothorax-seg", "heart-seg")
+TASK_NAMES = tuple(TASKS) # the registered tasks (`cxr_study.data.cohorts.TASKS`)
 DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
 
 def _add_common(p, data=True):
@@ -43,16 +44,7 @@ def _add_common(p, data=True):
     p.add_argument("--out", required=True, type=Path, help="study output folder")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds to run (default: all five)")
     p.add_argument("--seed", type=int, default=STUDY_SEED, help="seed for cohorts, folds, random-init weights and training")
-    p.add_argument("--pretrained", default="false", help="encoder weights: false (random init), true (the encoder's release, from the Hugging Face cache), "
-                                                         "an org/name Hugging Face id, or a local path")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--mask-size", type=int, default=None, help="segmentation evaluation size (default: each encoder's input size)")
-    p.add_argument("--mask-resize", choices=MASK_RULES, default="bilinear",
-                   help="how true masks are resized: bilinear at 0.5 (default), or study: each encoder's processor, kept above 0.66")
-    p.add_argument("--probe", type=_json, default=None, metavar="JSON",
-                   help='segmentation probe settings, e.g. \'{"lr": 0.01, "batch_size": 64}\' (default: the study\'s)')
-    p.add_argument("--adapt", type=_json, default=None, metavar="JSON",
-                   help='fine-tune / e2e / multiscale-probe settings, e.g. \'{"mode": "lora", "encoder_lr": 1e-5}\'')
+    add_option_flags(p)  # --pretrained, --device, --mask-size, --probe, --adapt, ...: one per field of RunOptions
 
 def _add_study_flags(p):
     "The study of `grid` and `plan`: a study file, and flags that override it (a flag not given leaves the file's value)."
@@ -70,14 +62,7 @@ def _add_study_flags(p):
       help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
     a("--folds", type=int, nargs="+", default=None, help="test folds to run (default: all five)")
     a("--seed", dest="seeds", type=int, nargs="+", default=None, help="seed(s) (default: the study's, 5656); several: one study folder per seed")
-    a("--pretrained", default=None, help="encoder weights: false (random init), true (each encoder's release), an org/name "
-                                         "Hugging Face id, or a local path")
-    a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)")
-    a("--mask-size", type=int, default=None, help="segmentation evaluation size (default: each encoder's input size)")
-    a("--mask-resize", choices=MASK_RULES, default=None,
-      help="how true masks are resized: bilinear at 0.5 (default), or study: each encoder's processor, kept above 0.66")
-    a("--probe", type=_json, default=None, metavar="JSON", help='segmentation probe settings, e.g. \'{"lr": 0.01}\'')
-    a("--adapt", type=_json, default=None, metavar="JSON", help='fine-tune / e2e / multiscale-probe settings, e.g. \'{"mode": "lora"}\'')
+    add_option_flags(p)  # the run options, over the study file's: a settings flag applies to every protocol it applies to
     a("--executor", choices=("local", "papermill", "inline", "slurm"), default=None,
       help="local (default; papermill is its old name): a pool of workers running the papermill template; inline: this process, "
            "no notebooks; slurm: an array job, written to <out>/slurm/ (--submit submits it)")
@@ -92,14 +77,6 @@ def _add_report_flags(p):
     p.add_argument("--no-report", dest="report", action="store_false", help="skip the study report at the end")
     p.add_argument("--n-boot", type=int, default=2000, help="report: bootstrap replicates (default: 2000)")
     p.add_argument("--n-perm", type=int, default=2000, help="report: permutations for the paired tests (default: 2000)")
-
-def _json(v):
-    import json
-    try: return json.loads(v)
-    except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {v}")
-
-def _pretrained(v):
-    return {"false": False, "true": True}.get(str(v).lower(), v)
 
 def _add_data_commands(sub):
     "demo, synthetic, prepare: the synthetic benchmark and datasets."
@@ -238,11 +215,11 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
     encoders = _compared(a) if getattr(a, "compare_with", None) else a.encoders
     o = {"data": None if a.data is None else str(a.data), "out": None if a.out is None else str(a.out), "encoders": encoders,
          "tasks": a.tasks, "protocols": a.protocols, "folds": a.folds, "seeds": a.seeds,
-         "pretrained": None if a.pretrained is None else _pretrained(a.pretrained), "device": a.device,
+         **{k: getattr(a, k) for k in option_names("study")},
          "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
          **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
-    for key, v in (("probe", a.probe), ("mask_size", a.mask_size), ("mask_resize", a.mask_resize), ("adapt", a.adapt)):  # a flag's setting applies to every protocol
-        for p in protocol_names(): o[f"settings.{p}.{key}"] = v
+    for key, v in options_from_args(a).items():  # a flag's setting applies to every protocol it applies to
+        if key in option_names("settings"): o.update({f"settings.{p}.{key}": v for p in protocol_names() if option_applies(key, get_protocol(p))})
     for key in ("report", "n_boot", "n_perm"):
         if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
     return load_study(a.config, o)
@@ -324,7 +301,6 @@ def _conditions(a, load_before:float) -> dict:
     import os, platform
     from datetime import datetime, timezone
     import torch
-    from .core import available_cores
     return {"finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cores": available_cores(),
             "load_before": round(load_before, 2), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
             "python": platform.python_version(), "torch": torch.__version__, "cxr_study": cxr_study.__version__,
@@ -372,10 +348,11 @@ def cmd_demo(a) -> int:
 
 def cmd_run(a) -> int:
     enc = id_resolver().canonical(a.encoder) if is_encoder_id(a.encoder) else a.encoder  # an id as the study file files it
-    if getattr(a, "download", False) and enc not in reference_names() and (_pretrained(a.pretrained) is not False or is_encoder_id(enc)):
-        print(f"{enc}: {download_weights(enc, _pretrained(a.pretrained)) or 'configuration only (pretrained: false)'}")
-    r = run_experiment(enc, a.task, a.protocol, a.data, a.out, folds=a.folds, seed=a.seed, pretrained=_pretrained(a.pretrained),
-                       device=a.device, mask_size=a.mask_size, mask_resize=a.mask_resize, probe=a.probe, adapt=a.adapt)
+    spec = RunSpec(enc, a.task, a.protocol, a.data, a.out, a.seed, a.folds, RunOptions(**options_from_args(a)))
+    w = spec.options.pretrained
+    if getattr(a, "download", False) and enc not in reference_names() and (w is not False or is_encoder_id(enc)):
+        print(f"{enc}: {download_weights(enc, w) or 'configuration only (pretrained: false)'}")
+    r = run_experiment(spec)
     print(r["results"].to_string(index=False))
     return 0
 
