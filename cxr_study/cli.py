@@ -218,11 +218,15 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
          **{k: getattr(a, k) for k in option_names("study")},
          "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
          **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
-    for key, v in options_from_args(a).items():  # a flag's setting applies to every protocol it applies to
-        if key in option_names("settings"): o.update({f"settings.{p}.{key}": v for p in protocol_names() if option_applies(key, get_protocol(p))})
     for key in ("report", "n_boot", "n_perm"):
         if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
-    return load_study(a.config, o)
+    return load_study(a.config, {**o, **_settings_flags(a, load_study(a.config, o))})
+
+def _settings_flags(a:argparse.Namespace, cfg) -> dict:
+    "The per-protocol run options given as flags, for every protocol the study runs that the option applies to (checked against each)."
+    protocols = {p for g in [cfg, *cfg.baselines, *cfg.ablations] for p in (g.protocols or cfg.protocols)}
+    given = {k: v for k, v in options_from_args(a).items() if k in option_names("settings")}
+    return {f"settings.{p}.{k}": v for k, v in given.items() for p in sorted(protocols) if option_applies(k, get_protocol(p))}
 
 def _compared(a) -> list:
     "`--encoders` (or the study file's) followed by those of `--compare-with`: a shipped study's main encoders, or names."

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+from dataclasses import dataclass
 import math
 import shutil
 import time
@@ -16,20 +16,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED
 from .data.cohorts import TASKS, get_task, split_masks
 from .heads.probes import KNN_KS, fit_knn_probe
 from .protocols import Fold, Prepared, RunContext, get_protocol, reference_names
 from .reporting import row_label
-from .results import RUN_KEYS, collect_results, get_metric, list_runs, main_metric, score_fold, task_kind, write_run
+from .results import RUN_KEYS, collect_results, get_metric, list_runs, main_metric, score_fold, task_kind
 from .stats.bootstrap import bootstrap_replicates, compute_metric, interval_from_replicates
 from .study.options import RunOptions
-from .sweeps import RunSpec, _pred_frame, _read_run, _versions, check_run, run_context, seg_columns
+from .sweeps import ExperimentKind, RunSpec, _pred_frame, _versions, check_run, register_experiment_kind, run_context, seg_columns
 
 # %% auto #0
 __all__ = ['FRACTIONS', 'SUBSET_SEEDS', 'LABEL_EFFICIENCY', 'LINEAR_PROBE', 'EFFICIENCY_PROBES', 'label_subsets',
-           'efficiency_settings', 'efficiency_dir', 'subset_strata', 'efficiency_spec', 'run_label_efficiency',
-           'load_efficiency', 'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide', 'plot_efficiency']
+           'efficiency_settings', 'efficiency_dir', 'subset_strata', 'efficiency_spec', 'EfficiencyRun',
+           'LabelEfficiency', 'load_efficiency', 'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide',
+           'plot_efficiency']
 
 # %% ../nbs/api/72_efficiency.ipynb #f992a9a1
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0) # shares of each training fold (the issue's 1, 2, 5, 10, 25, 50, 100%)
@@ -101,20 +102,6 @@ def _patients(cohort):
     ok = "patient_id" in cohort and cohort["patient_id"].notna().all()  # as the folds: by patient when every image has one
     return cohort["patient_id"].astype(str).to_numpy() if ok else np.arange(len(cohort)).astype(str)
 
-def _resume(partial:Path, params:dict) -> dict:
-    "Finished folds of an interrupted run with the same parameters: fold -> (results, predictions)."
-    key = json.loads(json.dumps(params, default=str))
-    try: same = read_json(partial/"params.json") == key
-    except (OSError, ValueError): same = False
-    if not same:
-        shutil.rmtree(partial, ignore_errors=True); write_json(key, partial/"params.json")
-        return {}
-    done = {}
-    for p in sorted(partial.glob("fold*.parquet")):
-        k = int(p.stem[4:]); r = partial/f"fold{k}.csv"
-        if r.exists(): done[k] = (read_table(r), read_table(p))
-    return done
-
 def _fit_subset(run:RunContext, prep:Prepared, probe:str, fold:Fold, knn_ks) -> tuple[dict, dict]:
     "One probe on the training rows `fold.train` (positions): its per-image prediction columns and its results columns."
     if probe == "linear":  # the linear-probe protocol itself, on a subset
@@ -170,32 +157,38 @@ def _probe_run(spec:RunSpec) -> tuple[RunSpec, object, "TaskCfg"]:
     probe = dataclasses.replace(spec, protocol=LINEAR_PROBE.name, out_dir=str(Path(spec.out_dir).parent), options=spec.options.replace(adapt=None))
     return (probe, *check_run(probe)[1:])
 
-def run_label_efficiency(spec:RunSpec, # a label-efficiency run (`efficiency_spec`)
-                         overwrite:bool=False, # rerun even if complete
-                         cache_dir:str|Path|None=None, # feature cache (default: <study>/cache, the main runs')
-                        ) -> dict: # results (per fold x fraction x seed x probe), predictions (per image), skipped
-    "Train the probes of one encoder x task on nested subsets of each training fold, score them on the test folds, write one run."
-    t_start = time.time()
-    probe, cfg, t = _probe_run(spec)
-    sweep = efficiency_settings(spec.options.adapt, "adapt")
-    spec = dataclasses.replace(spec, options=spec.options.replace(adapt=sweep))
-    params, final = spec.params(), spec.path  # the same identity as the study's RunSpec of this run
-    if spec.complete() and not overwrite: return _read_run(final, True)
-    (final/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
-    if overwrite: shutil.rmtree(final/"partial", ignore_errors=True)
-    done = _resume(final/"partial", params)  # test folds an interrupted run of the same parameters finished
-    run = dataclasses.replace(run_context(probe, cfg, t, cache_dir), params=params)
-    prep = LINEAR_PROBE.prepare(run)  # the main run's features: the same cache entry (nothing is extracted when it is complete)
-    for k in spec.folds:
-        if k in done: continue
-        done[k] = _efficiency_fold(run, prep, k, sweep)
-        write_table(done[k][1], final/"partial"/f"fold{k}.parquet"); write_table(done[k][0], final/"partial"/f"fold{k}.csv")  # resumable
-    label = {"encoder": spec.name, "weights": prep.weights, "task": spec.task, "protocol": LABEL_EFFICIENCY}
-    write_run(spec.out_dir, label, pd.concat([done[k][0] for k in spec.folds], ignore_index=True),
-              pd.concat([done[k][1] for k in spec.folds], ignore_index=True),
-              {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(prep.extra["feats"].path), "versions": _versions()})
-    shutil.rmtree(final/"partial", ignore_errors=True)  # complete: resuming no longer needed
-    return _read_run(final, False)
+@dataclass
+class EfficiencyRun:
+    "What the units of a label-efficiency run share: the linear probe's run context and prepared features, and the sweep."
+    run:RunContext
+    prep:Prepared
+    sweep:dict
+
+class LabelEfficiency(ExperimentKind):
+    "The probes of an encoder trained on nested subsets of each training fold: one unit per test fold, resumable, in this process."
+    name, notebook, resumable, unit_seconds = LABEL_EFFICIENCY, False, True, False
+    def normalise(self, spec):
+        return dataclasses.replace(spec, options=spec.options.replace(adapt=efficiency_settings(spec.options.adapt, "adapt")))
+    def check(self, spec): return _probe_run(spec)
+    def prepare(self, spec, checked, cache_dir=None):
+        probe, cfg, t = checked
+        run = dataclasses.replace(run_context(probe, cfg, t, cache_dir), params=spec.params())
+        return EfficiencyRun(run, LINEAR_PROBE.prepare(run), spec.options.adapt)  # the main run's features: nothing is extracted again
+    def run_unit(self, st, k): return (*_efficiency_fold(st.run, st.prep, k, st.sweep), None)
+    def weights(self, st): return st.prep.weights
+    def meta(self, st): return {"features": str(st.prep.extra["feats"].path), "versions": _versions()}
+    def features(self, spec): return True, False  # the linear probe's features
+    def study_specs(self, cfg, out, seed, options):
+        "The label-efficiency runs of one study seed, with the main grid's linear-probe options (so that the 100% point is its run)."
+        le = cfg.label_efficiency
+        if le is None: return []
+        encoders = [e for e in (le.encoders or cfg.encoders) if e in cfg.encoders and e not in reference_names()]
+        tasks = [t for t in (le.tasks or cfg.tasks) if t in cfg.tasks]
+        o = options(LINEAR_PROBE.name).given()
+        return [efficiency_spec(e, t, cfg.data[t], out, cfg.folds, seed, **{**o, "adapt": dataclasses.asdict(le)})
+                for e in encoders for t in tasks]
+
+register_experiment_kind(LabelEfficiency());
 
 # %% ../nbs/api/72_efficiency.ipynb #ba47b9d1
 def load_efficiency(study_dir:str|Path, # a study folder

@@ -24,10 +24,9 @@ from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, prog
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from .results import name_slug, run_path
 from .data.cohorts import get_task
-from .efficiency import LABEL_EFFICIENCY, run_label_efficiency
 from .protocols import run_protocol
 from .studyfile import SlurmCfg, StudyCfg, expand_study
-from .sweeps import RunSpec, experiment_template, grid_runs, run_experiment
+from .sweeps import RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
 
 # %% auto #0
 __all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs',
@@ -87,12 +86,11 @@ def execute_run(spec:RunSpec, # the run
         steady_threads()  # this process's torch: the threads the cores allow (a notebook's kernel starts with them)
         t0 = time.time()
         try:
-            if spec.protocol == LABEL_EFFICIENCY:  # probes on cached features: in this process, without an experiment notebook
-                run_label_efficiency(spec)
-            elif notebooks: _execute_notebook(spec, kernel)
+            notebook = notebooks and experiment_kind(spec.protocol).notebook  # (label efficiency: in this process)
+            if notebook: _execute_notebook(spec, kernel)
             else: run_experiment(spec)
         except Exception as ex:  # one failed run must not stop the grid; it is reported
-            where = f" {spec.path/'experiment.ipynb'}" if notebooks and spec.protocol != LABEL_EFFICIENCY else ""
+            where = f" {spec.path/'experiment.ipynb'}" if notebook else ""
             return {**row, "status": "failed", "seconds": round(time.time() - t0, 1), "message": _error_line(ex) + where}
         return {**row, "status": "done", "seconds": round(time.time() - t0, 1)}
     finally: lock.release()
@@ -389,7 +387,7 @@ def run_timings(status:pd.DataFrame, # `run_local`'s status table (its seconds: 
         res = read_table(p/"results.csv") if (p/"results.csv").exists() else pd.DataFrame()
         extracted, ext = _extraction_seconds(p, info, since, seen)
         inside = float(info.get("seconds", r.seconds))
-        fits = inside - ext if r.protocol == LABEL_EFFICIENCY or "seconds" not in res else float(res["seconds"].sum())
+        fits = float(res["seconds"].sum()) if experiment_kind(r.protocol).unit_seconds and "seconds" in res else inside - ext
         rows.append(dict(encoder=r.encoder, task=r.task, protocol=r.protocol, kind=get_task(r.task).kind, wall=float(r.seconds),
                          run=inside, fits=fits, extraction=ext, extracted=extracted))
     return pd.DataFrame(rows, columns=["encoder", "task", "protocol", "kind", "wall", "run", "fits", "extraction", "extracted"])

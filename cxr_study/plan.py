@@ -15,11 +15,10 @@ import torch
 import cxr_study
 from .core import CxrStudyError, read_json, write_json
 from .data.index import read_index
-from .efficiency import LABEL_EFFICIENCY
 from .encoders.registry import create_encoder, get_encoder_cfg
-from .protocols import get_protocol, reference_names, study_cohorts
+from .protocols import reference_names, study_cohorts
 from .studyfile import StudyCfg, expand_study
-from .sweeps import RunSpec
+from .sweeps import RunSpec, experiment_kind
 
 # %% auto #0
 __all__ = ['GPU_PEAK_BF16', 'STUDY_COHORT_SIZES', 'encoder_profile', 'cohort_sizes', 'run_cost', 'plan_study', 'format_plan']
@@ -71,9 +70,7 @@ def cohort_sizes(data_dir:str|Path, seed:int, tasks) -> tuple[dict, int, str]:
 
 def _feature_run(spec:RunSpec) -> tuple[bool, bool]:
     "Whether a run reads the feature cache (probes, label efficiency), and whether it caches layers besides the grid."
-    if spec.protocol == LABEL_EFFICIENCY: return True, False  # the linear probe's features
-    p = get_protocol(spec.protocol)
-    return p.features, p.features and p.cached_layers(get_encoder_cfg(spec.encoder), spec.options.adapt) is not None
+    return experiment_kind(spec.protocol).features(spec)
 
 def _ft_epochs(spec:RunSpec, epochs:int) -> int:
     cap = (spec.options.adapt or {}).get("max_epochs")

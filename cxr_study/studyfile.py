@@ -16,17 +16,17 @@ import yaml
 from .core import CxrStudyError, STUDY_SEED
 from .data.cohorts import TASKS
 import cxr_study
-from .efficiency import LABEL_EFFICIENCY, efficiency_dir, efficiency_settings
+from .efficiency import LABEL_EFFICIENCY, efficiency_settings
 from .encoders.hub import encoder_id, forms_text, looks_like_id
 from .encoders.registry import EncoderIdError, list_encoders
 from .protocols import PROTOCOLS, protocol_names, reference_names
 from .study.options import RunOptions, check_settings, option_names
-from .sweeps import RunSpec, grid_runs
+from .sweeps import EXPERIMENT_KINDS, RunSpec, grid_runs
 from .train.segformer import SEGFORMER_VARIANTS
 
 # %% auto #0
 __all__ = ['SETTING_KEYS', 'EXECUTOR_KINDS', 'SlurmCfg', 'ExecutorCfg', 'ReportCfg', 'GridCfg', 'EfficiencyCfg', 'StudyCfg',
-           'validate_study', 'load_study', 'study_out', 'efficiency_specs', 'expand_study', 'shipped_study']
+           'validate_study', 'load_study', 'study_out', 'expand_study', 'shipped_study']
 
 # %% ../nbs/api/70a_studyfile.ipynb #7201cafd
 @dataclass
@@ -277,22 +277,8 @@ def _options(cfg:StudyCfg, settings:dict, protocol:str) -> RunOptions:
     "The options of a protocol's runs: the study's weights and device, and the protocol's settings."
     return RunOptions(pretrained=cfg.pretrained, device=cfg.device, **settings.get(protocol, {}))
 
-def efficiency_specs(cfg:StudyCfg, # a validated study with a label_efficiency key
-                     seed:int, # the study seed (one study folder per seed)
-                     options:RunOptions, # the main grid's linear-probe options
-                    ) -> list[RunSpec]:
-    "The label-efficiency runs of one study seed (`cxr_study.efficiency`), filed under `<study>/label-efficiency`."
-    le = cfg.label_efficiency
-    if le is None: return []
-    encoders = [e for e in (le.encoders or cfg.encoders) if e in cfg.encoders and e not in reference_names()]
-    tasks = [t for t in (le.tasks or cfg.tasks) if t in cfg.tasks]
-    sweep = efficiency_settings(dataclasses.asdict(le))
-    out = str(efficiency_dir(study_out(cfg, seed)))
-    return [RunSpec(e, t, LABEL_EFFICIENCY, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), options.replace(adapt=sweep), LABEL_EFFICIENCY)
-            for e in encoders for t in tasks]
-
 def expand_study(cfg:StudyCfg) -> list[RunSpec]:
-    "Every run of the study (main grid, baselines, ablations, label efficiency), once each."
+    "Every run of the study (main grid, baselines, ablations, and those of the other experiment kinds: label efficiency), once each."
     grids = [GridCfg("main", cfg.encoders, cfg.tasks, cfg.protocols, cfg.settings), *cfg.baselines, *cfg.ablations]
     specs, seen = [], set()
     for seed in cfg.seeds:
@@ -303,8 +289,8 @@ def expand_study(cfg:StudyCfg) -> list[RunSpec]:
                 s = RunSpec(e, t, p, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), _options(cfg, settings, p), g.name)
                 if s.key in seen: continue
                 seen.add(s.key); specs.append(s)
-        if cfg.label_efficiency is not None:  # the main grid's linear-probe settings, so that the 100% point is its run
-            specs += efficiency_specs(cfg, seed, _options(cfg, cfg.settings, "linear-probe"))
+        for kind in EXPERIMENT_KINDS.values():  # the other kinds' runs (label efficiency), with the main grid's options
+            specs += kind.study_specs(cfg, study_out(cfg, seed), seed, lambda p: _options(cfg, cfg.settings, p))
     return specs
 
 # %% ../nbs/api/70a_studyfile.ipynb #b7579974

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, read_table
+from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
 from .data.cohorts import get_task, split_masks
 from .data.index import read_index
 from .data.rle import chexmask_rle_decode, chexmask_rle_encode
-from .encoders.registry import cfg_at_size, encoder_record
+from .encoders.registry import cfg_at_size, encoder_record, get_encoder_cfg
 from .metrics import dice_iou
 from .protocols import PROTOCOLS, Fold, FoldFit, Prepared, Protocol, RunContext, applies, run_protocol, study_cohorts
 from .results import (EMPTY_MASK_SCORE, SUBGROUP_COLUMNS, check_predictions, check_results, is_complete, metrics_for,
@@ -27,8 +29,9 @@ from .results import (EMPTY_MASK_SCORE, SUBGROUP_COLUMNS, check_predictions, che
 from .study.options import RunOptions
 
 # %% auto #0
-__all__ = ['RunSpec', 'seg_columns', 'fold_predictions', 'check_run', 'run_context', 'task_cohort', 'run_fold', 'run_experiment',
-           'experiment_template', 'grid_runs', 'check_protocol_contract']
+__all__ = ['EXPERIMENT_KINDS', 'RunSpec', 'seg_columns', 'fold_predictions', 'check_run', 'run_context', 'task_cohort',
+           'run_fold', 'ExperimentKind', 'register_experiment_kind', 'experiment_kind', 'run_experiment', 'FoldsRun',
+           'Folds', 'experiment_template', 'grid_runs', 'check_protocol_contract']
 
 # %% ../nbs/api/70_sweeps.ipynb #01cfea31
 @dataclass(frozen=True)
@@ -136,31 +139,115 @@ def run_fold(proto:Protocol, run:RunContext, prep:Prepared, k:int) -> tuple[dict
     return row, fp, fit.weights or prep.weights
 
 # %% ../nbs/api/70_sweeps.ipynb #33b7e6bd
+class ExperimentKind:
+    "One kind of run: how it is checked, prepared and run one unit (a test fold) at a time; `run_experiment` does the rest."
+    name:str = "" # its protocol label (the default kind, "folds", runs every registered protocol)
+    notebook:bool = True # the local and Slurm executors run it through the experiment notebook (False: in the worker's process)
+    resumable:bool = False # finished units are kept in <run>/partial/, so that an interrupted run resumes at the next one
+    unit_seconds:bool = True # results.csv's `seconds` add up to the run's fits (False: the fits are the run less the extraction)
+    def normalise(self, spec:RunSpec) -> RunSpec: return spec # the run as it is identified (defaults filled in)
+    def check(self, spec:RunSpec): raise NotImplementedError # what `prepare` needs, or a CxrStudyError, before anything is read or written
+    def prepare(self, spec:RunSpec, checked, cache_dir=None): raise NotImplementedError # the state every unit shares
+    def run_unit(self, state, k:int) -> tuple: raise NotImplementedError # (results rows, predictions, weights tag or None) of test fold k
+    def weights(self, state) -> str: return "none" # the weights tag known before any unit ran
+    def meta(self, state) -> dict: return {} # more for run.json (features, encoder_cfg)
+    def finish(self, state) -> None: "Clean up once the run is complete (e.g. remove checkpoints)."
+    def features(self, spec:RunSpec) -> tuple[bool, bool]: return False, False # reads the feature cache; caches layers besides the grid
+    def study_specs(self, cfg, out:Path, seed:int, options) -> list: return [] # the runs of this kind a study (a StudyCfg) asks for in its folder `out`; options: protocol -> RunOptions
+    def __repr__(self): return f"{type(self).__name__}({self.name!r})"
+
+EXPERIMENT_KINDS:dict = {} # name -> ExperimentKind
+
+def register_experiment_kind(kind:ExperimentKind) -> ExperimentKind:
+    "Add an experiment kind: the runner, the executors, the plan and the study files pick it up."
+    if not kind.name: raise CxrStudyError("an experiment kind needs a name (its protocol label)")
+    EXPERIMENT_KINDS[kind.name] = kind
+    return kind
+
+def experiment_kind(protocol:str) -> ExperimentKind:
+    "The kind of a run filed under `protocol`: a kind registered under that label, else `folds` (every registered protocol)."
+    return EXPERIMENT_KINDS.get(protocol) or EXPERIMENT_KINDS["folds"]
+
+# %% ../nbs/api/70_sweeps.ipynb #0dd22a6d
 def _read_run(final:Path, skipped:bool) -> dict:
     return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": skipped}
+
+def _resume(partial:Path, params:dict) -> dict:
+    "Finished units of an interrupted run with the same parameters: fold -> (results, predictions)."
+    key = json.loads(json.dumps(params, default=str))
+    try: same = read_json(partial/"params.json") == key
+    except (OSError, ValueError): same = False
+    if not same:
+        shutil.rmtree(partial, ignore_errors=True); write_json(key, partial/"params.json")
+        return {}
+    done = {}
+    for p in sorted(partial.glob("fold*.parquet")):
+        k = int(p.stem[4:]); r = partial/f"fold{k}.csv"
+        if r.exists(): done[k] = (read_table(r), read_table(p), None)
+    return done
+
+def _units(kind:ExperimentKind, spec:RunSpec, state, done:dict) -> dict:
+    "Run the units not done yet (keeping each in partial/ for a resumable kind): fold -> (results, predictions, weights)."
+    for k in spec.folds:
+        if k in done: continue
+        done[k] = kind.run_unit(state, k)
+        if kind.resumable:
+            write_table(done[k][1], spec.path/"partial"/f"fold{k}.parquet"); write_table(done[k][0], spec.path/"partial"/f"fold{k}.csv")
+    return done
 
 def run_experiment(spec:RunSpec, # the run: encoder, task, protocol, data, study folder, folds, seed and options
                    overwrite:bool=False, # rerun even if complete
                    cache_dir:str|Path|None=None, # feature cache (default: <out_dir>/cache)
-                  ) -> dict: # results (per fold) and predictions (per image) DataFrames, and whether it was skipped
-    "Run one encoder x task x protocol over the folds and write its results."
-    t_start = time.time()
-    proto, cfg, t = check_run(spec)
+                  ) -> dict: # results (per unit) and predictions (per image) DataFrames, and whether it was skipped
+    "Run one encoder x task x protocol over the folds through its experiment kind, and write its results."
+    t_start, kind = time.time(), experiment_kind(spec.protocol)
+    spec = kind.normalise(spec)
+    checked = kind.check(spec)  # refused before anything is read or written
     if spec.complete() and not overwrite: return _read_run(spec.path, True)
     (spec.path/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
-    run = run_context(spec, cfg, t, cache_dir)
-    prep = proto.prepare(run)
-    results, preds, weights = [], [], prep.weights
-    for k in spec.folds:
-        row, fp, weights = run_fold(proto, run, prep, k)
-        results.append(row); preds.append(fp)
-    feats = prep.extra.get("feats")
+    if overwrite and kind.resumable: shutil.rmtree(spec.path/"partial", ignore_errors=True)
+    done = _resume(spec.path/"partial", spec.params()) if kind.resumable else {}
+    state = kind.prepare(spec, checked, cache_dir)
+    done, weights = _units(kind, spec, state, done), kind.weights(state)
+    for k in spec.folds: weights = done[k][2] or weights  # training may find the tag (fine-tuning)
     write_run(spec.out_dir, {"encoder": spec.name, "weights": weights, "task": spec.task, "protocol": spec.protocol},  # run.json last
-              pd.DataFrame(results), pd.concat(preds, ignore_index=True),
-              {"params": run.params, "seconds": round(time.time() - t_start, 2), "features": str(feats.path) if feats is not None else None,
-               "versions": _versions(), **({"encoder_cfg": encoder_record(cfg)} if getattr(cfg, "sources", ()) else {})})  # an id: what it resolved to
-    proto.finish(run, prep)  # complete: e.g. checkpoints no longer needed
+              pd.concat([done[k][0] for k in spec.folds], ignore_index=True), pd.concat([done[k][1] for k in spec.folds], ignore_index=True),
+              {"params": spec.params(), "seconds": round(time.time() - t_start, 2), **kind.meta(state)})
+    kind.finish(state)  # complete: e.g. checkpoints no longer needed
+    if kind.resumable: shutil.rmtree(spec.path/"partial", ignore_errors=True)  # complete: resuming no longer needed
     return _read_run(spec.path, False)
+
+# %% ../nbs/api/70_sweeps.ipynb #ce46c333
+@dataclass
+class FoldsRun:
+    "What the units of a `folds` run share."
+    proto:Protocol
+    cfg:object # the encoder's config
+    run:RunContext
+    prep:Prepared
+
+class Folds(ExperimentKind):
+    "The registered protocols over the folds: the protocol prepares once and fits and predicts each test fold."
+    name = "folds"
+    def check(self, spec): return check_run(spec)
+    def prepare(self, spec, checked, cache_dir=None):
+        proto, cfg, t = checked
+        run = run_context(spec, cfg, t, cache_dir)
+        return FoldsRun(proto, cfg, run, proto.prepare(run))
+    def run_unit(self, st, k):
+        row, fp, weights = run_fold(st.proto, st.run, st.prep, k)
+        return pd.DataFrame([row]), fp, weights
+    def weights(self, st): return st.prep.weights
+    def meta(self, st):
+        feats = st.prep.extra.get("feats")
+        return {"features": str(feats.path) if feats is not None else None, "versions": _versions(),
+                **({"encoder_cfg": encoder_record(st.cfg)} if getattr(st.cfg, "sources", ()) else {})}  # an id: what it resolved to
+    def finish(self, st): st.proto.finish(st.run, st.prep)
+    def features(self, spec):
+        p = PROTOCOLS[spec.protocol]
+        return p.features, p.features and p.cached_layers(get_encoder_cfg(spec.encoder), spec.options.adapt) is not None
+
+register_experiment_kind(Folds());
 
 # %% ../nbs/api/70_sweeps.ipynb #dd001308
 def experiment_template(name:str="experiment.ipynb") -> Path:

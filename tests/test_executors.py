@@ -176,6 +176,6 @@ def test_study_file_with_flags_over_it(tmp_path):
                                    "--workers", "3"])
     cfg = study_from_args(a)
     assert cfg.folds == [0, 1] and cfg.executor.slurm.partition == "short" and cfg.executor.workers == 3  # the flags
-    assert cfg.encoders == ["prior", "raw-pixels", "resnet18", "vit-small-patch16-224"] and cfg.name == "demo"  # the file
+    assert cfg.encoders == ["prior", "raw-pixels", "resnet18", "synthetic-cxr-cnn"] and cfg.name == "demo"  # the file
     from cxr_study.cli import DEMO_PROBE
     assert cfg.settings["linear-probe"]["probe"] == DEMO_PROBE  # the demo study file holds the demo's probe
