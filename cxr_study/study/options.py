@@ -164,47 +164,50 @@ class RunOptions:
                     ) -> "RunOptions":
         "`RunOptions` from a mapping, or a `CxrStudyError` naming an unknown key with the valid ones."
         d = dict(d or {})
-        check_keys(d, where.rstrip(".") or "options", option_names(), "run")
+        check_keys(d, where.rstrip(".") or "options", option_names(cls=cls), "run")
         return cls(**d)
 
 def option_applies(name:str, protocol) -> bool:
     "Whether a study-wide flag of the option `name` sets it for `protocol`'s runs."
     return RunOptions.__dataclass_fields__[name].metadata["applies"](protocol)
 
-def option_names(scope:str|None=None) -> list[str]:
+def option_names(scope:str|None=None, cls:type|None=None) -> list[str]:
     "The run options' names (of one study-file scope: settings or study)."
-    return [f.name for f in fields(RunOptions) if scope is None or f.metadata["scope"] == scope]
+    return [f.name for f in fields(cls or RunOptions) if scope is None or f.metadata["scope"] == scope]
 
 # %% ../../nbs/api/69_study.options.ipynb #fcc408a6
 def _shown(v): return "false" if v is False else "none" if v is None else str(v)
 
 def add_option_flags(parser:argparse.ArgumentParser, # the parser (or argument group) of a command
                      scopes=("study", "settings"), # which options get a flag
+                     cls:type|None=None, # the options class (default: `RunOptions`)
                     ) -> None:
     "Add a flag for each run option (`--mask-size`, `--probe`, ...), its help from the option's documentation."
-    for f in fields(RunOptions):
+    for f in fields(cls or RunOptions):
         m = f.metadata
         if m["scope"] not in scopes: continue
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, help=f"{m['doc']} (default: {_shown(f.default)})",
                             **m["arg"])
 
-def options_from_args(a:argparse.Namespace) -> dict:
+def options_from_args(a:argparse.Namespace, cls:type|None=None) -> dict:
     "The run options a parsed command line gives (those not given left out)."
-    return {f.name: getattr(a, f.name) for f in fields(RunOptions) if getattr(a, f.name, None) is not None}
+    return {f.name: getattr(a, f.name) for f in fields(cls or RunOptions) if getattr(a, f.name, None) is not None}
 
 # %% ../../nbs/api/69_study.options.ipynb #5dc99e0c
 def check_settings(settings:dict, # protocol -> {setting: value}, as a study file holds them
                    protocols:dict, # protocol name -> the registered protocol (`PROTOCOLS`)
                    where:str="settings", # the key, for messages
+                   cls:type|None=None, # the options class (default: `RunOptions`)
                   ) -> dict:
     "A study file's per-protocol settings, each a valid `RunOptions` for its protocol, or a `CxrStudyError` naming the key."
+    cls = cls or RunOptions
     if not isinstance(settings, dict): raise CxrStudyError(f"{where}: expected a mapping of protocol -> settings")
-    keys = option_names("settings")
+    keys = option_names("settings", cls)
     for p, s in settings.items():
         if p not in protocols:
             close = difflib.get_close_matches(str(p), list(protocols), n=1)
             raise CxrStudyError(f"{where}.{p}: unknown protocol" + (f"; did you mean {close[0]!r}?" if close else "") + f" (valid: {', '.join(protocols)})")
         if not isinstance(s, dict): raise CxrStudyError(f"{where}.{p}: expected a mapping of {', '.join(keys)}")
         check_keys(s, f"{where}.{p}", keys, "run")
-        RunOptions(**s).check(protocols[p], f"{where}.{p}.")
+        cls(**s).check(protocols[p], f"{where}.{p}.")
     return settings
