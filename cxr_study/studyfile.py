@@ -16,7 +16,7 @@ import yaml
 from .core import CxrStudyError, STUDY_SEED
 from .data.cohorts import TASKS
 import cxr_study
-from .efficiency import LABEL_EFFICIENCY, efficiency_settings
+from .efficiency import efficiency_settings
 from .encoders.hub import encoder_id, forms_text, looks_like_id
 from .encoders.registry import EncoderIdError, list_encoders
 from .protocols import PROTOCOLS, protocol_names, reference_names
@@ -66,7 +66,7 @@ class GridCfg:
     encoders:list|None=None
     tasks:list|None=None
     protocols:list|None=None
-    settings:dict|None=None # per protocol: probe, Cs, mask_size, mask_resize, adapt (merged over the study's)
+    settings:dict|None=None # per protocol: its run options of scope settings (`RunOptions`), merged over the study's
     description:str=""
 
 
@@ -93,7 +93,7 @@ class StudyCfg:
     seeds:list=field(default_factory=lambda: [STUDY_SEED])
     pretrained:bool|str=False # false, true (each release), an org/name Hugging Face id, or a local path
     device:str|None=None # cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)
-    settings:dict=field(default_factory=dict) # protocol -> {probe, Cs, mask_size, mask_resize, adapt}
+    settings:dict=field(default_factory=dict) # protocol -> {run option: value} (`RunOptions`, scope settings)
     baselines:list=field(default_factory=list) # GridCfg sub-grids of reference models (e.g. SegFormer end to end)
     ablations:list=field(default_factory=list) # GridCfg sub-grids of ablations (stride, multi-scale, ...)
     label_efficiency:EfficiencyCfg|None=None # label-efficiency curves (absent: none)
