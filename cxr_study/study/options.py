@@ -101,7 +101,13 @@ def _adapt(v, where, protocol=None):
         return
     check_keys(v, where, keys, protocol.name)
 
-def _takes_no_adapt(v, protocol): return protocol is not None and protocol.adapt_keys() is None
+def _takes_no_adapt(v, protocol):
+    "the protocol takes no settings of its own"
+    return protocol is not None and protocol.adapt_keys() is None
+
+def _not_given(v, protocol):
+    "not given"
+    return v is None
 def _same(v): return v
 def _floats(v): return [float(c) for c in (LOGISTIC_CS if v is None else v)]
 
@@ -126,7 +132,7 @@ class RunOptions:
     adapt:dict|None = run_option(None, "the protocol's own settings: FinetuneCfg fields (fine-tune, e2e), MultiscaleCfg fields "
                                  '(multiscale-probe), e.g. {"mode": "lora", "encoder_lr": 1e-5}', _adapt, _same, _takes_no_adapt, arg=_JSON)
     input_size:int|None = run_option(None, "probes: the encoder at this input size instead of its own (a run of its own, "
-                                     '"<encoder>@<size>")', _input_size, int, lambda v, p: v is None, arg=dict(type=int),
+                                     '"<encoder>@<size>")', _input_size, int, _not_given, arg=dict(type=int),
                                      applies=lambda protocol: protocol.sized)
 
     def __post_init__(self):
