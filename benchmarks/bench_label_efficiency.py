@@ -11,7 +11,7 @@ both arms, in alternating order, on the same images, threads and device:
 
 - extraction: `extract_features` of the study's image set (every task's cohort) into an empty cache folder,
   everything included (building the encoder, hashing the files, reading, preprocessing, the forward, writing);
-- sweep: `run_label_efficiency` of every task into an empty study folder, from the cached features of the
+- sweep: `run_experiment` of every task's label-efficiency run into an empty study folder, from the cached features of the
   study's own extraction: the linear probe (and the kNN probe for classification) trained on every share x
   subset seed x test fold and scored on the test fold, everything included (cohorts, masks, the fits, scoring,
   writing the runs). The feature cache is checked to hold one entry: the sweep extracts nothing.
@@ -72,12 +72,13 @@ def time_extraction(encoder, images, root, cache, device) -> float:
 
 def time_sweep(encoder, tasks, root, study, sweep, folds, probe, mask_size, device) -> tuple[float, dict]:
     "Seconds of the whole sweep, and per task; `study/cache` already holds the features."
-    from cxr_study.efficiency import run_label_efficiency
+    from cxr_study.efficiency import efficiency_spec
+    from cxr_study.sweeps import run_experiment
     per_task, t0 = {}, time.perf_counter()
     for t in tasks:
         t1 = time.perf_counter()
-        r = run_label_efficiency(encoder, t, root, study, folds=folds, probe=probe, mask_size=mask_size, device=device, adapt=sweep,
-                                 overwrite=True)
+        r = run_experiment(efficiency_spec(encoder, t, root, study, folds=folds, probe=probe, mask_size=mask_size, device=device,
+                                                 adapt=sweep), overwrite=True)
         per_task[t] = (time.perf_counter() - t1, len(r["results"]))
     dt = time.perf_counter() - t0
     assert len(list((study/"cache").glob(f"{encoder}-*"))) == 1, "the sweep extracted nothing more"

@@ -12,417 +12,28 @@ from dataclasses import fields
 from pathlib import Path
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, read_json, write_json
+from .core import CxrStudyError, STUDY_SEED, available_cores, read_json, write_json
 from .data.adapters import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, format_problems, label_counts
+from .data.cohorts import TASKS
 from .data.index import MASK_TARGETS
 from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset
-from .data.preprocess import MASK_RULES
 from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from .encoders.hub import describe_encoder
 from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
 from .encoders.weights import download_weights
 from .executors import execute_run, report_timings, run_study, run_timings, time_budget
 from .plan import encoder_profile, format_plan, plan_study
-from .protocols import protocol_names, reference_names
+from .protocols import get_protocol, protocol_names, reference_names
 from .report import build_report, copy_report
 from .reporting import write_study_outputs
 from .studyfile import expand_study, load_study, shipped_study, study_out
+from .study.options import RunOptions, add_option_flags, option_applies, option_names, options_from_args
 from .sweeps import RunSpec, run_experiment
 
 # %% auto #0
-__all__ = ['TASK_NAMES', 'DEMO_PROBE', 'build_parser', 'cmd_report', 'cmd_synthetic', 'study_from_args', 'cmd_plan',
-           'download_study_weights', 'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'cmd_run', 'cmd_encoders', 'main',
-           'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare']
-
-# %% ../nbs/api/71_cli.ipynb #790810b3
-TASK_NAMES = ("pneumothorax-cls", "cardiomegaly-cls", "pneumothorax-seg", "heart-seg")
-DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
-
-def _add_common(p, data=True):
-    if data: p.add_argument("--data", required=True, type=Path, help="prepared dataset folder (holds index.parquet)")
-    p.add_argument("--out", required=True, type=Path, help="study output folder")
-    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds to run (default: all five)")
-    p.add_argument("--seed", type=int, default=STUDY_SEED, help="seed for cohorts, folds, random-init weights and training")
-    p.add_argument("--pretrained", default="false", help="encoder weights: false (random init), true (the encoder's release, from the Hugging Face cache), "
-                                                         "an org/name Hugging Face id, or a local path")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--mask-size", type=int, default=None, help="segmentation evaluation size (default: each encoder's input size)")
-    p.add_argument("--mask-resize", choices=MASK_RULES, default="bilinear",
-                   help="how true masks are resized: bilinear at 0.5 (default), or study: each encoder's processor, kept above 0.66")
-    p.add_argument("--probe", type=_json, default=None, metavar="JSON",
-                   help='segmentation probe settings, e.g. \'{"lr": 0.01, "batch_size": 64}\' (default: the study\'s)')
-    p.add_argument("--adapt", type=_json, default=None, metavar="JSON",
-                   help='fine-tune / e2e / multiscale-probe settings, e.g. \'{"mode": "lora", "encoder_lr": 1e-5}\'')
-
-def _add_study_flags(p):
-    "The study of `grid` and `plan`: a study file, and flags that override it (a flag not given leaves the file's value)."
-    a = p.add_argument
-    a("--config", type=Path, default=None, metavar="STUDY.yaml", help="a study file, e.g. studies/paper.yaml; flags override its values")
-    a("--data", type=Path, default=None, help="prepared dataset folder (holds index.parquet), for every task")
-    a("--out", type=Path, default=None, help="study output folder")
-    a("--encoders", nargs="+", default=None, help="registry names or models by id (timm/<model>, hf-hub:<org>/<name>, "
-      "open_clip:<arch>/<tag>, a local folder; quote an id with ?overrides); add 'prior' for the floor reference")
-    a("--compare-with", nargs="+", default=None, metavar="STUDY|ENCODER",
-      help="run --encoders beside these: a shipped study's encoders (paper: the published study's eight and the prior "
-           "floor), or encoder names")
-    a("--tasks", nargs="+", default=None, choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
-    a("--protocols", nargs="+", default=None, choices=protocol_names(), metavar="PROTOCOL",
-      help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
-    a("--folds", type=int, nargs="+", default=None, help="test folds to run (default: all five)")
-    a("--seed", dest="seeds", type=int, nargs="+", default=None, help="seed(s) (default: the study's, 5656); several: one study folder per seed")
-    a("--pretrained", default=None, help="encoder weights: false (random init), true (each encoder's release), an org/name "
-                                         "Hugging Face id, or a local path")
-    a("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)")
-    a("--mask-size", type=int, default=None, help="segmentation evaluation size (default: each encoder's input size)")
-    a("--mask-resize", choices=MASK_RULES, default=None,
-      help="how true masks are resized: bilinear at 0.5 (default), or study: each encoder's processor, kept above 0.66")
-    a("--probe", type=_json, default=None, metavar="JSON", help='segmentation probe settings, e.g. \'{"lr": 0.01}\'')
-    a("--adapt", type=_json, default=None, metavar="JSON", help='fine-tune / e2e / multiscale-probe settings, e.g. \'{"mode": "lora"}\'')
-    a("--executor", choices=("local", "papermill", "inline", "slurm"), default=None,
-      help="local (default; papermill is its old name): a pool of workers running the papermill template; inline: this process, "
-           "no notebooks; slurm: an array job, written to <out>/slurm/ (--submit submits it)")
-    a("--workers", default=None, help="local: runs at once, or auto (one per visible GPU, else 1)")
-    a("--devices", type=int, nargs="+", default=None, help="local: GPU indices to use (default: all visible)")
-    for flag in ("partition", "account", "qos", "time", "gres", "mem"):
-        a(f"--{flag}", default=None, help=f"slurm: --{flag} of each task")
-    a("--cpus-per-task", type=int, default=None, help="slurm: --cpus-per-task of each task")
-    a("--max-parallel", type=int, default=None, help="slurm: at most this many tasks at once")
-
-def _add_report_flags(p):
-    p.add_argument("--no-report", dest="report", action="store_false", help="skip the study report at the end")
-    p.add_argument("--n-boot", type=int, default=2000, help="report: bootstrap replicates (default: 2000)")
-    p.add_argument("--n-perm", type=int, default=2000, help="report: permutations for the paired tests (default: 2000)")
-
-def _json(v):
-    import json
-    try: return json.loads(v)
-    except json.JSONDecodeError as e: raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {v}")
-
-def _pretrained(v):
-    return {"false": False, "true": True}.get(str(v).lower(), v)
-
-def _add_data_commands(sub):
-    "demo, synthetic, prepare: the synthetic benchmark and datasets."
-    d = sub.add_parser("demo", help="the whole study offline, on the synthetic benchmark",
-                       description="Write the synthetic benchmark, run every small encoder and the prior on the four tasks "
-                                   "(linear probe, 5 folds) through papermill, and summarise.")
-    d.add_argument("--out", type=Path, default=Path("cxr_study_demo"), help="output folder (default: ./cxr_study_demo)")
-    d.add_argument("--n-images", type=int, default=600, help="synthetic radiographs (default: 600)")
-    d.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
-    d.add_argument("--shortcut", type=float, default=1.0, help="chest-tube shortcut strength, 0 (none) to 1 (the study's prevalences)")
-    d.add_argument("--encoders", nargs="+", default=None, help="encoders to run (default: every encoder tagged 'small')")
-    d.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
-    d.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds (default: all five)")
-    d.add_argument("--executor", choices=("papermill", "inline"), default="papermill",
-                   help="papermill: one executed notebook per run (default); inline: in this process")
-    d.add_argument("--seed", type=int, default=STUDY_SEED)
-    _add_report_flags(d)
-
-    s = sub.add_parser("synthetic", help="write the synthetic benchmark in SIIM/CheXmask formats",
-                       description="Write the synthetic chest-X-ray benchmark (DICOM, train-rle.csv, CheXmask CSV, label and "
-                                   "chest-tube CSVs). Prepare it like real data with: cxr-study prepare synthetic --root DIR --out DIR")
-    s.add_argument("--out", type=Path, required=True, help="folder to create")
-    s.add_argument("--n-images", type=int, default=600); s.add_argument("--size", type=int, default=256)
-    s.add_argument("--shortcut", type=float, default=1.0, help="chest-tube shortcut strength in [0, 1]")
-    s.add_argument("--seed", type=int, default=STUDY_SEED)
-    s.add_argument("--overwrite", action="store_true", help="replace a benchmark written with other parameters")
-
-    pp = sub.add_parser("prepare", help="index a dataset (SIIM, CheXpert, MIMIC, NIH, CSV, synthetic) and cache its images",
-                        description="Build the canonical index of a dataset on disk, optionally verify every image and mask, "
-                                    "and write a preprocessed image cache; prints counts per label and the problems found.")
-    add_prepare_arguments(pp)
-
-def _add_run_commands(sub):
-    "run, grid, plan, run-cell: experiments and studies."
-    r = sub.add_parser("run", help="one experiment: encoder x task x protocol over the folds",
-                       description="Run one experiment in this process (what each cell of a grid or a Slurm array does).")
-    r.add_argument("--encoder", required=True, help="registry name, a model by id (timm/<model>, hf-hub:<org>/<name>, "
-                   "open_clip:<arch>/<tag>, a local folder), or 'prior'")
-    r.add_argument("--task", required=True, choices=TASK_NAMES)
-    r.add_argument("--protocol", default="linear-probe", choices=protocol_names())
-    _add_common(r)
-    r.add_argument("--download", action="store_true", help="first fetch the encoder's weights into the Hugging Face cache (needs a network)")
-
-    g = sub.add_parser("grid", help="run a study: a study file or flags, on every GPU of this machine or as a Slurm array",
-                       description="Run every run of a study not yet complete (a study file, --config, with flags overriding it; "
-                                   "or flags alone), then summarise and build the report. Locks let several grids share one folder.")
-    _add_study_flags(g)
-    g.add_argument("--dry-run", action="store_true", help="print the plan (runs, compute, disk) and stop, as `cxr-study plan`")
-    g.add_argument("--submit", action="store_true", help="slurm: submit through submitit (default: write the jobs and say how to submit)")
-    g.add_argument("--download", action="store_true", help="first fetch each encoder's weights into the Hugging Face cache (needs a network; HF_TOKEN for gated models)")
-    g.add_argument("--no-report", dest="report", action="store_const", const=False, default=None, help="skip the study report at the end")
-    g.add_argument("--n-boot", type=int, default=None, help="report: bootstrap replicates (default: 2000)")
-    g.add_argument("--n-perm", type=int, default=None, help="report: permutations for the paired tests (default: 2000)")
-
-    pl = sub.add_parser("plan", help="what a study will run and cost: runs, FLOPs, GPU hours, disk",
-                        description="Print the runs of a study (and which are complete), the compute they need (FLOPs per image of "
-                                    "each encoder at its resolution x images x passes), the wall time on A100/H100/H200 GPUs, and the disk.")
-    _add_study_flags(pl)
-    pl.add_argument("--epochs", type=int, default=30, help="epochs assumed for fine-tuning and end-to-end runs (default: 30)")
-    pl.add_argument("--utilisation", type=float, default=0.4, help="fraction of the GPUs' dense bf16 peak reached (default: 0.4)")
-    pl.add_argument("--gpus", type=int, default=None, help="GPUs working at once (default: the local pool's workers, or 1)")
-
-    rc = sub.add_parser("run-cell", help="one run of a study, by its full settings (what each worker and Slurm task executes)",
-                        description="Execute one run (a RunSpec as JSON, or entry --index of a jobs.json written for Slurm) unless it "
-                                    "is complete or another process holds it.")
-    rc.add_argument("--spec", default=None, help="the run's settings as JSON")
-    rc.add_argument("--jobs", type=Path, default=None, help="a jobs.json written by `grid --executor slurm`")
-    rc.add_argument("--index", type=int, default=None, help="the run's position in --jobs (the Slurm array task id)")
-    rc.add_argument("--status", type=Path, default=None, help="also write the outcome as JSON to this file")
-    rc.add_argument("--wait", action="store_true", help="wait for another process running the same run (default: leave it)")
-    rc.add_argument("--no-notebook", dest="notebooks", action="store_false", default=None, help="run without the papermill template")
-
-def _add_output_commands(sub):
-    "report, summarise, encoders: what the runs give, and the registry."
-    rp = sub.add_parser("report", help="the study report: statistics, tables and figures from a study folder's runs",
-                        description="Execute the report notebooks into <out>/report/ (a Quarto website: quarto render <out>/report), "
-                                    "write every table as CSV under report/tables/, and with --html render the pages offline.")
-    rp.add_argument("--out", type=Path, required=True, help="study folder (holds runs/)")
-    rp.add_argument("--html", action="store_true", help="also render a static HTML site to <out>/report/html/ (no Quarto needed)")
-    rp.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates for the CIs (default: 2000)")
-    rp.add_argument("--n-perm", type=int, default=2000, help="permutations for the paired tests (default: 2000)")
-    rp.add_argument("--force", action="store_true", help="rebuild even when the report is up to date with the runs")
-    rp.add_argument("--copy-to", type=Path, default=None, metavar="DIR",
-                    help="also copy the executed report (notebooks with outputs, tables, figures) to DIR, e.g. a docs site's folder")
-
-    m = sub.add_parser("summarise", help="collect complete runs and write the summary tables and figure",
-                       description="Write results.csv, predictions.parquet, summary.csv, summary.md and figures/summary.png.")
-    m.add_argument("--out", type=Path, required=True, help="study output folder")
-
-    e = sub.add_parser("encoders", help="list registered encoders, or describe any encoder (registered or by id) before it runs",
-                       description="List the encoder registry; with --describe, print what names or ids resolve to: architecture, "
-                                   "parameters and FLOPs per image (counted on the meta device), preprocessing, pooled and grid "
-                                   "features, and where each field came from.")
-    e.add_argument("--tag", default=None, help="only encoders with this tag (e.g. small)")
-    e.add_argument("--describe", nargs="+", default=None, metavar="NAME_OR_ID",
-                   help="describe these encoders: registered names or ids (timm/<model>, hf-hub:<org>/<name>, open_clip:<arch>/<tag>, a folder)")
-
-def build_parser() -> argparse.ArgumentParser:
-    "The argument parser of `cxr-study`."
-    ap = argparse.ArgumentParser(prog="cxr-study", description="How good are chest-X-ray foundation-model encoders? "
-                                 "Linear probes and fine-tuning with honest statistics.")
-    ap.add_argument("--version", action="version", version=f"cxr_study {cxr_study.__version__}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_data_commands(sub); _add_run_commands(sub); _add_output_commands(sub)
-    return ap
-
-# %% ../nbs/api/71_cli.ipynb #337f5187
-def _print_summary(out):
-    paths = write_study_outputs(out)
-    print((Path(out)/"summary.md").read_text())
-    print("written:", ", ".join(str(p) for p in paths.values()))
-
-def cmd_report(out:Path, html:bool=True, n_boot:int=2000, n_perm:int=2000, force:bool=False) -> int:
-    "Build the study report of a study folder (unless it is up to date with the runs) and say where it is."
-    t0 = time.time()
-    rep = build_report(out, html=html, n_boot=n_boot, n_perm=n_perm, force=force)
-    print(f"report: {rep} ({time.time() - t0:.0f} s); tables in {rep/'tables'}" +
-          (f"; open {rep/'html'/'index.html'}" if html else "") + f"; render the site with: quarto render {rep}")
-    return 0
-
-def _status_exit(status) -> int:
-    failed = status[status.status == "failed"]
-    for _, r in failed.iterrows(): print(f"FAILED {r.encoder} / {r.task} / {r.protocol}: {r.message}", file=sys.stderr)
-    return 1 if len(failed) else 0
-
-def cmd_synthetic(a:argparse.Namespace) -> Path:
-    "The `synthetic` command: write the synthetic benchmark with the flags' parameters."
-    cfg = SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed)
-    return make_synthetic_benchmark(a.out, cfg, overwrite=getattr(a, "overwrite", False))
-
-def study_from_args(a:argparse.Namespace) -> "StudyCfg":
-    "The study of a `grid` or `plan` command line: its study file (if any) with every given flag over it."
-    if a.config is None and (a.data is None or a.out is None or not a.encoders):
-        raise CxrStudyError("give a study file (--config STUDY.yaml) or at least --data, --out and --encoders")
-    workers = a.workers if a.workers in (None, "auto") else _int(a.workers, "--workers")
-    encoders = _compared(a) if getattr(a, "compare_with", None) else a.encoders
-    o = {"data": None if a.data is None else str(a.data), "out": None if a.out is None else str(a.out), "encoders": encoders,
-         "tasks": a.tasks, "protocols": a.protocols, "folds": a.folds, "seeds": a.seeds,
-         "pretrained": None if a.pretrained is None else _pretrained(a.pretrained), "device": a.device,
-         "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
-         **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
-    for key, v in (("probe", a.probe), ("mask_size", a.mask_size), ("mask_resize", a.mask_resize), ("adapt", a.adapt)):  # a flag's setting applies to every protocol
-        for p in protocol_names(): o[f"settings.{p}.{key}"] = v
-    for key in ("report", "n_boot", "n_perm"):
-        if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
-    return load_study(a.config, o)
-
-def _compared(a) -> list:
-    "`--encoders` (or the study file's) followed by those of `--compare-with`: a shipped study's main encoders, or names."
-    import yaml
-    base = a.encoders or ((yaml.safe_load(Path(a.config).read_text()) or {}).get("encoders") if a.config else None)
-    if not base: raise CxrStudyError("--compare-with: name your encoders with --encoders (or in the study file)")
-    out = list(base)
-    for item in a.compare_with:
-        try: names = yaml.safe_load(shipped_study(item).read_text())["encoders"]
-        except CxrStudyError: names = [item]  # not a shipped study: an encoder name
-        out += [n for n in names if n not in out]
-    return out
-
-def _int(v, flag):
-    try: return int(v)
-    except ValueError: raise CxrStudyError(f"{flag}: expected an integer or auto, got {v!r}") from None
-
-def cmd_plan(a) -> int:
-    "Print a study's runs, compute and disk."
-    cfg = study_from_args(a)
-    print(format_plan(plan_study(cfg, epochs=getattr(a, "epochs", 30), utilisation=getattr(a, "utilisation", 0.4),
-                                 gpus=getattr(a, "gpus", None)), cfg.name, str(Path(cfg.out).absolute())))
-    return 0
-
-def download_study_weights(cfg) -> None:
-    "Fetch the weights of every encoder of a study into the Hugging Face cache (and the configuration of encoders named by id)."
-    names = sorted({s.encoder for s in expand_study(cfg)} - {*reference_names(), "raw-pixels"})
-    if cfg.pretrained is False: names = [e for e in names if is_encoder_id(e)]  # random init: an id's configuration only
-    if not names: print("--download: the study uses random-init encoders (pretrained: false); nothing to fetch"); return
-    failed = []
-    for e in names:
-        try: print(f"{e}: {download_weights(e, cfg.pretrained) or 'configuration only (pretrained: false)'}")
-        except CxrStudyError as ex: failed.append(e); print(f"{e}: {ex}", file=sys.stderr)  # the others are still fetched
-    if failed: raise CxrStudyError(f"--download: no weights for {', '.join(failed)} (see above); nothing was run")
-
-def cmd_grid(a) -> int:
-    cfg = study_from_args(a)
-    if a.dry_run: return cmd_plan(a)
-    if a.download: download_study_weights(cfg)
-    res = run_study(cfg, submit=a.submit)
-    if cfg.executor.kind == "slurm":
-        if a.submit:
-            ids = sorted({str(j.job_id).split("_")[0] for j in res})
-            print(f"submitted {len(res)} runs as Slurm job(s) {', '.join(ids) or '-'}; logs in {Path(cfg.out).absolute()/'slurm'/'submitit'}. "
-                  "When they finish, run the same command without --executor slurm to summarise and build the report.")
-        else:
-            print(f"wrote {res} and {res.parent/'jobs.json'} (every setting of each run); submit with: sbatch {res}   "
-                  "(or add --submit to submit through submitit)")
-        return 0
-    print(res.to_string(index=False))
-    code = _status_exit(res)
-    for seed in cfg.seeds:
-        out = study_out(cfg, seed)
-        if any(s.complete() for s in expand_study(cfg) if s.out_dir == str(out)):
-            _print_summary(out)
-            if cfg.report.enabled: cmd_report(out, html=cfg.report.html, n_boot=cfg.report.n_boot, n_perm=cfg.report.n_perm)
-    return code
-
-def cmd_run_cell(a) -> int:
-    "Execute one run of a study: what each local worker and each Slurm array task does."
-    import json
-    notebooks = True
-    if a.spec is not None: spec = json.loads(a.spec)
-    elif a.jobs is not None and a.index is not None:
-        jobs = read_json(a.jobs); runs = jobs["runs"]; notebooks = jobs.get("notebooks", True)
-        if not 0 <= a.index < len(runs): raise CxrStudyError(f"{a.jobs}: no run {a.index} (it holds {len(runs)})")
-        spec = runs[a.index]
-    else: raise CxrStudyError("give --spec JSON, or --jobs FILE with --index I")
-    r = execute_run(RunSpec.from_dict(spec), notebooks if a.notebooks is None else a.notebooks, wait=a.wait)
-    if a.status is not None: write_json(r, a.status)
-    print(f"{r['encoder']} / {r['task']} / {r['protocol']}: {r['status']} {r['message']}".strip())
-    return 1 if r["status"] == "failed" else 0
-
-def _conditions(a, load_before:float) -> dict:
-    "What the demo ran on and with: the machine's cores, its load before the demo started, the versions, the benchmark's size."
-    import os, platform
-    from datetime import datetime, timezone
-    import torch
-    from .core import available_cores
-    return {"finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cores": available_cores(),
-            "load_before": round(load_before, 2), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "python": platform.python_version(), "torch": torch.__version__, "cxr_study": cxr_study.__version__,
-            "n_images": a.n_images, "size": a.size, "folds": list(a.folds) if a.folds else None}
-
-def _demo_timings(a, status, before:dict, after:dict, total:float, since:float, load_before:float):
-    "Print where the demo's time went, with the largest process's memory, and write both to <out>/timings.json."
-    import resource
-    out = a.out
-    runs = run_timings(status, out, since)
-    budget = time_budget(runs, before, after, total)
-    peak_mb = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024  # kB on Linux
-    write_json({"total_seconds": round(total, 1), "largest_process_mb": round(peak_mb), "n_runs": len(runs),
-                "conditions": _conditions(a, load_before), "parts": budget.to_dict("records"),
-                "runs": runs.to_dict("records")}, out/"timings.json")
-    print("\nWhere the time went:\n" + budget.to_string(index=False, formatters={"share": "{:.0%}".format}) +
-          f"\nlargest process: {peak_mb:,.0f} MB; written to {out/'timings.json'}")
-
-def cmd_demo(a) -> int:
-    import os
-    t0, load_before = time.time(), os.getloadavg()[0]  # the load of the last minute, before the demo adds to it
-    raw = make_synthetic_benchmark(a.out/"data"/"synthetic", SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed))
-    data = a.out/"data"/"prepared"
-    # the synthetic DICOMs are indexed by the same adapters as real data; index-only keeps the DICOM reader in the loop
-    _, problems = prepare_dataset("synthetic", raw, data, index_only=True, log=lambda *_: None)
-    for where, why in problems: print(f"problem: {where}: {why}", file=sys.stderr)
-    before = {"data: synthetic benchmark and its index": time.time() - t0}
-    # the demo is the shipped study file studies/demo.yaml, on this benchmark
-    import yaml
-    abl = [x for x in yaml.safe_load(shipped_study("demo").read_text()).get("ablations") or [] if set(x["encoders"]) <= set(a.encoders)] \
-        if a.encoders else None  # --encoders narrows the ablations to those of the encoders named
-    cfg = load_study(shipped_study("demo"), {"data": str(data), "out": str(a.out), "tasks": a.tasks, "folds": a.folds, "seeds": [a.seed], "ablations": abl,
-                                             "encoders": ["prior", *a.encoders] if a.encoders else None,
-                                             "executor.kind": "inline" if a.executor == "inline" else "local"})
-    st = run_study(cfg)
-    code, after = _status_exit(st), {}
-    if (st.status != "failed").any():
-        t = time.time(); _print_summary(a.out); after["summary tables and figure"] = time.time() - t
-        if a.report:
-            t = time.time(); cmd_report(a.out, html=True, n_boot=a.n_boot, n_perm=a.n_perm)
-            after.update(report_timings(a.out/"report", time.time() - t, since=t))
-    _demo_timings(a, st, before, after, time.time() - t0, since=t0, load_before=load_before)
-    print(f"demo finished in {time.time() - t0:.0f} s")
-    return code
-
-def cmd_run(a) -> int:
-    enc = id_resolver().canonical(a.encoder) if is_encoder_id(a.encoder) else a.encoder  # an id as the study file files it
-    if getattr(a, "download", False) and enc not in reference_names() and (_pretrained(a.pretrained) is not False or is_encoder_id(enc)):
-        print(f"{enc}: {download_weights(enc, _pretrained(a.pretrained)) or 'configuration only (pretrained: false)'}")
-    r = run_experiment(enc, a.task, a.protocol, a.data, a.out, folds=a.folds, seed=a.seed, pretrained=_pretrained(a.pretrained),
-                       device=a.device, mask_size=a.mask_size, mask_resize=a.mask_resize, probe=a.probe, adapt=a.adapt)
-    print(r["results"].to_string(index=False))
-    return 0
-
-def cmd_encoders(a) -> int:
-    "List the registry, or describe encoders (registered names or ids) before anything runs."
-    import pandas as pd
-    if getattr(a, "describe", None):
-        print("\n\n".join(describe_encoder(n, encoder_profile(n)) for n in a.describe))
-        return 0
-    rows = []
-    for n in list_encoders(tag=a.tag):
-        c = get_encoder_cfg(n); p = c.preprocess
-        rows.append(dict(name=n, arch=c.arch, input=f"{p.size} {p.resize} {p.interpolation}", pooled=c.pooled_dim,
-                         grid=f"{c.grid_size}x{c.grid_size}x{c.grid_dim}", weights=c.weights.source or c.weights.file or "-"))
-    print(pd.DataFrame(rows).to_string(index=False))
-    print("\nany model by id too: timm/<model>[.<tag>], hf-hub:<org>/<name>, open_clip:<arch>[/<tag>] or a local folder; "
-          "cxr-study encoders --describe ID shows what one resolves to")
-    return 0
-
-def main(argv:list|None=None) -> int:
-    "Entry point of `cxr-study`."
-    a = build_parser().parse_args(argv)
-    try:
-        if a.command == "demo": return cmd_demo(a)
-        if a.command == "synthetic":
-            root = cmd_synthetic(a)
-            print(f"{root}\nprepare it with: cxr-study prepare synthetic --root {root} --out <prepared folder>")
-            return 0
-        if a.command == "prepare": return cmd_prepare(a)
-        if a.command == "run": return cmd_run(a)
-        if a.command == "grid": return cmd_grid(a)
-        if a.command == "plan": return cmd_plan(a)
-        if a.command == "run-cell": return cmd_run_cell(a)
-        if a.command == "summarise": _print_summary(a.out); return 0
-        if a.command == "report":
-            cmd_report(a.out, a.html, a.n_boot, a.n_perm, a.force)
-            if a.copy_to:
-                print(f"copied to {copy_report(a.out/'report', a.copy_to)}")
-            return 0
-        if a.command == "encoders": return cmd_encoders(a)
-    except CxrStudyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: complete runs are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+__all__ = ['TASK_NAMES', 'DEMO_PROBE', 'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare',
+           'build_parser', 'cmd_report', 'cmd_synthetic', 'study_from_args', 'cmd_plan', 'download_study_weights',
+           'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'cmd_run', 'cmd_encoders', 'main']
 
 # %% ../nbs/api/71_cli.ipynb #39f94b44
 def add_prepare_arguments(parser:argparse.ArgumentParser) -> None:
@@ -485,6 +96,384 @@ def cmd_prepare(a:argparse.Namespace) -> int:
     print(label_counts(idx).to_string())
     print("\n" + format_problems(problems) + (f"\n(all listed in {Path(a.out)/'problems.csv'})" if problems else ""))
     return 1 if (a.strict and problems) else 0
+
+# %% ../nbs/api/71_cli.ipynb #790810b3
+TASK_NAMES = tuple(TASKS) # the registered tasks (`cxr_study.data.cohorts.TASKS`)
+DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
+
+def _add_common(p, data=True):
+    if data: p.add_argument("--data", required=True, type=Path, help="prepared dataset folder (holds index.parquet)")
+    p.add_argument("--out", required=True, type=Path, help="study output folder")
+    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds to run (default: all five)")
+    p.add_argument("--seed", type=int, default=STUDY_SEED, help="seed for cohorts, folds, random-init weights and training")
+    add_option_flags(p)  # --pretrained, --device, --mask-size, --probe, --adapt, ...: one per field of RunOptions
+
+def _add_study_flags(p):
+    "The study of `grid` and `plan`: a study file, and flags that override it (a flag not given leaves the file's value)."
+    a = p.add_argument
+    a("--config", type=Path, default=None, metavar="STUDY.yaml", help="a study file, e.g. studies/paper.yaml; flags override its values")
+    a("--data", type=Path, default=None, help="prepared dataset folder (holds index.parquet), for every task")
+    a("--out", type=Path, default=None, help="study output folder")
+    a("--encoders", nargs="+", default=None, help="registry names or models by id (timm/<model>, hf-hub:<org>/<name>, "
+      "open_clip:<arch>/<tag>, a local folder; quote an id with ?overrides); add 'prior' for the floor reference")
+    a("--compare-with", nargs="+", default=None, metavar="STUDY|ENCODER",
+      help="run --encoders beside these: a shipped study's encoders (paper: the published study's eight and the prior "
+           "floor), or encoder names")
+    a("--tasks", nargs="+", default=None, choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
+    a("--protocols", nargs="+", default=None, choices=protocol_names(), metavar="PROTOCOL",
+      help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
+    a("--folds", type=int, nargs="+", default=None, help="test folds to run (default: all five)")
+    a("--seed", dest="seeds", type=int, nargs="+", default=None, help="seed(s) (default: the study's, 5656); several: one study folder per seed")
+    add_option_flags(p)  # the run options, over the study file's: a settings flag applies to every protocol it applies to
+    a("--executor", choices=("local", "papermill", "inline", "slurm"), default=None,
+      help="local (default; papermill is its old name): a pool of workers running the papermill template; inline: this process, "
+           "no notebooks; slurm: an array job, written to <out>/slurm/ (--submit submits it)")
+    a("--workers", default=None, help="local: runs at once, or auto (one per visible GPU, else 1)")
+    a("--devices", type=int, nargs="+", default=None, help="local: GPU indices to use (default: all visible)")
+    for flag in ("partition", "account", "qos", "time", "gres", "mem"):
+        a(f"--{flag}", default=None, help=f"slurm: --{flag} of each task")
+    a("--cpus-per-task", type=int, default=None, help="slurm: --cpus-per-task of each task")
+    a("--max-parallel", type=int, default=None, help="slurm: at most this many tasks at once")
+
+def _add_report_flags(p):
+    p.add_argument("--no-report", dest="report", action="store_false", help="skip the study report at the end")
+    p.add_argument("--n-boot", type=int, default=2000, help="report: bootstrap replicates (default: 2000)")
+    p.add_argument("--n-perm", type=int, default=2000, help="report: permutations for the paired tests (default: 2000)")
+
+# %% ../nbs/api/71_cli.ipynb #05593f81
+def _add_data_commands(sub):
+    "demo, synthetic, prepare: the synthetic benchmark and datasets."
+    d = sub.add_parser("demo", help="the whole study offline, on the synthetic benchmark",
+                       description="Write the synthetic benchmark, run every small encoder and the prior on the four tasks "
+                                   "(linear probe, 5 folds) through papermill, and summarise.")
+    d.add_argument("--out", type=Path, default=Path("cxr_study_demo"), help="output folder (default: ./cxr_study_demo)")
+    d.add_argument("--n-images", type=int, default=600, help="synthetic radiographs (default: 600)")
+    d.add_argument("--size", type=int, default=256, help="image size in pixels (default: 256)")
+    d.add_argument("--shortcut", type=float, default=1.0, help="chest-tube shortcut strength, 0 (none) to 1 (the study's prevalences)")
+    d.add_argument("--encoders", nargs="+", default=None, help="encoders to run (default: every encoder tagged 'small')")
+    d.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
+    d.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds (default: all five)")
+    d.add_argument("--executor", choices=("papermill", "inline"), default="papermill",
+                   help="papermill: one executed notebook per run (default); inline: in this process")
+    d.add_argument("--seed", type=int, default=STUDY_SEED)
+    _add_report_flags(d)
+
+    s = sub.add_parser("synthetic", help="write the synthetic benchmark in SIIM/CheXmask formats",
+                       description="Write the synthetic chest-X-ray benchmark (DICOM, train-rle.csv, CheXmask CSV, label and "
+                                   "chest-tube CSVs). Prepare it like real data with: cxr-study prepare synthetic --root DIR --out DIR")
+    s.add_argument("--out", type=Path, required=True, help="folder to create")
+    s.add_argument("--n-images", type=int, default=600); s.add_argument("--size", type=int, default=256)
+    s.add_argument("--shortcut", type=float, default=1.0, help="chest-tube shortcut strength in [0, 1]")
+    s.add_argument("--seed", type=int, default=STUDY_SEED)
+    s.add_argument("--overwrite", action="store_true", help="replace a benchmark written with other parameters")
+
+    pp = sub.add_parser("prepare", help="index a dataset (SIIM, CheXpert, MIMIC, NIH, CSV, synthetic) and cache its images",
+                        description="Build the canonical index of a dataset on disk, optionally verify every image and mask, "
+                                    "and write a preprocessed image cache; prints counts per label and the problems found.")
+    add_prepare_arguments(pp)
+
+# %% ../nbs/api/71_cli.ipynb #d26219d2
+def _add_run_commands(sub):
+    "run, grid, plan, run-cell: experiments and studies."
+    r = sub.add_parser("run", help="one experiment: encoder x task x protocol over the folds",
+                       description="Run one experiment in this process (what each cell of a grid or a Slurm array does).")
+    r.add_argument("--encoder", required=True, help="registry name, a model by id (timm/<model>, hf-hub:<org>/<name>, "
+                   "open_clip:<arch>/<tag>, a local folder), or 'prior'")
+    r.add_argument("--task", required=True, choices=TASK_NAMES)
+    r.add_argument("--protocol", default="linear-probe", choices=protocol_names())
+    _add_common(r)
+    r.add_argument("--download", action="store_true", help="first fetch the encoder's weights into the Hugging Face cache (needs a network)")
+
+    g = sub.add_parser("grid", help="run a study: a study file or flags, on every GPU of this machine or as a Slurm array",
+                       description="Run every run of a study not yet complete (a study file, --config, with flags overriding it; "
+                                   "or flags alone), then summarise and build the report. Locks let several grids share one folder.")
+    _add_study_flags(g)
+    g.add_argument("--dry-run", action="store_true", help="print the plan (runs, compute, disk) and stop, as `cxr-study plan`")
+    g.add_argument("--submit", action="store_true", help="slurm: submit through submitit (default: write the jobs and say how to submit)")
+    g.add_argument("--download", action="store_true", help="first fetch each encoder's weights into the Hugging Face cache (needs a network; HF_TOKEN for gated models)")
+    g.add_argument("--no-report", dest="report", action="store_const", const=False, default=None, help="skip the study report at the end")
+    g.add_argument("--n-boot", type=int, default=None, help="report: bootstrap replicates (default: 2000)")
+    g.add_argument("--n-perm", type=int, default=None, help="report: permutations for the paired tests (default: 2000)")
+
+    pl = sub.add_parser("plan", help="what a study will run and cost: runs, FLOPs, GPU hours, disk",
+                        description="Print the runs of a study (and which are complete), the compute they need (FLOPs per image of "
+                                    "each encoder at its resolution x images x passes), the wall time on A100/H100/H200 GPUs, and the disk.")
+    _add_study_flags(pl)
+    pl.add_argument("--epochs", type=int, default=30, help="epochs assumed for fine-tuning and end-to-end runs (default: 30)")
+    pl.add_argument("--utilisation", type=float, default=0.4, help="fraction of the GPUs' dense bf16 peak reached (default: 0.4)")
+    pl.add_argument("--gpus", type=int, default=None, help="GPUs working at once (default: the local pool's workers, or 1)")
+
+    rc = sub.add_parser("run-cell", help="one run of a study, by its full settings (what each worker and Slurm task executes)",
+                        description="Execute one run (a RunSpec as JSON, or entry --index of a jobs.json written for Slurm) unless it "
+                                    "is complete or another process holds it.")
+    rc.add_argument("--spec", default=None, help="the run's settings as JSON")
+    rc.add_argument("--jobs", type=Path, default=None, help="a jobs.json written by `grid --executor slurm`")
+    rc.add_argument("--index", type=int, default=None, help="the run's position in --jobs (the Slurm array task id)")
+    rc.add_argument("--status", type=Path, default=None, help="also write the outcome as JSON to this file")
+    rc.add_argument("--wait", action="store_true", help="wait for another process running the same run (default: leave it)")
+    rc.add_argument("--no-notebook", dest="notebooks", action="store_false", default=None, help="run without the papermill template")
+
+# %% ../nbs/api/71_cli.ipynb #a86807e7
+def _add_output_commands(sub):
+    "report, summarise, encoders: what the runs give, and the registry."
+    rp = sub.add_parser("report", help="the study report: statistics, tables and figures from a study folder's runs",
+                        description="Execute the report notebooks into <out>/report/ (a Quarto website: quarto render <out>/report), "
+                                    "write every table as CSV under report/tables/, and with --html render the pages offline.")
+    rp.add_argument("--out", type=Path, required=True, help="study folder (holds runs/)")
+    rp.add_argument("--html", action="store_true", help="also render a static HTML site to <out>/report/html/ (no Quarto needed)")
+    rp.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates for the CIs (default: 2000)")
+    rp.add_argument("--n-perm", type=int, default=2000, help="permutations for the paired tests (default: 2000)")
+    rp.add_argument("--force", action="store_true", help="rebuild even when the report is up to date with the runs")
+    rp.add_argument("--copy-to", type=Path, default=None, metavar="DIR",
+                    help="also copy the executed report (notebooks with outputs, tables, figures) to DIR, e.g. a docs site's folder")
+
+    m = sub.add_parser("summarise", help="collect complete runs and write the summary tables and figure",
+                       description="Write results.csv, predictions.parquet, summary.csv, summary.md and figures/summary.png.")
+    m.add_argument("--out", type=Path, required=True, help="study output folder")
+
+    e = sub.add_parser("encoders", help="list registered encoders, or describe any encoder (registered or by id) before it runs",
+                       description="List the encoder registry; with --describe, print what names or ids resolve to: architecture, "
+                                   "parameters and FLOPs per image (counted on the meta device), preprocessing, pooled and grid "
+                                   "features, and where each field came from.")
+    e.add_argument("--tag", default=None, help="only encoders with this tag (e.g. small)")
+    e.add_argument("--describe", nargs="+", default=None, metavar="NAME_OR_ID",
+                   help="describe these encoders: registered names or ids (timm/<model>, hf-hub:<org>/<name>, open_clip:<arch>/<tag>, a folder)")
+
+def build_parser() -> argparse.ArgumentParser:
+    "The argument parser of `cxr-study`."
+    ap = argparse.ArgumentParser(prog="cxr-study", description="How good are chest-X-ray foundation-model encoders? "
+                                 "Linear probes and fine-tuning with honest statistics.")
+    ap.add_argument("--version", action="version", version=f"cxr_study {cxr_study.__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub); _add_run_commands(sub); _add_output_commands(sub)
+    return ap
+
+# %% ../nbs/api/71_cli.ipynb #337f5187
+def _print_summary(out):
+    paths = write_study_outputs(out)
+    print((Path(out)/"summary.md").read_text())
+    print("written:", ", ".join(str(p) for p in paths.values()))
+
+def cmd_report(out:Path, html:bool=True, n_boot:int=2000, n_perm:int=2000, force:bool=False) -> int:
+    "Build the study report of a study folder (unless it is up to date with the runs) and say where it is."
+    t0 = time.time()
+    rep = build_report(out, html=html, n_boot=n_boot, n_perm=n_perm, force=force)
+    print(f"report: {rep} ({time.time() - t0:.0f} s); tables in {rep/'tables'}" +
+          (f"; open {rep/'html'/'index.html'}" if html else "") + f"; render the site with: quarto render {rep}")
+    return 0
+
+def _status_exit(status) -> int:
+    failed = status[status.status == "failed"]
+    for _, r in failed.iterrows(): print(f"FAILED {r.encoder} / {r.task} / {r.protocol}: {r.message}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+def cmd_synthetic(a:argparse.Namespace) -> Path:
+    "The `synthetic` command: write the synthetic benchmark with the flags' parameters."
+    cfg = SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed)
+    return make_synthetic_benchmark(a.out, cfg, overwrite=getattr(a, "overwrite", False))
+
+# %% ../nbs/api/71_cli.ipynb #7944947c
+def study_from_args(a:argparse.Namespace) -> "StudyCfg":
+    "The study of a `grid` or `plan` command line: its study file (if any) with every given flag over it."
+    if a.config is None and (a.data is None or a.out is None or not a.encoders):
+        raise CxrStudyError("give a study file (--config STUDY.yaml) or at least --data, --out and --encoders")
+    workers = a.workers if a.workers in (None, "auto") else _int(a.workers, "--workers")
+    encoders = _compared(a) if getattr(a, "compare_with", None) else a.encoders
+    o = {"data": None if a.data is None else str(a.data), "out": None if a.out is None else str(a.out), "encoders": encoders,
+         "tasks": a.tasks, "protocols": a.protocols, "folds": a.folds, "seeds": a.seeds,
+         **{k: getattr(a, k) for k in option_names("study")},
+         "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
+         **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
+    for key in ("report", "n_boot", "n_perm"):
+        if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
+    return load_study(a.config, {**o, **_settings_flags(a, load_study(a.config, o))})
+
+def _settings_flags(a:argparse.Namespace, cfg) -> dict:
+    "The per-protocol run options given as flags, for every protocol the study runs that the option applies to (checked against each)."
+    protocols = {p for g in [cfg, *cfg.baselines, *cfg.ablations] for p in (g.protocols or cfg.protocols)}
+    given = {k: v for k, v in options_from_args(a).items() if k in option_names("settings")}
+    return {f"settings.{p}.{k}": v for k, v in given.items() for p in sorted(protocols) if option_applies(k, get_protocol(p))}
+
+def _compared(a) -> list:
+    "`--encoders` (or the study file's) followed by those of `--compare-with`: a shipped study's main encoders, or names."
+    import yaml
+    base = a.encoders or ((yaml.safe_load(Path(a.config).read_text()) or {}).get("encoders") if a.config else None)
+    if not base: raise CxrStudyError("--compare-with: name your encoders with --encoders (or in the study file)")
+    out = list(base)
+    for item in a.compare_with:
+        try: names = yaml.safe_load(shipped_study(item).read_text())["encoders"]
+        except CxrStudyError: names = [item]  # not a shipped study: an encoder name
+        out += [n for n in names if n not in out]
+    return out
+
+def _int(v, flag):
+    try: return int(v)
+    except ValueError: raise CxrStudyError(f"{flag}: expected an integer or auto, got {v!r}") from None
+
+def cmd_plan(a) -> int:
+    "Print a study's runs, compute and disk."
+    cfg = study_from_args(a)
+    print(format_plan(plan_study(cfg, epochs=getattr(a, "epochs", 30), utilisation=getattr(a, "utilisation", 0.4),
+                                 gpus=getattr(a, "gpus", None)), cfg.name, str(Path(cfg.out).absolute())))
+    return 0
+
+# %% ../nbs/api/71_cli.ipynb #467c1f42
+def download_study_weights(cfg) -> None:
+    "Fetch the weights of every encoder of a study into the Hugging Face cache (and the configuration of encoders named by id)."
+    names = sorted({s.encoder for s in expand_study(cfg)} - {*reference_names(), "raw-pixels"})
+    if cfg.pretrained is False: names = [e for e in names if is_encoder_id(e)]  # random init: an id's configuration only
+    if not names: print("--download: the study uses random-init encoders (pretrained: false); nothing to fetch"); return
+    failed = []
+    for e in names:
+        try: print(f"{e}: {download_weights(e, cfg.pretrained) or 'configuration only (pretrained: false)'}")
+        except CxrStudyError as ex: failed.append(e); print(f"{e}: {ex}", file=sys.stderr)  # the others are still fetched
+    if failed: raise CxrStudyError(f"--download: no weights for {', '.join(failed)} (see above); nothing was run")
+
+def cmd_grid(a) -> int:
+    cfg = study_from_args(a)
+    if a.dry_run: return cmd_plan(a)
+    if a.download: download_study_weights(cfg)
+    res = run_study(cfg, submit=a.submit)
+    if cfg.executor.kind == "slurm":
+        if a.submit:
+            ids = sorted({str(j.job_id).split("_")[0] for j in res})
+            print(f"submitted {len(res)} runs as Slurm job(s) {', '.join(ids) or '-'}; logs in {Path(cfg.out).absolute()/'slurm'/'submitit'}. "
+                  "When they finish, run the same command without --executor slurm to summarise and build the report.")
+        else:
+            print(f"wrote {res} and {res.parent/'jobs.json'} (every setting of each run); submit with: sbatch {res}   "
+                  "(or add --submit to submit through submitit)")
+        return 0
+    print(res.to_string(index=False))
+    code = _status_exit(res)
+    for seed in cfg.seeds:
+        out = study_out(cfg, seed)
+        if any(s.complete() for s in expand_study(cfg) if s.out_dir == str(out)):
+            _print_summary(out)
+            if cfg.report.enabled: cmd_report(out, html=cfg.report.html, n_boot=cfg.report.n_boot, n_perm=cfg.report.n_perm)
+    return code
+
+def cmd_run_cell(a) -> int:
+    "Execute one run of a study: what each local worker and each Slurm array task does."
+    import json
+    notebooks = True
+    if a.spec is not None: spec = json.loads(a.spec)
+    elif a.jobs is not None and a.index is not None:
+        jobs = read_json(a.jobs); runs = jobs["runs"]; notebooks = jobs.get("notebooks", True)
+        if not 0 <= a.index < len(runs): raise CxrStudyError(f"{a.jobs}: no run {a.index} (it holds {len(runs)})")
+        spec = runs[a.index]
+    else: raise CxrStudyError("give --spec JSON, or --jobs FILE with --index I")
+    r = execute_run(RunSpec.from_dict(spec), notebooks if a.notebooks is None else a.notebooks, wait=a.wait)
+    if a.status is not None: write_json(r, a.status)
+    print(f"{r['encoder']} / {r['task']} / {r['protocol']}: {r['status']} {r['message']}".strip())
+    return 1 if r["status"] == "failed" else 0
+
+# %% ../nbs/api/71_cli.ipynb #95ff9ae6
+def _conditions(a, load_before:float) -> dict:
+    "What the demo ran on and with: the machine's cores, its load before the demo started, the versions, the benchmark's size."
+    import os, platform
+    from datetime import datetime, timezone
+    import torch
+    return {"finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cores": available_cores(),
+            "load_before": round(load_before, 2), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "python": platform.python_version(), "torch": torch.__version__, "cxr_study": cxr_study.__version__,
+            "n_images": a.n_images, "size": a.size, "folds": list(a.folds) if a.folds else None}
+
+def _demo_timings(a, status, before:dict, after:dict, total:float, since:float, load_before:float):
+    "Print where the demo's time went, with the largest process's memory, and write both to <out>/timings.json."
+    import resource
+    out = a.out
+    runs = run_timings(status, out, since)
+    budget = time_budget(runs, before, after, total)
+    peak_mb = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024  # kB on Linux
+    write_json({"total_seconds": round(total, 1), "largest_process_mb": round(peak_mb), "n_runs": len(runs),
+                "conditions": _conditions(a, load_before), "parts": budget.to_dict("records"),
+                "runs": runs.to_dict("records")}, out/"timings.json")
+    print("\nWhere the time went:\n" + budget.to_string(index=False, formatters={"share": "{:.0%}".format}) +
+          f"\nlargest process: {peak_mb:,.0f} MB; written to {out/'timings.json'}")
+
+def cmd_demo(a) -> int:
+    import os
+    t0, load_before = time.time(), os.getloadavg()[0]  # the load of the last minute, before the demo adds to it
+    raw = make_synthetic_benchmark(a.out/"data"/"synthetic", SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed))
+    data = a.out/"data"/"prepared"
+    # the synthetic DICOMs are indexed by the same adapters as real data; index-only keeps the DICOM reader in the loop
+    _, problems = prepare_dataset("synthetic", raw, data, index_only=True, log=lambda *_: None)
+    for where, why in problems: print(f"problem: {where}: {why}", file=sys.stderr)
+    before = {"data: synthetic benchmark and its index": time.time() - t0}
+    # the demo is the shipped study file studies/demo.yaml, on this benchmark
+    import yaml
+    abl = [x for x in yaml.safe_load(shipped_study("demo").read_text()).get("ablations") or [] if set(x["encoders"]) <= set(a.encoders)] \
+        if a.encoders else None  # --encoders narrows the ablations to those of the encoders named
+    cfg = load_study(shipped_study("demo"), {"data": str(data), "out": str(a.out), "tasks": a.tasks, "folds": a.folds, "seeds": [a.seed], "ablations": abl,
+                                             "encoders": ["prior", *a.encoders] if a.encoders else None,
+                                             "executor.kind": "inline" if a.executor == "inline" else "local"})
+    st = run_study(cfg)
+    code, after = _status_exit(st), {}
+    if (st.status != "failed").any():
+        t = time.time(); _print_summary(a.out); after["summary tables and figure"] = time.time() - t
+        if a.report:
+            t = time.time(); cmd_report(a.out, html=True, n_boot=a.n_boot, n_perm=a.n_perm)
+            after.update(report_timings(a.out/"report", time.time() - t, since=t))
+    _demo_timings(a, st, before, after, time.time() - t0, since=t0, load_before=load_before)
+    print(f"demo finished in {time.time() - t0:.0f} s")
+    return code
+
+# %% ../nbs/api/71_cli.ipynb #d6d1e5e1
+def cmd_run(a) -> int:
+    enc = id_resolver().canonical(a.encoder) if is_encoder_id(a.encoder) else a.encoder  # an id as the study file files it
+    spec = RunSpec(enc, a.task, a.protocol, a.data, a.out, a.seed, a.folds, RunOptions(**options_from_args(a)))
+    w = spec.options.pretrained
+    if getattr(a, "download", False) and enc not in reference_names() and (w is not False or is_encoder_id(enc)):
+        print(f"{enc}: {download_weights(enc, w) or 'configuration only (pretrained: false)'}")
+    r = run_experiment(spec)
+    print(r["results"].to_string(index=False))
+    return 0
+
+def cmd_encoders(a) -> int:
+    "List the registry, or describe encoders (registered names or ids) before anything runs."
+    import pandas as pd
+    if getattr(a, "describe", None):
+        print("\n\n".join(describe_encoder(n, encoder_profile(n)) for n in a.describe))
+        return 0
+    rows = []
+    for n in list_encoders(tag=a.tag):
+        c = get_encoder_cfg(n); p = c.preprocess
+        rows.append(dict(name=n, arch=c.arch, input=f"{p.size} {p.resize} {p.interpolation}", pooled=c.pooled_dim,
+                         grid=f"{c.grid_size}x{c.grid_size}x{c.grid_dim}", weights=c.weights.source or c.weights.file or "-"))
+    print(pd.DataFrame(rows).to_string(index=False))
+    print("\nany model by id too: timm/<model>[.<tag>], hf-hub:<org>/<name>, open_clip:<arch>[/<tag>] or a local folder; "
+          "cxr-study encoders --describe ID shows what one resolves to")
+    return 0
+
+# %% ../nbs/api/71_cli.ipynb #2e8d72cf
+def main(argv:list|None=None) -> int:
+    "Entry point of `cxr-study`."
+    a = build_parser().parse_args(argv)
+    try:
+        if a.command == "demo": return cmd_demo(a)
+        if a.command == "synthetic":
+            root = cmd_synthetic(a)
+            print(f"{root}\nprepare it with: cxr-study prepare synthetic --root {root} --out <prepared folder>")
+            return 0
+        if a.command == "prepare": return cmd_prepare(a)
+        if a.command == "run": return cmd_run(a)
+        if a.command == "grid": return cmd_grid(a)
+        if a.command == "plan": return cmd_plan(a)
+        if a.command == "run-cell": return cmd_run_cell(a)
+        if a.command == "summarise": _print_summary(a.out); return 0
+        if a.command == "report":
+            cmd_report(a.out, a.html, a.n_boot, a.n_perm, a.force)
+            if a.copy_to:
+                print(f"copied to {copy_report(a.out/'report', a.copy_to)}")
+            return 0
+        if a.command == "encoders": return cmd_encoders(a)
+    except CxrStudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: complete runs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
 
 # %% ../nbs/api/71_cli.ipynb #5b8adc5c
 #| eval: false

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+from dataclasses import dataclass
 import math
 import shutil
 import time
@@ -16,20 +16,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED
 from .data.cohorts import TASKS, get_task, split_masks
-from .data.index import read_index
 from .heads.probes import KNN_KS, fit_knn_probe
 from .protocols import Fold, Prepared, RunContext, get_protocol, reference_names
 from .reporting import row_label
-from .results import RUN_KEYS, collect_results, get_metric, is_complete, list_runs, main_metric, score_fold, task_kind, write_run
+from .results import RUN_KEYS, collect_results, get_metric, list_runs, main_metric, score_fold, task_kind
 from .stats.bootstrap import bootstrap_replicates, compute_metric, interval_from_replicates
-from .sweeps import RunSpec, _pred_frame, _versions, check_run, seg_columns, task_cohort
+from .study.options import RunOptions
+from .sweeps import ExperimentKind, RunSpec, _pred_frame, _versions, check_run, register_experiment_kind, run_context, seg_columns
 
 # %% auto #0
 __all__ = ['FRACTIONS', 'SUBSET_SEEDS', 'LABEL_EFFICIENCY', 'LINEAR_PROBE', 'EFFICIENCY_PROBES', 'label_subsets',
-           'efficiency_settings', 'efficiency_dir', 'subset_strata', 'run_label_efficiency', 'execute_efficiency',
-           'load_efficiency', 'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide', 'plot_efficiency']
+           'efficiency_settings', 'efficiency_dir', 'subset_strata', 'efficiency_spec', 'EfficiencyRun',
+           'LabelEfficiency', 'load_efficiency', 'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide',
+           'plot_efficiency']
 
 # %% ../nbs/api/72_efficiency.ipynb #f992a9a1
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0) # shares of each training fold (the issue's 1, 2, 5, 10, 25, 50, 100%)
@@ -101,20 +102,6 @@ def _patients(cohort):
     ok = "patient_id" in cohort and cohort["patient_id"].notna().all()  # as the folds: by patient when every image has one
     return cohort["patient_id"].astype(str).to_numpy() if ok else np.arange(len(cohort)).astype(str)
 
-def _resume(partial:Path, params:dict) -> dict:
-    "Finished folds of an interrupted run with the same parameters: fold -> (results, predictions)."
-    key = json.loads(json.dumps(params, default=str))
-    try: same = read_json(partial/"params.json") == key
-    except (OSError, ValueError): same = False
-    if not same:
-        shutil.rmtree(partial, ignore_errors=True); write_json(key, partial/"params.json")
-        return {}
-    done = {}
-    for p in sorted(partial.glob("fold*.parquet")):
-        k = int(p.stem[4:]); r = partial/f"fold{k}.csv"
-        if r.exists(): done[k] = (read_table(r), read_table(p))
-    return done
-
 def _fit_subset(run:RunContext, prep:Prepared, probe:str, fold:Fold, knn_ks) -> tuple[dict, dict]:
     "One probe on the training rows `fold.train` (positions): its per-image prediction columns and its results columns."
     if probe == "linear":  # the linear-probe protocol itself, on a subset
@@ -149,58 +136,59 @@ def _efficiency_fold(run:RunContext, prep:Prepared, k:int, sweep:dict) -> tuple[
                             **score_fold(fp, run.task.kind), "seconds": secs})
     return pd.DataFrame(res), pd.concat(preds, ignore_index=True)
 
-def run_label_efficiency(encoder:str, # registry name
-                         task:str, # pneumothorax-cls, cardiomegaly-cls, pneumothorax-seg, heart-seg
-                         data_dir:str|Path=".", # folder with index.parquet
-                         study_dir:str|Path="cxr_study_runs", # the study folder: features from its cache/, runs into its label-efficiency/
-                         folds=(0, 1, 2, 3, 4), # test folds
-                         seed:int=STUDY_SEED, # the study seed: cohort, folds, probe seeds (as the main run)
-                         cache_dir:str|Path|None=None, # feature cache (default: <study_dir>/cache, the main runs')
-                         pretrained:bool|str=False,
-                         mask_size:int|None=None, # as run_experiment
-                         mask_resize:str="bilinear", # as run_experiment
-                         probe:dict|None=None, # SegProbeCfg fields, as run_experiment
-                         Cs=None, # logistic-regression C grid, as run_experiment
-                         device:str|None=None,
-                         overwrite:bool=False, # rerun even if complete
-                         adapt:dict|None=None, # the sweep: fractions, seeds, probes, knn_ks (efficiency_settings)
-                         input_size:int|None=None, # as run_experiment
-                        ) -> dict: # results (per fold x fraction x seed x probe), predictions (per image), skipped
-    "Train the probes of one encoder x task on nested subsets of each training fold, score them on the test folds, write one run."
-    t_start = time.time()
-    if encoder in reference_names(): raise CxrStudyError(f"{encoder!r} is a reference without a probe: label efficiency is a sweep of an encoder's probes")
-    _, cfg, t = check_run(encoder, task, LINEAR_PROBE.name, mask_resize or "bilinear", input_size)
-    sweep = efficiency_settings(adapt, "adapt")
-    data_dir, study_dir = Path(data_dir), Path(study_dir)
-    spec = RunSpec(encoder, task, LABEL_EFFICIENCY, str(data_dir.absolute()), str(efficiency_dir(study_dir).absolute()), seed, tuple(folds),
-                   dict(pretrained=pretrained, mask_size=mask_size, mask_resize=mask_resize, probe=probe, Cs=Cs, adapt=sweep, input_size=input_size))
-    params, final = spec.params(), spec.path  # the same identity as the study's RunSpec of this run
-    if is_complete(spec.out_dir, spec.name, task, LABEL_EFFICIENCY, params) and not overwrite:
-        return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": True}
-    (final/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
-    if overwrite: shutil.rmtree(final/"partial", ignore_errors=True)
-    done = _resume(final/"partial", params)  # test folds an interrupted run of the same parameters finished
-    index = read_index(data_dir/"index.parquet")
-    run = RunContext(encoder, cfg, t, task_cohort(index, task, seed, data_dir), index, data_dir, study_dir, cache_dir, params, seed,
-                     pretrained, device, mask_size, mask_resize, probe, Cs, None, input_size)
-    prep = LINEAR_PROBE.prepare(run)  # the main run's features: the same cache entry (nothing is extracted when it is complete)
-    for k in folds:
-        if k in done: continue
-        done[k] = _efficiency_fold(run, prep, k, sweep)
-        write_table(done[k][1], final/"partial"/f"fold{k}.parquet"); write_table(done[k][0], final/"partial"/f"fold{k}.csv")  # resumable
-    label = {"encoder": spec.name, "weights": prep.weights, "task": task, "protocol": LABEL_EFFICIENCY}
-    write_run(spec.out_dir, label, pd.concat([done[k][0] for k in folds], ignore_index=True),
-              pd.concat([done[k][1] for k in folds], ignore_index=True),
-              {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(prep.extra["feats"].path), "versions": _versions()})
-    shutil.rmtree(final/"partial", ignore_errors=True)  # complete: resuming no longer needed
-    return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": False}
+def efficiency_spec(encoder:str, # registry name
+                    task:str, # pneumothorax-cls, cardiomegaly-cls, pneumothorax-seg, heart-seg
+                    data_dir:str|Path=".", # folder with index.parquet
+                    study_dir:str|Path="cxr_study_runs", # the study folder: features from its cache/, runs into its label-efficiency/
+                    folds=(0, 1, 2, 3, 4), # test folds
+                    seed:int=STUDY_SEED, # the study seed: cohort, folds, probe seeds (as the main run)
+                    **options, # run options as the main linear-probe run's (`RunOptions`); adapt: the sweep (`efficiency_settings`)
+                   ) -> RunSpec:
+    "The run of one encoder x task's label-efficiency sweep, filed under `<study>/label-efficiency`, its sweep's defaults filled in."
+    o = RunOptions(**options)
+    return RunSpec(encoder, task, LABEL_EFFICIENCY, str(Path(data_dir).absolute()), str(efficiency_dir(study_dir).absolute()), seed,
+                   tuple(folds), o.replace(adapt=efficiency_settings(o.adapt, "adapt")), LABEL_EFFICIENCY)
 
-# %% ../nbs/api/72_efficiency.ipynb #f429cf53
-def execute_efficiency(spec:RunSpec) -> dict:
-    "Run a label-efficiency `RunSpec` (what `execute_run` does with the protocol `label-efficiency`)."
+def _probe_run(spec:RunSpec) -> tuple[RunSpec, object, "TaskCfg"]:
+    "The linear-probe run whose probes a label-efficiency run sweeps (in the study folder), its encoder's config and task."
     if spec.protocol != LABEL_EFFICIENCY or Path(spec.out_dir).name != LABEL_EFFICIENCY:
         raise CxrStudyError(f"{spec.label}: not a label-efficiency run (expected protocol and folder {LABEL_EFFICIENCY!r})")
-    return run_label_efficiency(spec.encoder, spec.task, spec.data_dir, Path(spec.out_dir).parent, folds=spec.folds, seed=spec.seed, **spec.options)
+    if spec.encoder in reference_names(): raise CxrStudyError(f"{spec.encoder!r} is a reference without a probe: label efficiency is a sweep of an encoder's probes")
+    probe = dataclasses.replace(spec, protocol=LINEAR_PROBE.name, out_dir=str(Path(spec.out_dir).parent), options=spec.options.replace(adapt=None))
+    return (probe, *check_run(probe)[1:])
+
+@dataclass
+class EfficiencyRun:
+    "What the units of a label-efficiency run share: the linear probe's run context and prepared features, and the sweep."
+    run:RunContext
+    prep:Prepared
+    sweep:dict
+
+class LabelEfficiency(ExperimentKind):
+    "The probes of an encoder trained on nested subsets of each training fold: one unit per test fold, resumable, in this process."
+    name, notebook, resumable, unit_seconds = LABEL_EFFICIENCY, False, True, False
+    def normalise(self, spec):
+        return dataclasses.replace(spec, options=spec.options.replace(adapt=efficiency_settings(spec.options.adapt, "adapt")))
+    def check(self, spec): return _probe_run(spec)
+    def prepare(self, spec, checked, cache_dir=None):
+        probe, cfg, t = checked
+        run = dataclasses.replace(run_context(probe, cfg, t, cache_dir), params=spec.params())
+        return EfficiencyRun(run, LINEAR_PROBE.prepare(run), spec.options.adapt)  # the main run's features: nothing is extracted again
+    def run_unit(self, st, k): return (*_efficiency_fold(st.run, st.prep, k, st.sweep), None)
+    def weights(self, st): return st.prep.weights
+    def meta(self, st): return {"features": str(st.prep.extra["feats"].path), "versions": _versions()}
+    def features(self, spec): return True, False  # the linear probe's features
+    def study_specs(self, cfg, out, seed, options):
+        "The label-efficiency runs of one study seed, with the main grid's linear-probe options (so that the 100% point is its run)."
+        le = cfg.label_efficiency
+        if le is None: return []
+        encoders = [e for e in (le.encoders or cfg.encoders) if e in cfg.encoders and e not in reference_names()]
+        tasks = [t for t in (le.tasks or cfg.tasks) if t in cfg.tasks]
+        o = options(LINEAR_PROBE.name).given()
+        return [efficiency_spec(e, t, cfg.data[t], out, cfg.folds, seed, **{**o, "adapt": dataclasses.asdict(le)})
+                for e in encoders for t in tasks]
+
+register_experiment_kind(LabelEfficiency());
 
 # %% ../nbs/api/72_efficiency.ipynb #ba47b9d1
 def load_efficiency(study_dir:str|Path, # a study folder

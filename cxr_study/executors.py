@@ -24,10 +24,9 @@ from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from .results import name_slug, run_path
 from .data.cohorts import get_task
-from .efficiency import LABEL_EFFICIENCY, execute_efficiency
 from .protocols import run_protocol
 from .studyfile import SlurmCfg, StudyCfg, expand_study
-from .sweeps import RunSpec, experiment_template, grid_runs, run_experiment
+from .sweeps import RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
 
 # %% auto #0
 __all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs',
@@ -56,7 +55,7 @@ def _execute_notebook(spec:RunSpec, kernel:"WarmKernel|None"=None):
     # the notebook runs in its run folder; paths relative to it keep the executed notebook free of machine paths
     rel = lambda d: os.path.relpath(d, rp)
     params = dict(encoder=spec.encoder, task=spec.task, protocol=spec.protocol, folds=list(spec.folds), seed=spec.seed,
-                  data_dir=rel(spec.data_dir), out_dir=rel(spec.out_dir), options=spec.options)
+                  data_dir=rel(spec.data_dir), out_dir=rel(spec.out_dir), options=spec.options.given())
     (rp/"experiment.ipynb").unlink(missing_ok=True)  # an earlier attempt's: the run is not complete
     how = dict(engine_name=kernel.engine(), warm=kernel) if kernel is not None else \
           dict(extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # a new kernel: its start/stop chatter stays quiet
@@ -86,13 +85,11 @@ def execute_run(spec:RunSpec, # the run
         steady_threads()  # this process's torch: the threads the cores allow (a notebook's kernel starts with them)
         t0 = time.time()
         try:
-            if spec.protocol == LABEL_EFFICIENCY:  # probes on cached features: in this process, without an experiment notebook
-                execute_efficiency(spec)
-            elif notebooks: _execute_notebook(spec, kernel)
-            else: run_experiment(spec.encoder, spec.task, spec.protocol, spec.data_dir, spec.out_dir, folds=spec.folds,
-                                 seed=spec.seed, **spec.options)
+            notebook = notebooks and experiment_kind(spec.protocol).notebook  # (label efficiency: in this process)
+            if notebook: _execute_notebook(spec, kernel)
+            else: run_experiment(spec)
         except Exception as ex:  # one failed run must not stop the grid; it is reported
-            where = f" {spec.path/'experiment.ipynb'}" if notebooks and spec.protocol != LABEL_EFFICIENCY else ""
+            where = f" {spec.path/'experiment.ipynb'}" if notebook else ""
             return {**row, "status": "failed", "seconds": round(time.time() - t0, 1), "message": _error_line(ex) + where}
         return {**row, "status": "done", "seconds": round(time.time() - t0, 1)}
     finally: lock.release()
@@ -244,13 +241,13 @@ def run_local(specs:list[RunSpec], # the runs
 
 # %% ../nbs/api/70b_executors.ipynb #a665a94a
 def grid_specs(encoders, tasks, data_dir, out_dir, protocols=("linear-probe",), folds=(0, 1, 2, 3, 4), seed:int=STUDY_SEED,
-               options:dict|None=None) -> list[RunSpec]:
+               options:"RunOptions|dict|None"=None) -> list[RunSpec]:
     "The runs of encoders x tasks x protocols (those that apply), with one set of options."
     for t in tasks: get_task(t)
     cells = grid_runs(encoders, tasks, protocols)
     for e, t, p in cells: run_protocol(e, p).resolve(e, get_task(t))  # unknown names fail before any work, with the names that would do
     data_dir, out_dir = str(Path(data_dir).absolute()), str(Path(out_dir).absolute())
-    return [RunSpec(e, t, p, data_dir, out_dir, seed, tuple(folds), dict(options or {})) for e, t, p in cells]
+    return [RunSpec(e, t, p, data_dir, out_dir, seed, tuple(folds), options or {}) for e, t, p in cells]
 
 def run_grid(encoders:list, # encoder names (and references such as "prior")
              tasks:list, # task names
@@ -258,7 +255,7 @@ def run_grid(encoders:list, # encoder names (and references such as "prior")
              protocols=("linear-probe",),
              folds=(0, 1, 2, 3, 4), seed:int=STUDY_SEED,
              executor:str="papermill", # "papermill" (one executed notebook per run) or "inline"
-             options:dict|None=None, # extra run_experiment arguments (probe, mask_size, pretrained, device, ...)
+             options:"RunOptions|dict|None"=None, # the runs' options (`RunOptions`, or a mapping of them: probe, mask_size, pretrained, ...)
              show_progress:bool=True,
              workers:int|str=1, # runs at once (see `run_local`)
             ) -> pd.DataFrame: # one row per run: encoder, task, protocol, status, seconds, message
@@ -386,7 +383,7 @@ def run_timings(status:pd.DataFrame, # `run_local`'s status table (its seconds: 
         res = read_table(p/"results.csv") if (p/"results.csv").exists() else pd.DataFrame()
         extracted, ext = _extraction_seconds(p, info, since, seen)
         inside = float(info.get("seconds", r.seconds))
-        fits = inside - ext if r.protocol == LABEL_EFFICIENCY or "seconds" not in res else float(res["seconds"].sum())
+        fits = float(res["seconds"].sum()) if experiment_kind(r.protocol).unit_seconds and "seconds" in res else inside - ext
         rows.append(dict(encoder=r.encoder, task=r.task, protocol=r.protocol, kind=get_task(r.task).kind, wall=float(r.seconds),
                          run=inside, fits=fits, extraction=ext, extracted=extracted))
     return pd.DataFrame(rows, columns=["encoder", "task", "protocol", "kind", "wall", "run", "fits", "extraction", "extracted"])

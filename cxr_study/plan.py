@@ -15,11 +15,10 @@ import torch
 import cxr_study
 from .core import CxrStudyError, read_json, write_json
 from .data.index import read_index
-from .efficiency import LABEL_EFFICIENCY
 from .encoders.registry import create_encoder, get_encoder_cfg
-from .protocols import get_protocol, reference_names, study_cohorts
+from .protocols import reference_names, study_cohorts
 from .studyfile import StudyCfg, expand_study
-from .sweeps import RunSpec
+from .sweeps import RunSpec, experiment_kind
 
 # %% auto #0
 __all__ = ['GPU_PEAK_BF16', 'STUDY_COHORT_SIZES', 'encoder_profile', 'cohort_sizes', 'run_cost', 'plan_study', 'format_plan']
@@ -71,18 +70,16 @@ def cohort_sizes(data_dir:str|Path, seed:int, tasks) -> tuple[dict, int, str]:
 
 def _feature_run(spec:RunSpec) -> tuple[bool, bool]:
     "Whether a run reads the feature cache (probes, label efficiency), and whether it caches layers besides the grid."
-    if spec.protocol == LABEL_EFFICIENCY: return True, False  # the linear probe's features
-    p = get_protocol(spec.protocol)
-    return p.features, p.features and p.cached_layers(get_encoder_cfg(spec.encoder), spec.options.get("adapt")) is not None
+    return experiment_kind(spec.protocol).features(spec)
 
 def _ft_epochs(spec:RunSpec, epochs:int) -> int:
-    cap = (spec.options.get("adapt") or {}).get("max_epochs")
+    cap = (spec.options.adapt or {}).get("max_epochs")
     return min(epochs, cap) if cap else epochs
 
 def run_cost(spec:RunSpec, n_task:int, n_union:int, first_of_cache:bool, epochs:int=30, memo=None) -> dict:
     "Forward-pass equivalents, FLOPs and disk of one run."
     if spec.encoder in reference_names(): return {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}
-    prof = encoder_profile(spec.encoder, memo, spec.options.get("input_size"))
+    prof = encoder_profile(spec.encoder, memo, spec.options.input_size)
     features, layers = _feature_run(spec)
     if features:
         shapes = [prof["grid"]] + (list(prof["layers"].values()) if layers else [])
@@ -111,12 +108,12 @@ def plan_study(cfg:StudyCfg, # a validated study
         by_task, union, source = sizes[k]
         done = s.complete()
         features, layers = _feature_run(s) if s.encoder not in reference_names() else (False, False)
-        cache_key = (s.name, s.data_dir, s.seed, layers, str(s.options.get("pretrained")))
+        cache_key = (s.name, s.data_dir, s.seed, layers, str(s.options.pretrained))
         first = cache_key not in seen_cache and features
         if first: seen_cache.add(cache_key)
         c = run_cost(s, by_task.get(s.task, 0), union, first and not done, epochs, memo) if not done else \
             {"passes": 0.0, "flops": 0.0, "cache_bytes": 0, "ckpt_bytes": 0}
-        rows.append(dict(group=s.group, seed=s.seed, encoder=s.name, base=s.encoder, input_size=s.options.get("input_size"), task=s.task, protocol=s.protocol, complete=done,
+        rows.append(dict(group=s.group, seed=s.seed, encoder=s.name, base=s.encoder, input_size=s.options.input_size, task=s.task, protocol=s.protocol, complete=done,
                          images=by_task.get(s.task, 0), sizes_from=source, **c))
     runs = pd.DataFrame(rows)
     n_gpus = gpus or (cfg.executor.workers if isinstance(cfg.executor.workers, int) else None) or max(1, len(cfg.executor.devices or []))

@@ -23,6 +23,7 @@ from .heads.multiscale import MultiscaleCfg, default_layers, fit_multiscale_prob
 from .heads.probes import SegProbeCfg, fit_logistic_probe, fit_seg_probe, predict_seg, prior_masks, prior_scores
 from .train.finetune import AdaptImages, FinetuneCfg, build_finetune_model, fit_finetune, predict_finetune
 from .train.segformer import SEGFORMER_VARIANTS, build_segformer, e2e_cfg, segformer_preprocess
+from .study.options import RunOptions, cfg_keys
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'RunContext', 'Prepared', 'Fold', 'FoldFit', 'Protocol', 'register_protocol', 'get_protocol',
@@ -32,7 +33,7 @@ __all__ = ['PROTOCOLS', 'RunContext', 'Prepared', 'Fold', 'FoldFit', 'Protocol',
 # %% ../nbs/api/70_protocols.ipynb #b6d82397
 @dataclass
 class RunContext:
-    "What a protocol is handed for one run: the encoder's config, the task, the cohort and the run's settings."
+    "What a protocol is handed for one run: the encoder's config, the task, the cohort and the run's options."
     encoder:str # the run's encoder as named: a registry entry, a SegFormer variant, or a reference ("prior")
     cfg:EncoderCfg|dict|None # the encoder's config from `Protocol.resolve` (at the run's input size); None for references
     task:TaskCfg # the task (`get_task`)
@@ -41,16 +42,9 @@ class RunContext:
     data_dir:Path = Path(".") # folder the index's relative image paths start from
     out_dir:Path = Path("cxr_study_runs") # the study folder (checkpoints go under it)
     cache_dir:Path|None = None # the feature cache (default: <out_dir>/cache)
-    params:dict = field(default_factory=dict) # the run's identity (`run_params`): checkpoints are keyed by it
+    params:dict = field(default_factory=dict) # the run's identity (`RunOptions.identity`): checkpoints are keyed by it
     seed:int = STUDY_SEED
-    pretrained:bool|str = False
-    device:str|None = None
-    mask_size:int|None = None # segmentation: masks at this size (default: the protocol's input size)
-    mask_resize:str = "bilinear" # how true masks are resized (`preprocess_mask`)
-    probe:dict|None = None # SegProbeCfg fields
-    Cs:list|None = None # logistic-regression C grid
-    adapt:dict|None = None # the protocol's own settings
-    input_size:int|None = None # probes: the encoder at this input size
+    opts:RunOptions = field(default_factory=RunOptions) # the run's settings: pretrained, device, mask_size, probe, adapt, ...
 
 @dataclass
 class Prepared:
@@ -86,7 +80,12 @@ class Protocol:
     features:bool = False # reads the feature cache (then `cached_layers` says which layers)
     sized:bool = False # takes `input_size` (a run of its own, "<encoder>@<size>")
     kinds:tuple = ("classification", "segmentation") # the task kinds it runs
+    adapt_cfg:type|None = None # the configuration class of its own settings (`RunOptions.adapt`); None: it takes none
+    adapt_extra:tuple = () # keys of `adapt` besides the fields of `adapt_cfg`
 
+    def adapt_keys(self) -> list|None:
+        "The keys its `adapt` setting may hold (the fields of `adapt_cfg` but the seed, and `adapt_extra`); None: it takes none."
+        return None if self.adapt_cfg is None else [*cfg_keys(self.adapt_cfg), *self.adapt_extra]
     def applies(self, encoder:str, kind:str) -> bool:
         "Whether the grid cell (encoder, task kind) makes sense."
         return kind in self.kinds
@@ -108,8 +107,8 @@ class Protocol:
         "Clean up once the run is complete (e.g. remove checkpoints)."
     def masks(self, run:RunContext, pcfg:PreprocessCfg) -> tuple[np.ndarray, int]:
         "The cohort's true masks in `pcfg`'s geometry, at the run's mask size: (masks, size)."
-        size = run.mask_size or pcfg.size
-        return load_masks(run.cohort, run.task.label, pcfg, size, run.mask_resize), size
+        size = run.opts.mask_size or pcfg.size
+        return load_masks(run.cohort, run.task.label, pcfg, size, run.opts.mask_resize), size
     def __repr__(self): return f"{type(self).__name__}({self.name!r})"
 
 # %% ../nbs/api/70_protocols.ipynb #2289e337
@@ -159,7 +158,7 @@ class Prior(Protocol):
     def preprocess(self, cfg, adapt=None): return PreprocessCfg(size=224)
     def prepare(self, run):
         if run.task.kind == "classification": return Prepared()
-        masks, size = self.masks(run, PreprocessCfg(size=run.mask_size or 224))
+        masks, size = self.masks(run, PreprocessCfg(size=run.opts.mask_size or 224))
         return Prepared(masks=masks, size=size)
     def fit_predict(self, run, prep, fold):
         if run.task.kind == "classification": return FoldFit(score=prior_scores(run.cohort["y"].values[fold.train], fold.n_test))
@@ -173,24 +172,24 @@ class LinearProbe(Protocol):
     name, features, sized = "linear-probe", True, True
     def prepare(self, run):
         feats = extract_features(run.encoder, study_images(run.index, run.seed), run.data_dir, run.cache_dir or run.out_dir/"cache",
-                                 pretrained=run.pretrained, device=run.device, layers=self.cached_layers(run.cfg, run.adapt),
-                                 encoder_kwargs={"input_size": run.input_size} if run.input_size else None)
+                                 pretrained=run.opts.pretrained, device=run.opts.device, layers=self.cached_layers(run.cfg, run.opts.adapt),
+                                 encoder_kwargs={"input_size": run.opts.input_size} if run.opts.input_size else None)
         rows = feats.rows(run.cohort["image_id"].tolist())
         prep = Prepared(weights=feats.meta["weights_tag"], extra={"feats": feats, "rows": rows})
         if run.task.kind == "classification": prep.extra["X"] = np.asarray(feats.pooled[rows], np.float32)
-        else: prep.masks, prep.size = self.masks(run, self.preprocess(run.cfg, run.adapt))
+        else: prep.masks, prep.size = self.masks(run, self.preprocess(run.cfg, run.opts.adapt))
         return prep
     def fit_predict(self, run, prep, fold):
         X, feats, rows = prep.extra.get("X"), prep.extra["feats"], prep.extra["rows"]
         if run.task.kind == "classification":
             y = run.cohort["y"].values
-            fit = fit_logistic_probe(X[fold.train], y[fold.train], X[fold.val], y[fold.val], **({"Cs": run.Cs} if run.Cs else {}))
+            fit = fit_logistic_probe(X[fold.train], y[fold.train], X[fold.val], y[fold.val], **({"Cs": run.opts.Cs} if run.opts.Cs else {}))
             return FoldFit(score=fit["model"].predict_proba(X[fold.test])[:, 1], row={"C": fit["C"]})
         Gi = lambda m: feats.grid[rows[m]]  # reads only these rows of the memmap
         probe, hist = fit_seg_probe(Gi(fold.train), prep.masks[fold.train], Gi(fold.val), prep.masks[fold.val],
-                                    class_weights=run.task.class_weights, cfg=SegProbeCfg(**{**(run.probe or {}), "seed": run.seed}),
-                                    device=run.device)
-        pred, _ = predict_seg(probe, Gi(fold.test), prep.size, device=run.device)
+                                    class_weights=run.task.class_weights, cfg=SegProbeCfg(**{**(run.opts.probe or {}), "seed": run.seed}),
+                                    device=run.opts.device)
+        pred, _ = predict_seg(probe, Gi(fold.test), prep.size, device=run.opts.device)
         return FoldFit(pred=pred, row={"best_epoch": hist["best_epoch"], "epochs": len(hist["val_loss"])})
 
 def study_cohorts(index:pd.DataFrame, seed:int=STUDY_SEED, tasks=None, **kw) -> dict:
@@ -223,17 +222,17 @@ def _settings(adapt:dict|None, drop=()) -> dict:
 
 class MultiscaleProbe(LinearProbe):
     "A probe on several cached layers of the encoder (segmentation only)."
-    name, kinds = "multiscale-probe", ("segmentation",)
+    name, kinds, adapt_cfg = "multiscale-probe", ("segmentation",), MultiscaleCfg
     def cached_layers(self, cfg, adapt=None):
         return list((adapt or {}).get("layers") or default_layers(cfg.layers))
     def fit_predict(self, run, prep, fold):
-        layers = self.cached_layers(run.cfg, run.adapt)
-        cfg = MultiscaleCfg(**{**_settings({**(run.adapt or {}), "layers": layers}), "seed": run.seed})
+        layers = self.cached_layers(run.cfg, run.opts.adapt)
+        cfg = MultiscaleCfg(**{**_settings({**(run.opts.adapt or {}), "layers": layers}), "seed": run.seed})
         feats, rows = prep.extra["feats"], prep.extra["rows"]
         part = lambda m: [_Rows(feats.grids[l], rows[m]) for l in list(cfg.layers or feats.meta["grids"][1:])]  # batch by batch
         probe, hist = fit_multiscale_probe(part(fold.train), prep.masks[fold.train], part(fold.val), prep.masks[fold.val],
-                                           run.task.class_weights, cfg, run.device)
-        pred, _ = predict_multiscale(probe, part(fold.test), prep.size, device=run.device)
+                                           run.task.class_weights, cfg, run.opts.device)
+        pred, _ = predict_multiscale(probe, part(fold.test), prep.size, device=run.opts.device)
         return FoldFit(pred=pred, row={"best_epoch": hist["best_epoch"], "epochs": len(hist["val_loss"])})
 
 register_protocol(MultiscaleProbe());
@@ -254,13 +253,13 @@ _E2E_KEYS = ("config", "input_size") # e2e's own settings, not FinetuneCfg field
 
 class FineTune(Protocol):
     "The registered encoder trained with the study's heads."
-    name = "fine-tune"
-    def train_cfg(self, run:RunContext) -> FinetuneCfg: return FinetuneCfg(**{**_settings(run.adapt, _E2E_KEYS), "seed": run.seed})
+    name, adapt_cfg = "fine-tune", FinetuneCfg
+    def train_cfg(self, run:RunContext) -> FinetuneCfg: return FinetuneCfg(**{**_settings(run.opts.adapt, _E2E_KEYS), "seed": run.seed})
     def build(self, run:RunContext) -> torch.nn.Module:
         torch.manual_seed(STUDY_SEED)  # the random init the feature cache uses, so probe and fine-tune start alike
-        return build_finetune_model(create_encoder(run.encoder, pretrained=run.pretrained), run.task.kind, seed=run.seed)
+        return build_finetune_model(create_encoder(run.encoder, pretrained=run.opts.pretrained), run.task.kind, seed=run.seed)
     def prepare(self, run):
-        pcfg, prep = self.preprocess(run.cfg, run.adapt), Prepared()
+        pcfg, prep = self.preprocess(run.cfg, run.opts.adapt), Prepared()
         if run.task.kind == "segmentation": prep.masks, prep.size = self.masks(run, pcfg)
         targets = prep.masks if run.task.kind == "segmentation" else run.cohort["y"].values
         prep.extra = {"images": AdaptImages(run.cohort, run.data_dir, pcfg, targets),  # in memory once for all folds
@@ -270,23 +269,23 @@ class FineTune(Protocol):
         cfg, model, t = self.train_cfg(run), self.build(run), run.task
         weights = getattr(model, "weights_tag", None) or model.encoder.weights_tag
         sub = lambda m: torch.utils.data.Subset(prep.extra["images"], np.flatnonzero(m).tolist())
-        model, hist = fit_finetune(model, sub(fold.train), sub(fold.val), t.kind, t.class_weights, cfg, run.device,
+        model, hist = fit_finetune(model, sub(fold.train), sub(fold.val), t.kind, t.class_weights, cfg, run.opts.device,
                                    prep.extra["ckpt"]/f"fold{fold.k}")
         row = {"best_epoch": hist["best_epoch"], "epochs": len(hist["val_loss"]), "best_val_loss": float(np.min(hist["val_loss"]))}
-        out = predict_finetune(model, sub(fold.test), t.kind, prep.size, cfg.batch_size, run.device, cfg)
+        out = predict_finetune(model, sub(fold.test), t.kind, prep.size, cfg.batch_size, run.opts.device, cfg)
         return FoldFit(score=out, row=row, weights=weights) if t.kind == "classification" else FoldFit(pred=out[0], row=row, weights=weights)
     def finish(self, run, prep): remove_checkpoints(prep.extra["ckpt"])
 
 class E2E(FineTune):
     "SegFormer trained end to end: the study's baseline."
-    name = "e2e"
+    name, adapt_extra = "e2e", _E2E_KEYS
     def applies(self, encoder, kind): return encoder in SEGFORMER_VARIANTS
     def resolve(self, encoder, task):
         if encoder not in SEGFORMER_VARIANTS:
             raise CxrStudyError(f"protocol e2e trains SegFormer end to end: encoder must be one of {', '.join(SEGFORMER_VARIANTS)}, got {encoder!r}")
         return {"name": encoder, **SEGFORMER_VARIANTS[encoder]}
     def preprocess(self, cfg, adapt=None): return segformer_preprocess(cfg["name"], (adapt or {}).get("input_size"))
-    def train_cfg(self, run): return e2e_cfg(run.task.kind, **{**_settings(run.adapt, _E2E_KEYS), "seed": run.seed})
-    def build(self, run): return build_segformer(run.task.kind, run.encoder, run.pretrained, (run.adapt or {}).get("config"), seed=run.seed)
+    def train_cfg(self, run): return e2e_cfg(run.task.kind, **{**_settings(run.opts.adapt, _E2E_KEYS), "seed": run.seed})
+    def build(self, run): return build_segformer(run.task.kind, run.encoder, run.opts.pretrained, (run.opts.adapt or {}).get("config"), seed=run.seed)
 
 register_protocol(FineTune()); register_protocol(E2E());

@@ -25,8 +25,8 @@ from .metrics import auprc, auprc_rows, auprc_weighted, auroc, auroc_rows, auroc
 __all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLUMNS', 'EMPTY_MASK_SCORE', 'KINDS', 'METRIC_TABLE',
            'RUN_FILES', 'LOGISTIC_CS', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric',
            'paired_metrics', 'get_metric', 'score_fold', 'register_metric', 'unregister_metric', 'registered_metric',
-           'check_predictions', 'check_results', 'name_slug', 'run_path', 'run_name', 'run_params', 'read_run_meta',
-           'is_complete', 'write_run', 'list_runs', 'collect_results']
+           'check_predictions', 'check_results', 'name_slug', 'run_path', 'run_name', 'read_run_meta', 'is_complete',
+           'write_run', 'list_runs', 'collect_results']
 
 # %% ../nbs/api/00a_results.ipynb #31224c8f
 RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
@@ -224,15 +224,6 @@ def run_name(encoder:str, # registry name, or an encoder id
             ) -> str: # the run's `encoder` key and folder name
     "The name a run of `encoder` is filed under: `rad-dino`, or `rad-dino@448` at a common input size."
     return encoder if input_size is None else f"{encoder}@{int(input_size)}"
-
-def run_params(protocol, folds, seed, data_dir, pretrained=False, mask_size=None, probe=None, Cs=None, adapt=None, input_size=None,
-               mask_resize="bilinear") -> dict:
-    "The parameters a run is identified by: a complete run is reused only when they are the same."
-    p = dict(folds=list(folds), seed=seed, data_dir=os.path.normpath(Path(data_dir).absolute()), pretrained=str(pretrained),
-             mask_size=mask_size, mask_resize=mask_resize or "bilinear", probe=probe, Cs=[float(c) for c in (LOGISTIC_CS if Cs is None else Cs)])
-    if protocol != "linear-probe": p["adapt"] = adapt  # linear-probe runs made before other protocols existed stay valid
-    if input_size is not None: p["input_size"] = int(input_size)  # runs at the encoder's own size keep their parameters
-    return p
 
 def _jsonable(params): return json.loads(json.dumps(params, default=str))
 

@@ -15,19 +15,18 @@ import yaml
 
 from .core import CxrStudyError, STUDY_SEED, expand_path
 from .data.cohorts import TASKS
-from .data.preprocess import MASK_RULES
-from .results import is_complete, run_name, run_params, run_path
 import cxr_study
-from .efficiency import LABEL_EFFICIENCY, efficiency_dir, efficiency_settings
+from .efficiency import efficiency_settings
 from .encoders.hub import encoder_id, forms_text, looks_like_id
 from .encoders.registry import EncoderIdError, list_encoders
-from .protocols import protocol_names, reference_names
-from .sweeps import RunSpec, grid_runs
+from .protocols import PROTOCOLS, protocol_names, reference_names
+from .study.options import RunOptions, check_settings, option_names
+from .sweeps import EXPERIMENT_KINDS, RunSpec, grid_runs
 from .train.segformer import SEGFORMER_VARIANTS
 
 # %% auto #0
 __all__ = ['SETTING_KEYS', 'EXECUTOR_KINDS', 'SlurmCfg', 'ExecutorCfg', 'ReportCfg', 'GridCfg', 'EfficiencyCfg', 'StudyCfg',
-           'validate_study', 'load_study', 'study_out', 'efficiency_specs', 'expand_study', 'shipped_study']
+           'validate_study', 'load_study', 'study_out', 'expand_study', 'shipped_study']
 
 # %% ../nbs/api/70a_studyfile.ipynb #7201cafd
 @dataclass
@@ -67,7 +66,7 @@ class GridCfg:
     encoders:list|None=None
     tasks:list|None=None
     protocols:list|None=None
-    settings:dict|None=None # per protocol: probe, Cs, mask_size, mask_resize, adapt (merged over the study's)
+    settings:dict|None=None # per protocol: its run options of scope settings (`RunOptions`), merged over the study's
     description:str=""
 
 
@@ -94,7 +93,7 @@ class StudyCfg:
     seeds:list=field(default_factory=lambda: [STUDY_SEED])
     pretrained:bool|str=False # false, true (each release), an org/name[@commit or tag] Hugging Face id, or a local path
     device:str|None=None # cpu, cuda, cuda:1 (default: cuda when available; the local pool pins each run to a GPU)
-    settings:dict=field(default_factory=dict) # protocol -> {probe, Cs, mask_size, mask_resize, adapt}
+    settings:dict=field(default_factory=dict) # protocol -> {run option: value} (`RunOptions`, scope settings)
     baselines:list=field(default_factory=list) # GridCfg sub-grids of reference models (e.g. SegFormer end to end)
     ablations:list=field(default_factory=list) # GridCfg sub-grids of ablations (stride, multi-scale, ...)
     label_efficiency:EfficiencyCfg|None=None # label-efficiency curves (absent: none)
@@ -102,7 +101,7 @@ class StudyCfg:
     report:ReportCfg=field(default_factory=ReportCfg)
 
 # %% ../nbs/api/70a_studyfile.ipynb #ac453ee3
-SETTING_KEYS = ("probe", "Cs", "mask_size", "mask_resize", "adapt", "input_size") # per-protocol settings: run_experiment's arguments
+SETTING_KEYS = tuple(option_names("settings")) # per-protocol settings: the run options of scope "settings"
 EXECUTOR_KINDS = ("local", "inline", "slurm")
 _NESTED = {(StudyCfg, "executor"): ExecutorCfg, (StudyCfg, "report"): ReportCfg, (ExecutorCfg, "slurm"): SlurmCfg,
            (StudyCfg, "label_efficiency"): EfficiencyCfg}
@@ -152,23 +151,8 @@ def _names(where, values, allowed, what):
     return values
 
 def _check_settings(where, settings):
-    if not isinstance(settings, dict): raise CxrStudyError(f"{where}: expected a mapping of protocol -> settings")
-    for p, s in settings.items():
-        if p not in protocol_names(): raise _unknown(f"{where}.", p, protocol_names())
-        if not isinstance(s, dict): raise CxrStudyError(f"{where}.{p}: expected a mapping of {', '.join(SETTING_KEYS)}")
-        for k, v in s.items():
-            if k not in SETTING_KEYS: raise _unknown(f"{where}.{p}.", k, list(SETTING_KEYS))
-            if k in ("probe", "adapt") and not isinstance(v, dict) and v is not None:
-                raise CxrStudyError(f"{where}.{p}.{k}: expected a mapping")
-            if k == "Cs" and v is not None and not (isinstance(v, list) and all(isinstance(c, (int, float)) for c in v)):
-                raise CxrStudyError(f"{where}.{p}.Cs: expected a list of numbers")
-            if k in ("mask_size", "input_size") and v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 8):
-                raise CxrStudyError(f"{where}.{p}.{k}: expected an integer size in pixels")
-            if k == "mask_resize" and v is not None and v not in MASK_RULES:
-                raise CxrStudyError(f"{where}.{p}.mask_resize: expected one of {', '.join(MASK_RULES)}, got {v!r}")
-            if k == "input_size" and v is not None and p not in ("linear-probe", "multiscale-probe"):
-                raise CxrStudyError(f"{where}.{p}.input_size: a common input size is an option of the probe protocols only")
-    return settings
+    "Each protocol's settings, checked as its runs will be (`check_settings`)."
+    return check_settings(settings, {p: PROTOCOLS[p] for p in protocol_names()}, where)
 
 def _encoder_names():
     return [*reference_names(), *list_encoders(), *[v for v in SEGFORMER_VARIANTS if v not in list_encoders()]]
@@ -250,6 +234,7 @@ def validate_study(raw:dict, # the parsed YAML
         if not cfg.seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in cfg.seeds):
             raise CxrStudyError(f"seeds: expected a list of integers, got {cfg.seeds!r}")
         _check_settings("settings", cfg.settings)
+        RunOptions(pretrained=cfg.pretrained, device=cfg.device).check()  # the study-wide run options
         if cfg.executor.kind not in EXECUTOR_KINDS:
             raise CxrStudyError(f"executor.kind: {cfg.executor.kind!r} is not one of {', '.join(EXECUTOR_KINDS)}")
         w = cfg.executor.workers
@@ -289,28 +274,12 @@ def study_out(cfg:StudyCfg, seed:int) -> Path:
     out = Path(cfg.out).absolute()
     return out if len(cfg.seeds) == 1 else out/f"seed-{seed}"
 
-def _options(cfg:StudyCfg, settings:dict, protocol:str) -> dict:
-    o = {"pretrained": cfg.pretrained}
-    if cfg.device is not None: o["device"] = cfg.device
-    o.update({k: v for k, v in settings.get(protocol, {}).items() if v is not None})
-    return o
-
-def efficiency_specs(cfg:StudyCfg, # a validated study with a label_efficiency key
-                     seed:int, # the study seed (one study folder per seed)
-                     options:dict, # the main grid's linear-probe options (pretrained, device, probe, Cs, mask_size, ...)
-                    ) -> list[RunSpec]:
-    "The label-efficiency runs of one study seed (`cxr_study.efficiency`), filed under `<study>/label-efficiency`."
-    le = cfg.label_efficiency
-    if le is None: return []
-    encoders = [e for e in (le.encoders or cfg.encoders) if e in cfg.encoders and e not in reference_names()]
-    tasks = [t for t in (le.tasks or cfg.tasks) if t in cfg.tasks]
-    sweep = efficiency_settings(dataclasses.asdict(le))
-    out = str(efficiency_dir(study_out(cfg, seed)))
-    return [RunSpec(e, t, LABEL_EFFICIENCY, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), {**options, "adapt": sweep}, LABEL_EFFICIENCY)
-            for e in encoders for t in tasks]
+def _options(cfg:StudyCfg, settings:dict, protocol:str) -> RunOptions:
+    "The options of a protocol's runs: the study's weights and device, and the protocol's settings."
+    return RunOptions(pretrained=cfg.pretrained, device=cfg.device, **settings.get(protocol, {}))
 
 def expand_study(cfg:StudyCfg) -> list[RunSpec]:
-    "Every run of the study (main grid, baselines, ablations, label efficiency), once each."
+    "Every run of the study (main grid, baselines, ablations, and those of the other experiment kinds: label efficiency), once each."
     grids = [GridCfg("main", cfg.encoders, cfg.tasks, cfg.protocols, cfg.settings), *cfg.baselines, *cfg.ablations]
     specs, seen = [], set()
     for seed in cfg.seeds:
@@ -321,8 +290,8 @@ def expand_study(cfg:StudyCfg) -> list[RunSpec]:
                 s = RunSpec(e, t, p, str(Path(cfg.data[t]).absolute()), out, seed, tuple(cfg.folds), _options(cfg, settings, p), g.name)
                 if s.key in seen: continue
                 seen.add(s.key); specs.append(s)
-        if cfg.label_efficiency is not None:  # the main grid's linear-probe settings, so that the 100% point is its run
-            specs += efficiency_specs(cfg, seed, _options(cfg, cfg.settings, "linear-probe"))
+        for kind in EXPERIMENT_KINDS.values():  # the other kinds' runs (label efficiency), with the main grid's options
+            specs += kind.study_specs(cfg, study_out(cfg, seed), seed, lambda p: _options(cfg, cfg.settings, p))
     return specs
 
 # %% ../nbs/api/70a_studyfile.ipynb #b7579974

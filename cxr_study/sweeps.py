@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,37 +17,49 @@ import numpy as np
 import pandas as pd
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, read_table
+from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
 from .data.cohorts import get_task, split_masks
 from .data.index import read_index
-from .data.preprocess import MASK_RULES
 from .data.rle import chexmask_rle_decode, chexmask_rle_encode
-from .encoders.registry import cfg_at_size, encoder_record
+from .encoders.registry import cfg_at_size, encoder_record, get_encoder_cfg
 from .metrics import dice_iou
-from .protocols import Fold, FoldFit, Prepared, Protocol, RunContext, applies, run_protocol, study_cohorts
+from .protocols import PROTOCOLS, Fold, FoldFit, Prepared, Protocol, RunContext, applies, run_protocol, study_cohorts
 from .results import (EMPTY_MASK_SCORE, SUBGROUP_COLUMNS, check_predictions, check_results, is_complete, metrics_for,
-                               run_name, run_params, run_path, score_fold, write_run)
+                               run_name, run_path, score_fold, write_run)
+from .study.options import RunOptions
 
 # %% auto #0
-__all__ = ['RunSpec', 'seg_columns', 'fold_predictions', 'check_run', 'task_cohort', 'run_fold', 'run_experiment',
-           'experiment_template', 'grid_runs', 'check_protocol_contract']
+__all__ = ['EXPERIMENT_KINDS', 'RunSpec', 'seg_columns', 'fold_predictions', 'check_run', 'run_context', 'task_cohort',
+           'run_fold', 'ExperimentKind', 'register_experiment_kind', 'experiment_kind', 'run_experiment', 'FoldsRun',
+           'Folds', 'experiment_template', 'grid_runs', 'check_protocol_contract']
 
 # %% ../nbs/api/70_sweeps.ipynb #01cfea31
 @dataclass(frozen=True)
 class RunSpec:
-    "One run with every setting it needs: what `run_experiment` is called with."
-    encoder:str
-    task:str
-    protocol:str
-    data_dir:str # absolute: prepared dataset folder
-    out_dir:str # absolute: study folder
-    seed:int=STUDY_SEED
-    folds:tuple=(0, 1, 2, 3, 4)
-    options:dict=field(default_factory=dict, hash=False) # pretrained, device, probe, Cs, mask_size, mask_resize, adapt
+    "One run: an encoder, a task and a protocol over some folds of one dataset with one seed, and how it runs (`RunOptions`)."
+    encoder:str # registry name, an encoder id, or a reference ("prior")
+    task:str # pneumothorax-cls, cardiomegaly-cls, pneumothorax-seg, heart-seg
+    protocol:str="linear-probe" # a registered protocol (`protocol_names()`), or an experiment kind's label
+    data_dir:str="." # prepared dataset folder (holds index.parquet; absolute in a study's runs)
+    out_dir:str="cxr_study_runs" # the study folder (absolute in a study's runs)
+    seed:int=STUDY_SEED # cohorts, folds, random-init weights, training
+    folds:tuple=(0, 1, 2, 3, 4) # test folds to run
+    options:RunOptions=field(default_factory=RunOptions, hash=False) # how it runs; a mapping is read as `RunOptions`
     group:str="main" # "main" or the ablation's name
 
+    def __post_init__(self):
+        o = self.options if isinstance(self.options, RunOptions) else RunOptions.from_mapping(self.options, "options.")
+        for k, v in dict(options=o, folds=tuple(self.folds), data_dir=str(self.data_dir), out_dir=str(self.out_dir)).items():
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def of(cls, encoder:str, task:str, protocol:str="linear-probe", data_dir=".", out_dir="cxr_study_runs", folds=(0, 1, 2, 3, 4),
+           seed:int=STUDY_SEED, group:str="main", **options) -> "RunSpec":
+        "A `RunSpec` with its options as keywords: `RunSpec.of('resnet18', 'heart-seg', mask_size=64)`."
+        return cls(encoder, task, protocol, data_dir, out_dir, seed, folds, RunOptions(**options), group)
+
     @property
-    def name(self) -> str: return run_name(self.encoder, self.options.get("input_size"))  # what the run is filed under
+    def name(self) -> str: return run_name(self.encoder, self.options.input_size)  # what the run is filed under
     @property
     def key(self) -> tuple: return (self.out_dir, self.name, self.task, self.protocol)
     @property
@@ -53,13 +67,10 @@ class RunSpec:
     @property
     def path(self) -> Path: return run_path(self.out_dir, self.name, self.task, self.protocol)
     def params(self) -> dict:
-        "The parameters the run is identified by (as `run_experiment` records them)."
-        o = self.options
-        return run_params(self.protocol, self.folds, self.seed, self.data_dir, o.get("pretrained", False), o.get("mask_size"),
-                          o.get("probe"), o.get("Cs"), o.get("adapt"), o.get("input_size"),
-                          o.get("mask_resize") or "bilinear")
+        "The parameters the run is identified by (`RunOptions.identity` under the protocol it is filed under)."
+        return self.options.identity(self.folds, self.seed, self.data_dir, PROTOCOLS.get(self.protocol))
     def complete(self) -> bool: return is_complete(self.out_dir, self.name, self.task, self.protocol, self.params())
-    def to_dict(self) -> dict: return {**dataclasses.asdict(self), "folds": list(self.folds)}
+    def to_dict(self) -> dict: return {**dataclasses.asdict(self), "folds": list(self.folds), "options": self.options.given()}
     @classmethod
     def from_dict(cls, d:dict) -> "RunSpec": return cls(**{**d, "folds": tuple(d["folds"])})
 
@@ -91,19 +102,23 @@ def fold_predictions(run:RunContext, prep:Prepared, fold:Fold, fit:FoldFit) -> p
                        pred_mask=[chexmask_rle_encode(p) for p in fit.pred])
 
 # %% ../nbs/api/70_sweeps.ipynb #f18edef1
-def check_run(encoder:str, task:str, protocol:str,
-              mask_resize:str="bilinear", # a rule of MASK_RULES
-              input_size:int|None=None, # probes only
-             ) -> tuple[Protocol, object, "TaskCfg"]: # the protocol, the encoder's config (at `input_size`), the task
+def check_run(spec:RunSpec) -> tuple[Protocol, object, "TaskCfg"]: # the protocol, the encoder's config (at its input size), the task
     "The run's protocol, the encoder's config and the task, or a `CxrStudyError` that says what is wrong."
-    if mask_resize not in MASK_RULES: raise CxrStudyError(f"mask_resize must be one of {', '.join(MASK_RULES)}, got {mask_resize!r}")
-    t = get_task(task)
-    proto = run_protocol(encoder, protocol)
-    cfg = proto.resolve(encoder, t)  # unknown names fail here, with the names that would do
-    if input_size is not None:
-        if not proto.sized: raise CxrStudyError(f"input_size is an option of the probe protocols of encoders, not of {encoder} / {protocol}")
-        cfg = cfg_at_size(cfg, input_size)  # fails early on a size the encoder cannot take
+    t = get_task(spec.task)
+    proto = run_protocol(spec.encoder, spec.protocol)
+    spec.options.check(proto)  # every setting, asked of the protocol that runs it
+    cfg = proto.resolve(spec.encoder, t)  # unknown names fail here, with the names that would do
+    if spec.options.input_size is not None: cfg = cfg_at_size(cfg, spec.options.input_size)  # fails early on a size the encoder cannot take
     return proto, cfg, t
+
+def run_context(spec:RunSpec, cfg, task:"TaskCfg", # the run, and its encoder's config and task (`check_run`)
+                cache_dir:str|Path|None=None, # the feature cache (default: <out_dir>/cache)
+               ) -> RunContext:
+    "What the protocol is handed: the run's cohort with its folds read from the dataset's index, and its options."
+    index = read_index(Path(spec.data_dir)/"index.parquet")
+    return RunContext(spec.encoder, cfg, task, task_cohort(index, spec.task, spec.seed, spec.data_dir), index=index,
+                      data_dir=Path(spec.data_dir), out_dir=Path(spec.out_dir), cache_dir=cache_dir, params=spec.params(),
+                      seed=spec.seed, opts=spec.options)
 
 def task_cohort(index:pd.DataFrame, task:str, seed:int=STUDY_SEED, where="the index") -> pd.DataFrame:
     "The task's cohort with its folds, rows numbered from 0."
@@ -124,50 +139,115 @@ def run_fold(proto:Protocol, run:RunContext, prep:Prepared, k:int) -> tuple[dict
     return row, fp, fit.weights or prep.weights
 
 # %% ../nbs/api/70_sweeps.ipynb #33b7e6bd
+class ExperimentKind:
+    "One kind of run: how it is checked, prepared and run one unit (a test fold) at a time; `run_experiment` does the rest."
+    name:str = "" # its protocol label (the default kind, "folds", runs every registered protocol)
+    notebook:bool = True # the local and Slurm executors run it through the experiment notebook (False: in the worker's process)
+    resumable:bool = False # finished units are kept in <run>/partial/, so that an interrupted run resumes at the next one
+    unit_seconds:bool = True # results.csv's `seconds` add up to the run's fits (False: the fits are the run less the extraction)
+    def normalise(self, spec:RunSpec) -> RunSpec: return spec # the run as it is identified (defaults filled in)
+    def check(self, spec:RunSpec): raise NotImplementedError # what `prepare` needs, or a CxrStudyError, before anything is read or written
+    def prepare(self, spec:RunSpec, checked, cache_dir=None): raise NotImplementedError # the state every unit shares
+    def run_unit(self, state, k:int) -> tuple: raise NotImplementedError # (results rows, predictions, weights tag or None) of test fold k
+    def weights(self, state) -> str: return "none" # the weights tag known before any unit ran
+    def meta(self, state) -> dict: return {} # more for run.json (features, encoder_cfg)
+    def finish(self, state) -> None: "Clean up once the run is complete (e.g. remove checkpoints)."
+    def features(self, spec:RunSpec) -> tuple[bool, bool]: return False, False # reads the feature cache; caches layers besides the grid
+    def study_specs(self, cfg, out:Path, seed:int, options) -> list: return [] # the runs of this kind a study (a StudyCfg) asks for in its folder `out`; options: protocol -> RunOptions
+    def __repr__(self): return f"{type(self).__name__}({self.name!r})"
+
+EXPERIMENT_KINDS:dict = {} # name -> ExperimentKind
+
+def register_experiment_kind(kind:ExperimentKind) -> ExperimentKind:
+    "Add an experiment kind: the runner, the executors, the plan and the study files pick it up."
+    if not kind.name: raise CxrStudyError("an experiment kind needs a name (its protocol label)")
+    EXPERIMENT_KINDS[kind.name] = kind
+    return kind
+
+def experiment_kind(protocol:str) -> ExperimentKind:
+    "The kind of a run filed under `protocol`: a kind registered under that label, else `folds` (every registered protocol)."
+    return EXPERIMENT_KINDS.get(protocol) or EXPERIMENT_KINDS["folds"]
+
+# %% ../nbs/api/70_sweeps.ipynb #0dd22a6d
 def _read_run(final:Path, skipped:bool) -> dict:
     return {"results": read_table(final/"results.csv"), "predictions": read_table(final/"predictions.parquet"), "skipped": skipped}
 
-def run_experiment(encoder:str, # registry name, or "prior"
-                   task:str, # pneumothorax-cls, cardiomegaly-cls, pneumothorax-seg, heart-seg
-                   protocol:str="linear-probe", # a registered protocol (`protocol_names()`)
-                   data_dir:str|Path=".", # folder with index.parquet (image paths relative to it)
-                   out_dir:str|Path="cxr_study_runs", # study output folder
-                   folds=(0, 1, 2, 3, 4), # test folds to run
-                   seed:int=STUDY_SEED,
-                   cache_dir:str|Path|None=None, # feature cache (default: <out_dir>/cache)
-                   pretrained:bool|str=False, # encoder weights, as in create_encoder
-                   mask_size:int|None=None, # segmentation: evaluate masks at this size (default: encoder input size; 224 for the prior)
-                   mask_resize:str="bilinear", # how true masks are resized: "bilinear" at 0.5, or "study" (the encoder's processor, above 0.66)
-                   probe:dict|None=None, # SegProbeCfg fields, e.g. {"lr": 1e-2, "batch_size": 64}
-                   Cs=None, # logistic-regression C grid (default: LOGISTIC_CS, 1e-4..1e2, seven values a decade apart)
-                   device:str|None=None,
+def _resume(partial:Path, params:dict) -> dict:
+    "Finished units of an interrupted run with the same parameters: fold -> (results, predictions)."
+    key = json.loads(json.dumps(params, default=str))
+    try: same = read_json(partial/"params.json") == key
+    except (OSError, ValueError): same = False
+    if not same:
+        shutil.rmtree(partial, ignore_errors=True); write_json(key, partial/"params.json")
+        return {}
+    done = {}
+    for p in sorted(partial.glob("fold*.parquet")):
+        k = int(p.stem[4:]); r = partial/f"fold{k}.csv"
+        if r.exists(): done[k] = (read_table(r), read_table(p), None)
+    return done
+
+def _units(kind:ExperimentKind, spec:RunSpec, state, done:dict) -> dict:
+    "Run the units not done yet (keeping each in partial/ for a resumable kind): fold -> (results, predictions, weights)."
+    for k in spec.folds:
+        if k in done: continue
+        done[k] = kind.run_unit(state, k)
+        if kind.resumable:
+            write_table(done[k][1], spec.path/"partial"/f"fold{k}.parquet"); write_table(done[k][0], spec.path/"partial"/f"fold{k}.csv")
+    return done
+
+def run_experiment(spec:RunSpec, # the run: encoder, task, protocol, data, study folder, folds, seed and options
                    overwrite:bool=False, # rerun even if complete
-                   adapt:dict|None=None, # settings of the other protocols: FinetuneCfg fields (fine-tune, e2e), MultiscaleCfg fields (multiscale-probe)
-                   input_size:int|None=None, # probes: the encoder at this input size instead of its own (a run of its own, "<encoder>@<size>")
-                  ) -> dict: # results (per fold) and predictions (per image) DataFrames
-    "Run one encoder x task x protocol over the folds and write its results."
-    t_start, mask_resize = time.time(), mask_resize or "bilinear"  # None: the default rule
-    proto, cfg, t = check_run(encoder, task, protocol, mask_resize, input_size)
-    data_dir, out_dir, name = Path(data_dir), Path(out_dir), run_name(encoder, input_size)
-    params = run_params(protocol, folds, seed, data_dir, pretrained, mask_size, probe, Cs, adapt, input_size, mask_resize)
-    final = run_path(out_dir, name, task, protocol)
-    if is_complete(out_dir, name, task, protocol, params) and not overwrite: return _read_run(final, True)
-    (final/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
-    index = read_index(data_dir/"index.parquet")
-    run = RunContext(encoder, cfg, t, task_cohort(index, task, seed, data_dir), index, data_dir, out_dir, cache_dir, params, seed,
-                     pretrained, device, mask_size, mask_resize, probe, Cs, adapt, input_size)
-    prep = proto.prepare(run)
-    results, preds, weights = [], [], prep.weights
-    for k in folds:
-        row, fp, weights = run_fold(proto, run, prep, k)
-        results.append(row); preds.append(fp)
-    feats = prep.extra.get("feats")
-    write_run(out_dir, {"encoder": name, "weights": weights, "task": task, "protocol": protocol},  # run.json, the completion mark, last
-              pd.DataFrame(results), pd.concat(preds, ignore_index=True),
-              {"params": params, "seconds": round(time.time() - t_start, 2), "features": str(feats.path) if feats is not None else None,
-               "versions": _versions(), **({"encoder_cfg": encoder_record(cfg)} if getattr(cfg, "sources", ()) else {})})  # an id: what it resolved to
-    proto.finish(run, prep)  # complete: e.g. checkpoints no longer needed
-    return _read_run(final, False)
+                   cache_dir:str|Path|None=None, # feature cache (default: <out_dir>/cache)
+                  ) -> dict: # results (per unit) and predictions (per image) DataFrames, and whether it was skipped
+    "Run one encoder x task x protocol over the folds through its experiment kind, and write its results."
+    t_start, kind = time.time(), experiment_kind(spec.protocol)
+    spec = kind.normalise(spec)
+    checked = kind.check(spec)  # refused before anything is read or written
+    if spec.complete() and not overwrite: return _read_run(spec.path, True)
+    (spec.path/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
+    if overwrite and kind.resumable: shutil.rmtree(spec.path/"partial", ignore_errors=True)
+    done = _resume(spec.path/"partial", spec.params()) if kind.resumable else {}
+    state = kind.prepare(spec, checked, cache_dir)
+    done, weights = _units(kind, spec, state, done), kind.weights(state)
+    for k in spec.folds: weights = done[k][2] or weights  # training may find the tag (fine-tuning)
+    write_run(spec.out_dir, {"encoder": spec.name, "weights": weights, "task": spec.task, "protocol": spec.protocol},  # run.json last
+              pd.concat([done[k][0] for k in spec.folds], ignore_index=True), pd.concat([done[k][1] for k in spec.folds], ignore_index=True),
+              {"params": spec.params(), "seconds": round(time.time() - t_start, 2), **kind.meta(state)})
+    kind.finish(state)  # complete: e.g. checkpoints no longer needed
+    if kind.resumable: shutil.rmtree(spec.path/"partial", ignore_errors=True)  # complete: resuming no longer needed
+    return _read_run(spec.path, False)
+
+# %% ../nbs/api/70_sweeps.ipynb #ce46c333
+@dataclass
+class FoldsRun:
+    "What the units of a `folds` run share."
+    proto:Protocol
+    cfg:object # the encoder's config
+    run:RunContext
+    prep:Prepared
+
+class Folds(ExperimentKind):
+    "The registered protocols over the folds: the protocol prepares once and fits and predicts each test fold."
+    name = "folds"
+    def check(self, spec): return check_run(spec)
+    def prepare(self, spec, checked, cache_dir=None):
+        proto, cfg, t = checked
+        run = run_context(spec, cfg, t, cache_dir)
+        return FoldsRun(proto, cfg, run, proto.prepare(run))
+    def run_unit(self, st, k):
+        row, fp, weights = run_fold(st.proto, st.run, st.prep, k)
+        return pd.DataFrame([row]), fp, weights
+    def weights(self, st): return st.prep.weights
+    def meta(self, st):
+        feats = st.prep.extra.get("feats")
+        return {"features": str(feats.path) if feats is not None else None, "versions": _versions(),
+                **({"encoder_cfg": encoder_record(st.cfg)} if getattr(st.cfg, "sources", ()) else {})}  # an id: what it resolved to
+    def finish(self, st): st.proto.finish(st.run, st.prep)
+    def features(self, spec):
+        p = PROTOCOLS[spec.protocol]
+        return p.features, p.features and p.cached_layers(get_encoder_cfg(spec.encoder), spec.options.adapt) is not None
+
+register_experiment_kind(Folds());
 
 # %% ../nbs/api/70_sweeps.ipynb #dd001308
 def experiment_template(name:str="experiment.ipynb") -> Path:
@@ -191,13 +271,15 @@ def check_protocol_contract(protocol:str, # a registered protocol
                             encoder:str, # an encoder it applies to (or a reference)
                             task:str, # a task it applies to
                             data_dir:str|Path, out_dir:str|Path,
-                            **kw, # other run_experiment arguments (folds, adapt, mask_size, device, ...)
+                            **kw, # folds, seed and run options (adapt, mask_size, device, ...)
                            ) -> dict: # the run, as run_experiment returns it
     "Run `protocol` through the runner twice and check what every protocol owes it; an `AssertionError` names the clause broken."
     from sklearn.metrics import roc_auc_score
-    r = run_experiment(encoder, task, protocol, data_dir, out_dir, overwrite=True, **kw)
+    folds = kw.pop("folds", (0, 1, 2, 3, 4))
+    spec = RunSpec.of(encoder, task, protocol, data_dir, out_dir, folds, **kw)
+    r = run_experiment(spec, overwrite=True)
     res, pred = check_results(r["results"], f"{protocol} results"), check_predictions(r["predictions"], f"{protocol} predictions")
-    folds, kind = list(kw.get("folds", (0, 1, 2, 3, 4))), get_task(task).kind
+    folds, kind = list(spec.folds), get_task(task).kind
     _require(res.fold.tolist() == folds and (res.protocol == protocol).all(), "one results row per requested fold, under its label", protocol)
     _require(all(m.name in res for m in metrics_for(kind)), f"every {kind} metric of the metric table in results.csv", protocol)
     for k, g in pred.groupby("fold"):
@@ -210,6 +292,6 @@ def check_protocol_contract(protocol:str, # a registered protocol
             _require(np.isclose(row.dice, g.dice.mean()), "Dice the mean of its per-image Dice", protocol)
             areas = [100 * chexmask_rle_decode(m, s, s).mean() for m, s in zip(g.pred_mask, g.mask_size)]
             _require(np.allclose(areas, g.pred_area_pct), "predicted masks decode to their recorded areas", protocol)
-    again = run_experiment(encoder, task, protocol, data_dir, out_dir, **kw)
+    again = run_experiment(spec)
     _require(again["skipped"] and again["predictions"].equals(r["predictions"]), "a complete run is reused, unchanged", protocol)
     return r

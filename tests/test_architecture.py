@@ -16,6 +16,7 @@ LAYERS = [  # a module may import its own layer and those above it in this list,
     ["heads"],
     ["train"],
     ["stats", "reporting"],
+    ["study"],  # the run's options (`study.options`), below the protocols that read them
     ["protocols", "sweeps", "efficiency"],
     ["studyfile", "plan", "executors"],
     ["report", "ablations", "overlays", "site"],

@@ -7,7 +7,7 @@ import torch
 from cxr_study.core import CxrStudyError, read_json
 from cxr_study.encoders.registry import create_encoder
 from cxr_study.results import run_path
-from cxr_study.sweeps import run_experiment
+from cxr_study.sweeps import RunSpec, run_experiment
 
 PROBE = {"lr": 0.02, "batch_size": 32, "max_epochs": 5}
 
@@ -15,8 +15,8 @@ PROBE = {"lr": 0.02, "batch_size": 32, "max_epochs": 5}
 def test_run_at_a_common_size(tiny_benchmark, tmp_path):
     out = tmp_path / "out"
     for task in ("cardiomegaly-cls", "heart-seg"):
-        a = run_experiment("resnet18", task, data_dir=tiny_benchmark, out_dir=out, folds=[0], probe=PROBE)
-        b = run_experiment("resnet18", task, data_dir=tiny_benchmark, out_dir=out, folds=[0], probe=PROBE, input_size=96)
+        a = run_experiment(RunSpec.of("resnet18", task, data_dir=tiny_benchmark, out_dir=out, folds=[0], probe=PROBE))
+        b = run_experiment(RunSpec.of("resnet18", task, data_dir=tiny_benchmark, out_dir=out, folds=[0], probe=PROBE, input_size=96))
         assert set(a["results"].encoder) == {"resnet18"} and set(b["results"].encoder) == {"resnet18@96"}
         pa = read_json(run_path(out, "resnet18", task, "linear-probe") / "run.json")["params"]
         pb = read_json(run_path(out, "resnet18@96", task, "linear-probe") / "run.json")["params"]
@@ -28,9 +28,9 @@ def test_run_at_a_common_size(tiny_benchmark, tmp_path):
     # the features were extracted at 96 px: another cache entry than the default run's
     assert len(list((out / "cache").glob("resnet18-*"))) == 2
     with pytest.raises(CxrStudyError, match="multiple of its grid stride"):
-        run_experiment("resnet18", "heart-seg", data_dir=tiny_benchmark, out_dir=out, folds=[0], input_size=100)
+        run_experiment(RunSpec.of("resnet18", "heart-seg", data_dir=tiny_benchmark, out_dir=out, folds=[0], input_size=100))
     with pytest.raises(CxrStudyError, match="probe protocols"):
-        run_experiment("prior", "heart-seg", data_dir=tiny_benchmark, out_dir=out, folds=[0], input_size=96)
+        run_experiment(RunSpec.of("prior", "heart-seg", data_dir=tiny_benchmark, out_dir=out, folds=[0], input_size=96))
 
 
 def test_vit_weights_at_a_common_size(tmp_path):
@@ -70,13 +70,13 @@ def test_shipped_common_resolution_ablations(study, tmp_path):
     main = {(s.encoder, s.task, s.protocol): s for s in specs if s.group == "main"}
     abl = [s for s in specs if s.group == "common-resolution"]
     assert abl and {s.task for s in abl} == set(cfg.tasks)
-    sizes = {s.options["input_size"] for s in abl}
+    sizes = {s.options.input_size for s in abl}
     assert len(sizes) == 1  # one common size for every encoder
     for s in abl:
         d = main[(s.encoder, s.task, s.protocol)]
-        assert s.name == f"{s.encoder}@{s.options['input_size']}" and d.name == s.encoder
+        assert s.name == f"{s.encoder}@{s.options.input_size}" and d.name == s.encoder
         pa, pb = d.params(), s.params()
         assert {k: v for k, v in pb.items() if k != "input_size"} == pa and "input_size" not in pa
-        assert s.options["input_size"] % get_encoder_cfg(s.encoder).grid_stride == 0  # a size the encoder takes
+        assert s.options.input_size % get_encoder_cfg(s.encoder).grid_stride == 0  # a size the encoder takes
     if study == "demo":  # smaller than the demo encoders' own 224 px, so the ablation stays cheap
-        assert all(s.options["input_size"] < get_encoder_cfg(s.encoder).preprocess.size for s in abl)
+        assert all(s.options.input_size < get_encoder_cfg(s.encoder).preprocess.size for s in abl)

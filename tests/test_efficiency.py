@@ -221,10 +221,11 @@ def test_curves_rise_with_data_on_a_learnable_task(learnable, tmp_path):
     """Cardiomegaly on the synthetic benchmark is learnable from raw pixels (the heart's width). Over shares and subset
     seeds, the pooled test AUROC rises with the share: Kendall's tau is positive at p < 0.01, and the full training fold
     beats the smallest share by more than the smallest share's spread over seeds."""
-    from cxr_study.efficiency import run_label_efficiency
+    from cxr_study.efficiency import efficiency_spec
+    from cxr_study.sweeps import run_experiment
     fractions, seeds = [0.05, 0.25, 1.0], [0, 1, 2]
-    r = run_label_efficiency("raw-pixels", "cardiomegaly-cls", learnable, tmp_path,
-                             adapt={"fractions": fractions, "seeds": seeds, "probes": ["linear"]})
+    r = run_experiment(efficiency_spec("raw-pixels", "cardiomegaly-cls", learnable, tmp_path,
+                             adapt={"fractions": fractions, "seeds": seeds, "probes": ["linear"]}))
     P = r["predictions"]
     auc = {(f, s): roc_auc_score(g.y_true, g.y_score) for (f, s), g in P.groupby(["fraction", "subset_seed"])}
     assert len(auc) == 9 and P.groupby(["fraction", "subset_seed"]).size().nunique() == 1  # the same test images everywhere

@@ -111,7 +111,7 @@ _SCRIPT = textwrap.dedent("""
     from cxr_study.encoders.registry import register_encoder
     from cxr_study import protocols
     from cxr_study.train.finetune import fit_finetune, tiny_encoder
-    from cxr_study.sweeps import run_experiment
+    from cxr_study.sweeps import RunSpec, run_experiment
 
     register_encoder(tiny_encoder("vit").cfg)
     kill_at, calls = int(sys.argv[3]), []
@@ -121,8 +121,8 @@ _SCRIPT = textwrap.dedent("""
             if len(calls) == 2: kw["on_step"] = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_at else None
             return fit_finetune(*a, **kw)
         protocols.fit_finetune = fit
-    run_experiment("tiny-vit", "pneumothorax-cls", "fine-tune", sys.argv[1], sys.argv[2], folds=[0, 1], device="cpu",
-                   adapt=ADAPT)
+    run_experiment(RunSpec.of("tiny-vit", "pneumothorax-cls", "fine-tune", sys.argv[1], sys.argv[2], folds=[0, 1], device="cpu",
+                   adapt=ADAPT))
 """)
 ADAPT = {"max_epochs": 2, "batch_size": 8, "encoder_lr": 1e-4}
 
@@ -134,9 +134,9 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
     go = lambda out, kill: subprocess.run([sys.executable, str(script), str(tiny_benchmark), str(out), str(kill)], env=env,
                                           capture_output=True, text=True, timeout=300)
     from cxr_study.encoders import registry
-    from cxr_study.sweeps import run_experiment
+    from cxr_study.sweeps import RunSpec, run_experiment
     registry.register_encoder(tiny_encoder("vit").cfg)
-    try: run_experiment("tiny-vit", "pneumothorax-cls", "fine-tune", tiny_benchmark, tmp_path / "ref", folds=[0, 1], device="cpu", adapt=ADAPT)
+    try: run_experiment(RunSpec.of("tiny-vit", "pneumothorax-cls", "fine-tune", tiny_benchmark, tmp_path / "ref", folds=[0, 1], device="cpu", adapt=ADAPT))
     finally: registry._REGISTRY.pop("tiny-vit")  # the uninterrupted reference, in this process
     n_train = int(pd.read_csv(tmp_path / "ref/runs/tiny-vit/pneumothorax-cls/fine-tune/results.csv").n_train.iloc[1])
     steps_per_epoch = -(-n_train // 8)
@@ -158,7 +158,7 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
 
 def test_protocols_in_the_runner_and_grid(tiny_benchmark, tmp_path):
     from cxr_study.executors import run_grid
-    from cxr_study.sweeps import grid_runs, is_complete, run_experiment
+    from cxr_study.sweeps import RunSpec, grid_runs, is_complete, run_experiment
     # a grid only holds the cells a protocol applies to
     assert grid_runs(["resnet18", "segformer-b4"], ["cardiomegaly-cls", "heart-seg"], ["multiscale-probe", "e2e"]) == [
         ("resnet18", "heart-seg", "multiscale-probe"), ("segformer-b4", "cardiomegaly-cls", "e2e"),
@@ -172,13 +172,13 @@ def test_protocols_in_the_runner_and_grid(tiny_benchmark, tmp_path):
     assert st.status.tolist() == ["skipped (complete)"] * 2
     # other settings make another run
     assert not is_complete(tmp_path, "segformer-b0", "heart-seg", "e2e", {"folds": [0], "adapt": {**small, "max_epochs": 2}})
-    r = run_experiment("resnet18", "pneumothorax-seg", "multiscale-probe", tiny_benchmark, tmp_path, folds=[0], mask_size=64, device="cpu",
-                       adapt={"layers": ["layer1", "layer2"], "lr": 1e-2, "max_epochs": 3, "loss_size": 32})
+    r = run_experiment(RunSpec.of("resnet18", "pneumothorax-seg", "multiscale-probe", tiny_benchmark, tmp_path, folds=[0], mask_size=64, device="cpu",
+                       adapt={"layers": ["layer1", "layer2"], "lr": 1e-2, "max_epochs": 3, "loss_size": 32}))
     assert {"dice", "iou", "pred_mask"} <= set(r["predictions"].columns) and r["results"].protocol.iloc[0] == "multiscale-probe"
     with pytest.raises(Exception, match="encoder must be one of"):
-        run_experiment("resnet18", "heart-seg", "e2e", tiny_benchmark, tmp_path)
+        run_experiment(RunSpec.of("resnet18", "heart-seg", "e2e", tiny_benchmark, tmp_path))
     with pytest.raises(Exception, match="is for segmentation"):
-        run_experiment("resnet18", "cardiomegaly-cls", "multiscale-probe", tiny_benchmark, tmp_path)
+        run_experiment(RunSpec.of("resnet18", "cardiomegaly-cls", "multiscale-probe", tiny_benchmark, tmp_path))
 
 
 def _encoders_to_check():

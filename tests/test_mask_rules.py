@@ -60,10 +60,11 @@ def test_default_rule_keeps_area_and_study_rule_shrinks_thin_structures():
         assert preprocess_mask(band, pcfg, rule="study").sum() / true < 0.97
 
 def test_run_records_its_rule(tmp_path):
-    from cxr_study.results import run_params
-    assert run_params("linear-probe", [0], 1, tmp_path)["mask_resize"] == "bilinear"
-    assert run_params("linear-probe", [0], 1, tmp_path, mask_resize="study")["mask_resize"] == "study"
-    assert run_params("linear-probe", [0], 1, tmp_path) != run_params("linear-probe", [0], 1, tmp_path, mask_resize="study")
+    from cxr_study.sweeps import RunSpec
+    params = lambda **o: RunSpec.of("resnet18", "heart-seg", data_dir=tmp_path, folds=[0], seed=1, **o).params()
+    assert params()["mask_resize"] == "bilinear"
+    assert params(mask_resize="study")["mask_resize"] == "study"
+    assert params() != params(mask_resize="study")
 
 def test_study_file_takes_the_rule_and_names_a_wrong_one():
     from cxr_study.core import CxrStudyError

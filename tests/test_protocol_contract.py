@@ -15,7 +15,7 @@ from cxr_study.heads.probes import fit_knn_probe
 from cxr_study.protocols import (PROTOCOLS, FoldFit, LinearProbe, applies, get_protocol, protocol_names,
                                  reference_names, register_protocol)
 from cxr_study.studyfile import validate_study
-from cxr_study.sweeps import check_protocol_contract, grid_runs, run_experiment
+from cxr_study.sweeps import RunSpec, check_protocol_contract, grid_runs, run_experiment
 from cxr_study.train.finetune import tiny_encoder
 
 SMALL_SEGFORMER = {"max_epochs": 1, "input_size": 64,
@@ -77,11 +77,11 @@ def test_every_registered_protocol_is_a_name_grids_studies_and_the_cli_take(name
 
 def test_a_pair_a_protocol_cannot_run_fails_before_any_work(tiny_benchmark, tmp_path):
     with pytest.raises(CxrStudyError, match="encoder must be one of"):
-        run_experiment("resnet18", "heart-seg", "e2e", tiny_benchmark, tmp_path)
+        run_experiment(RunSpec.of("resnet18", "heart-seg", "e2e", tiny_benchmark, tmp_path))
     with pytest.raises(CxrStudyError, match="is for segmentation"):
-        run_experiment("resnet18", "cardiomegaly-cls", "multiscale-probe", tiny_benchmark, tmp_path)
+        run_experiment(RunSpec.of("resnet18", "cardiomegaly-cls", "multiscale-probe", tiny_benchmark, tmp_path))
     with pytest.raises(CxrStudyError, match="unknown protocol"):
-        run_experiment("resnet18", "cardiomegaly-cls", "linear", tiny_benchmark, tmp_path)
+        run_experiment(RunSpec.of("resnet18", "cardiomegaly-cls", "linear", tiny_benchmark, tmp_path))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
@@ -103,14 +103,14 @@ def test_a_new_protocol_is_one_registration(tiny_benchmark, tmp_path):
             ("prior", "cardiomegaly-cls", "knn-probe"), ("raw-pixels", "cardiomegaly-cls", "knn-probe")]
         r = check_protocol_contract("knn-probe", "raw-pixels", "cardiomegaly-cls", tiny_benchmark, tmp_path, folds=[0, 1])
         assert set(r["results"].k) <= {10, 20, 100, 200}
-        lp = run_experiment("raw-pixels", "cardiomegaly-cls", "linear-probe", tiny_benchmark, tmp_path, folds=[0, 1])
+        lp = run_experiment(RunSpec.of("raw-pixels", "cardiomegaly-cls", "linear-probe", tiny_benchmark, tmp_path, folds=[0, 1]))
         assert np.array_equal(lp["predictions"].image_id, r["predictions"].image_id)  # the same test images, fold by fold
         validate_study({"data": str(tmp_path), "out": str(tmp_path / "o"), "encoders": ["raw-pixels"], "tasks": ["cardiomegaly-cls"],
                         "protocols": ["knn-probe"]})
         assert build_parser().parse_args(["grid", "--data", ".", "--out", ".", "--encoders", "raw-pixels",
                                           "--protocols", "knn-probe"]).protocols == ["knn-probe"]
         with pytest.raises(CxrStudyError, match="is for classification"):
-            run_experiment("raw-pixels", "heart-seg", "knn-probe", tiny_benchmark, tmp_path)
+            run_experiment(RunSpec.of("raw-pixels", "heart-seg", "knn-probe", tiny_benchmark, tmp_path))
     finally:
         PROTOCOLS.pop("knn-probe")
     assert "knn-probe" not in protocol_names()
