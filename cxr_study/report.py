@@ -237,7 +237,7 @@ def main_results(study:Study,
     rows, P = [], study.predictions
     for keys, g in study.results.groupby(list(RUN_KEYS), sort=True):
         kind = task_kind(keys[2])
-        p = P[(P[list(RUN_KEYS)] == pd.Series(dict(zip(RUN_KEYS, keys)))).all(1)]
+        p = P[(P[list(RUN_KEYS)] == pd.Series(dict(zip(RUN_KEYS, keys)))).all(axis=1)]
         for m in metrics_for(kind):
             v = g[m.name].dropna().to_numpy(float)
             ps = m.select(p); y, vals = m.inputs(ps)  # the rows and columns the metric table says it reads
@@ -728,7 +728,7 @@ def plot_tube_effects(tm:pd.DataFrame, # from shortcut_table (effect, estimate, 
     for ax, k in zip(axs[0], kinds):
         g = tm[tm.effect == k].reset_index(drop=True)
         y = np.arange(len(g))[::-1]
-        ok = g[["lo", "hi"]].notna().all(1).to_numpy()
+        ok = g[["lo", "hi"]].notna().all(axis=1).to_numpy()
         ax.axvline(0, color="0.4", ls="--", lw=1, zorder=0)
         ax.hlines(y[ok], g.lo[ok], g.hi[ok], color="k", lw=1.2)
         ax.plot(g.estimate, y, "s", color="firebrick", ms=5)

@@ -107,7 +107,7 @@ def plot_forest(table:pd.DataFrame, # rows with `diff`, `lo`, `hi` and a label c
     fig = _figure((5.2 + 0.07 * max((len(r) for n in names for r in n.split("\n")), default=0), 0.9 + 0.3 * lines * len(t)))
     ax = fig.add_subplot()
     y = np.arange(len(t))[::-1]
-    ok = t[["lo", "hi"]].notna().all(1).to_numpy()
+    ok = t[["lo", "hi"]].notna().all(axis=1).to_numpy()
     ax.axvline(0, color="0.5", ls="--", lw=1, zorder=0)
     ax.hlines(y[ok], t.lo[ok], t.hi[ok], color="k", lw=1.2)
     ax.plot(t["diff"], y, "s", color="navy", ms=5)
