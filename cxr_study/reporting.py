@@ -330,10 +330,10 @@ def _shortcut_sentence(T:dict) -> Finding|None:
     r = c.sort_values("q_diff", ascending=False).iloc[0]
     s = (f"**Chest tubes:** in the smallest quarter of pneumothoraces, {r.model} detected {_f3(r.q_with_tube)} of those with a chest tube and "
          f"{_f3(r.q_without_tube)} of those without (study's test over folds, {_p(r.p_study, None)}, unadjusted)")
+    tested = int(sc.p.notna().sum())  # runs whose tube effect could be estimated (Holm's family)
     if not pd.isna(r.estimate):
         s += (f"; over all sizes, its sensitivity with a tube differed by {_f3(r.estimate)} ({_ci(r.lo, r.hi)}; adjusted for size and fold, "
-              f"GEE clustered by patient, {_p(r.p_holm)} over {int(sc.p.notna().sum())} runs)")
-    tested = int(sc.p.notna().sum())
+              f"GEE clustered by patient, {_p(r.p_holm)} over {tested} runs)")
     s += f"; {int(sc.flagged.astype(bool).sum())} of {len(sc)} runs flagged" + (f" ({tested} testable)" if tested != len(sc) else "")
     return Finding(s + ".", ["shortcut"], "shortcut")
 
