@@ -24,6 +24,7 @@ from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from .results import name_slug, run_path
 from .data.cohorts import get_task
+from .data.prepare import require_index
 from .protocols import run_protocol
 from .studyfile import SlurmCfg, StudyCfg, expand_study
 from .sweeps import RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
@@ -353,6 +354,7 @@ def run_study(cfg:StudyCfg, # a validated study (`load_study`)
              ) -> pd.DataFrame|Path|list: # local/inline: the status table; slurm: the sbatch script, or the submitted jobs
     "Execute every incomplete run of a study."
     specs = expand_study(cfg)
+    for d in sorted({str(s.data_dir) for s in specs if not s.complete()}): require_index(d, "the study's data folder")  # before any run
     for out in sorted({Path(s.out_dir) for s in specs}): remove_stale_temporaries(out)  # what killed writers left
     ex = cfg.executor
     if ex.kind == "slurm":

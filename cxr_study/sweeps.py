@@ -20,6 +20,7 @@ import cxr_study
 from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
 from .data.cohorts import get_task, split_masks
 from .data.index import read_index
+from .data.prepare import require_index
 from .data.rle import chexmask_rle_decode, chexmask_rle_encode
 from .encoders.registry import cfg_at_size, encoder_record, get_encoder_cfg
 from .metrics import dice_iou
@@ -229,7 +230,10 @@ class FoldsRun:
 class Folds(ExperimentKind):
     "The registered protocols over the folds: the protocol prepares once and fits and predicts each test fold."
     name = "folds"
-    def check(self, spec): return check_run(spec)
+    def check(self, spec):
+        checked = check_run(spec)
+        require_index(spec.data_dir)  # a folder never prepared: the file looked for and the command that writes it
+        return checked
     def prepare(self, spec, checked, cache_dir=None):
         proto, cfg, t = checked
         run = run_context(spec, cfg, t, cache_dir)
