@@ -27,12 +27,12 @@ from .data.cohorts import get_task
 from .data.prepare import require_index
 from .protocols import run_protocol
 from .studyfile import SlurmCfg, StudyCfg, expand_study
-from .sweeps import RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
+from .sweeps import STATUS_FILE, RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
 
 # %% auto #0
-__all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs',
-           'run_grid', 'slurm_minutes', 'write_slurm_jobs', 'RunJob', 'submit_slurm', 'run_study', 'run_timings',
-           'time_budget', 'report_timings']
+__all__ = ['STATUS_COLUMNS', 'WATCH_SECONDS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots',
+           'running_postfix', 'run_local', 'grid_specs', 'run_grid', 'slurm_minutes', 'write_slurm_jobs', 'RunJob',
+           'submit_slurm', 'run_study', 'run_timings', 'time_budget', 'report_timings']
 
 # %% ../nbs/api/70b_executors.ipynb #9400c953
 STATUS_COLUMNS = ["encoder", "task", "protocol", "status", "seconds", "message"]
@@ -194,6 +194,27 @@ def _run_in_worker(spec:RunSpec, env:dict, notebooks:bool, wait:bool, procs:dict
     return dict(encoder=spec.name, task=spec.task, protocol=spec.protocol, status="failed", seconds=0.0,
                 message=f"{why}{': ' + last[-1] if last else ''}; run the same command again to redo it")
 
+WATCH_SECONDS = 1.0 # how often the pool's bar shows the workers' latest lines
+
+def running_postfix(running:dict, # run label -> its folder
+                   ) -> str:
+    "The pool bar's postfix: each running run with the latest line it said (`say_status`: its epoch or fold)."
+    parts = []
+    for label, path in sorted(running.items()):
+        try: line = (Path(path)/STATUS_FILE).read_text().strip()
+        except OSError: line = ""
+        parts.append(f"{label}: {line}" if line else label)
+    return "; ".join(parts)[:200]
+
+def _watch_runs(bar, running:dict, guard, stop:threading.Event) -> None:
+    "Show the workers' latest lines on the pool's bar until `stop` is set."
+    shown = None
+    while True:
+        with guard: now = dict(running)
+        text = running_postfix(now)
+        if text != shown: bar.set_postfix_str(text); shown = text
+        if stop.wait(WATCH_SECONDS): return
+
 def run_local(specs:list[RunSpec], # the runs
               workers:int|str="auto", # runs at once; "auto": one per visible GPU, else 1
               devices:list|None=None, # GPU indices to use (default: all visible)
@@ -210,15 +231,16 @@ def run_local(specs:list[RunSpec], # the runs
         if s.complete(): status[s.key] = dict(encoder=s.name, task=s.task, protocol=s.protocol, status="skipped (complete)", seconds=0.0, message="")
         else: todo.append(s)
     bar = progress(None, desc="runs", total=len(todo), disable=None if show_progress else True)
-    free, running, procs, guard = list(range(len(slots))), set(), {}, threading.Lock()
+    free, running, procs, guard = list(range(len(slots))), {}, {}, threading.Lock()
+    stop = threading.Event()
+    if not getattr(bar, "disable", True): threading.Thread(target=_watch_runs, args=(bar, running, guard, stop), daemon=True).start()
     kernel = WarmKernel() if in_process and notebooks else None  # one kernel for this process's notebooks
     def one(spec, wait):
-        with guard: slot = free.pop(); running.add(spec.label)
-        if hasattr(bar, "set_postfix_str"): bar.set_postfix_str(", ".join(sorted(running))[:120])
+        with guard: slot = free.pop(); running[spec.label] = spec.path
         try:
             return execute_run(spec, notebooks, wait, kernel) if in_process else _run_in_worker(spec, slots[slot], notebooks, wait, procs)
         finally:
-            with guard: free.append(slot); running.discard(spec.label)
+            with guard: free.append(slot); running.pop(spec.label, None)
     try:
         for wait, batch in ((False, todo), (True, None)):
             if batch is None: batch = [s for s in todo if status[s.key]["status"] == "busy"]  # their owners may have died
@@ -236,7 +258,7 @@ def run_local(specs:list[RunSpec], # the runs
         for p in list(procs.values()): p.terminate()
         raise
     finally:
-        bar.close()
+        stop.set(); bar.close()
         if kernel is not None: kernel.close()
     return pd.DataFrame([status[s.key] for s in specs], columns=STATUS_COLUMNS)
 

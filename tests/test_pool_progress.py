@@ -4,7 +4,9 @@ import threading
 
 import pytest
 
-from cxr_study.core import epoch_line, say_status, status_to
+import re
+
+from cxr_study.core import epoch_line, say_status, status_to, status_unit
 
 
 def test_a_run_says_its_lines_to_its_status_file_and_removes_it(tmp_path, monkeypatch):
@@ -14,8 +16,9 @@ def test_a_run_says_its_lines_to_its_status_file_and_removes_it(tmp_path, monkey
     with status_to(f):
         line = epoch_line("segmentation probe", 3, 10, train_loss=0.5, val_loss=0.25)
         assert f.read_text() == line + "\n" == "segmentation probe: epoch 3/10: train loss 0.5, val loss 0.25\n"
-        say_status("fold 0 done (1/5)")
-        assert f.read_text() == "fold 0 done (1/5)\n"
+        status_unit("fold 2 (3/5)")  # the run's units name themselves: the lines after are theirs
+        say_status("fine-tuning: epoch 1/30")
+        assert f.read_text() == "fold 2 (3/5): fine-tuning: epoch 1/30\n"
     assert not f.exists()
     assert not (tmp_path / "nowhere").exists()
 
@@ -52,7 +55,7 @@ def test_worker_processes_epochs_reach_the_pool_bar(tiny_benchmark, tmp_path, mo
     st = ex.run_local(specs, workers=2, devices=[], notebooks=False)  # two worker processes
     assert set(st.status) == {"done"}, st
     seen = "\n".join(bar.postfixes)
-    assert "raw-pixels / heart-seg / linear-probe: segmentation probe: epoch " in seen, seen[:2000]
-    assert "fold 0 done (1/2)" in seen, seen[:2000]
+    # the run's label, the fold it is in, and the epoch its worker process just finished
+    assert re.search(r"raw-pixels / heart-seg / linear-probe: fold [01] \([12]/2\): segmentation probe: epoch \d+/40: train loss", seen), seen[:2000]
     assert bar.n == 2  # both runs counted
     assert not list(tmp_path.rglob(".progress.tmp"))  # each run removed its status file
