@@ -525,15 +525,16 @@ def status_to(path:str|Path|None, # a file the pool running this run reads (None
         _RUN_STATUS.update(before)
 
 def status_unit(unit:str) -> None:
-    "Name the unit the run is in (`fold 2 (3/5)`): each line `say_status` writes next starts with it."
+    "Name the unit the run is in (`fold 2 (3/5)`), said at once: each line `say_status` writes next starts with it."
     _RUN_STATUS["unit"] = unit
+    say_status("")
 
 def say_status(line:str) -> None:
     "The running run's latest line, for the bar of the pool that runs it (nothing outside `status_to`)."
     p = _RUN_STATUS["path"]
     if p is None: return
     try:
-        p.parent.mkdir(parents=True, exist_ok=True); p.write_text(f"{_RUN_STATUS['unit']}: {line}\n" if _RUN_STATUS["unit"] else line + "\n")
+        p.parent.mkdir(parents=True, exist_ok=True); p.write_text(": ".join(s for s in (_RUN_STATUS["unit"], line) if s) + "\n")
     except OSError: pass  # a line on a progress bar is never a reason to fail a run
 
 def epoch_line(desc:str, # what is trained ("segmentation probe", "fine-tuning")

@@ -252,7 +252,9 @@ def run_local(specs:list[RunSpec], # the runs
                 results = ((futs[f], f.result()) for f in as_completed(futs))
             for s, r in results:
                 status[s.key] = r
-                if r["status"] != "busy": bar.update(1)
+                if r["status"] != "busy":
+                    with guard: now = dict(running)
+                    bar.set_postfix_str(running_postfix(now), refresh=False); bar.update(1)  # the runs still running, at once
             if not in_process: pool.shutdown()
     except KeyboardInterrupt:
         for p in list(procs.values()): p.terminate()

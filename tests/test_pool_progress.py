@@ -16,7 +16,8 @@ def test_a_run_says_its_lines_to_its_status_file_and_removes_it(tmp_path, monkey
     with status_to(f):
         line = epoch_line("segmentation probe", 3, 10, train_loss=0.5, val_loss=0.25)
         assert f.read_text() == line + "\n" == "segmentation probe: epoch 3/10: train loss 0.5, val loss 0.25\n"
-        status_unit("fold 2 (3/5)")  # the run's units name themselves: the lines after are theirs
+        status_unit("fold 2 (3/5)")  # the run's units name themselves at once (a reference that trains nothing too): the lines after are theirs
+        assert f.read_text() == "fold 2 (3/5)\n"
         say_status("fine-tuning: epoch 1/30")
         assert f.read_text() == "fold 2 (3/5): fine-tuning: epoch 1/30\n"
     assert not f.exists()
@@ -36,7 +37,7 @@ class RecordingBar:
     "What the pool does to its bar, recorded (a tqdm's methods that run_local calls)."
     disable = False
     def __init__(self, *a, **kw): self.postfixes, self.n, self.lock = [], 0, threading.Lock()
-    def set_postfix_str(self, s):
+    def set_postfix_str(self, s, refresh=True):
         with self.lock: self.postfixes.append(s)
     def update(self, k=1): self.n += k
     def close(self): pass
