@@ -20,7 +20,7 @@ from .core import CxrStudyError, STUDY_SEED, available_cores, read_json, write_j
 from .data.adapters import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, format_problems, label_counts
 from .data.cohorts import TASKS
 from .data.index import MASK_TARGETS
-from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset
+from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset, require_index
 from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from .encoders.hub import describe_encoder
 from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
@@ -355,6 +355,9 @@ def cmd_plan(a) -> int:
     cfg = study_from_args(a)
     print(format_plan(plan_study(cfg, epochs=getattr(a, "epochs", 30), utilisation=getattr(a, "utilisation", 0.4),
                                  gpus=getattr(a, "gpus", None)), cfg.name, str(Path(cfg.out).absolute())))
+    for d in sorted({str(s.data_dir) for s in expand_study(cfg)}):  # a plan before the data is prepared: what to run first
+        try: require_index(d, then="the image counts above are the published study's cohort sizes")
+        except CxrStudyError as e: print(f"note: {e}")
     return 0
 
 # %% ../nbs/api/71_cli.ipynb #467c1f42

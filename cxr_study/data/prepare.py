@@ -375,6 +375,7 @@ def prepare_dataset(dataset:str, # a registered adapter
 # %% ../../nbs/api/08f_data.prepare.ipynb #b5852b2f
 def require_index(data_dir:str|Path, # a prepared dataset folder
                   what:str="the data folder", # how the message names the folder, e.g. "--data"
+                  then:str="nothing was run", # what the message ends with: what follows from the missing index
                  ) -> Path: # its index.parquet
     "The prepared index of a data folder, or a `CxrStudyError` naming the file looked for and the `cxr-study prepare` that writes it."
     d = Path(data_dir); idx = d/"index.parquet"
@@ -383,4 +384,4 @@ def require_index(data_dir:str|Path, # a prepared dataset folder
     elif d.is_dir() and any(d.iterdir()): how = f"cxr-study prepare DATASET --root {d} --out PREPARED_FOLDER"  # a dataset as downloaded
     else: how = f"cxr-study prepare DATASET --root RAW_FOLDER --out {d}"
     raise CxrStudyError(f"{idx}: no such file; {what} must be a prepared dataset (it holds index.parquet). Write it with: {how} "
-                        f"(DATASET: {', '.join(sorted(ADAPTERS))}); nothing was run")
+                        f"(DATASET: {', '.join(sorted(ADAPTERS))}); {then}")
