@@ -6,17 +6,21 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
+
+import yaml
 
 import cxr_study
 from .core import CxrStudyError, STUDY_SEED, available_cores, read_json, write_json
 from .data.adapters import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, format_problems, label_counts
 from .data.cohorts import TASKS
 from .data.index import MASK_TARGETS
-from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset
+from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset, require_index
 from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from .encoders.hub import describe_encoder
 from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
@@ -27,13 +31,14 @@ from .protocols import get_protocol, protocol_names, reference_names
 from .report import build_report, copy_report
 from .reporting import write_study_outputs
 from .studyfile import expand_study, load_study, shipped_study, study_out
-from .study.options import RunOptions, add_option_flags, option_applies, option_names, options_from_args
+from .study.options import RunOptions, add_option_flags, parse_json, option_applies, option_names, options_from_args
 from .sweeps import RunSpec, run_experiment
 
 # %% auto #0
 __all__ = ['TASK_NAMES', 'DEMO_PROBE', 'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare',
-           'build_parser', 'cmd_report', 'cmd_synthetic', 'study_from_args', 'cmd_plan', 'download_study_weights',
-           'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'cmd_run', 'cmd_encoders', 'main']
+           'parse_sets', 'build_parser', 'cmd_report', 'cmd_synthetic', 'study_from_args', 'cmd_plan',
+           'download_study_weights', 'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'run_options_from_args', 'cmd_run',
+           'cmd_encoders', 'main']
 
 # %% ../nbs/api/71_cli.ipynb #39f94b44
 def add_prepare_arguments(parser:argparse.ArgumentParser) -> None:
@@ -102,18 +107,34 @@ TASK_NAMES = tuple(TASKS) # the registered tasks (`cxr_study.data.cohorts.TASKS`
 DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
 
 def _add_common(p, data=True):
-    if data: p.add_argument("--data", required=True, type=Path, help="prepared dataset folder (holds index.parquet)")
-    p.add_argument("--out", required=True, type=Path, help="study output folder")
-    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds to run (default: all five)")
-    p.add_argument("--seed", type=int, default=STUDY_SEED, help="seed for cohorts, folds, random-init weights and training")
-    add_option_flags(p)  # --pretrained, --device, --mask-size, --probe, --adapt, ...: one per field of RunOptions
+    "`run`'s flags, in groups: data and output, folds and seed, run options."
+    g = p.add_argument_group("data and output")
+    if data: g.add_argument("--data", required=True, type=Path, help="prepared dataset folder (holds index.parquet)")
+    g.add_argument("--out", required=True, type=Path, help="study output folder")
+    g = p.add_argument_group("folds and seed")
+    g.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="test folds to run (default: all five)")
+    g.add_argument("--seed", type=int, default=STUDY_SEED, help="seed for cohorts, folds, random-init weights and training")
+    g = p.add_argument_group("run options", "each a field of RunOptions; --set NAME=VALUE sets one too, a dotted NAME one entry of a "
+                             "nested setting (--set probe.lr=0.01), the value in YAML")
+    add_option_flags(g)  # --pretrained, --device, --mask-size, --probe, --adapt, ...: one per field of RunOptions
+    g.add_argument("--set", dest="set", action="append", default=None, metavar="NAME=VALUE", help="a run option (repeatable)")
 
-def _add_study_flags(p):
-    "The study of `grid` and `plan`: a study file, and flags that override it (a flag not given leaves the file's value)."
-    a = p.add_argument
+def _add_study_flags(p) -> dict:
+    "The study of `grid` and `plan`, in groups: a study file, and flags that override it (a flag not given leaves the file's value)."
+    gs = {k: p.add_argument_group(k, d) for k, d in (
+        ("study", "a study file, and any of its settings by key"), ("data and output", None),
+        ("encoders, tasks, protocols", None),
+        ("run options", "over the study file's settings; each is set for every protocol of the study that takes it"),
+        ("execution", None), ("slurm", "each task of the array job"), ("report", None))}
+    a = gs["study"].add_argument
     a("--config", type=Path, default=None, metavar="STUDY.yaml", help="a study file, e.g. studies/paper.yaml; flags override its values")
+    a("--set", dest="set", action="append", default=None, metavar="KEY=VALUE",
+      help="a study-file setting by its dotted key, the value in YAML, over the file (repeatable; the other flags go over it), "
+           "e.g. --set report.n_boot=500 --set settings.linear-probe.probe.lr=0.01 --set 'folds=[0, 1]'")
+    a = gs["data and output"].add_argument
     a("--data", type=Path, default=None, help="prepared dataset folder (holds index.parquet), for every task")
     a("--out", type=Path, default=None, help="study output folder")
+    a = gs["encoders, tasks, protocols"].add_argument
     a("--encoders", nargs="+", default=None, help="registry names or models by id (timm/<model>, hf-hub:<org>/<name>, "
       "open_clip:<arch>/<tag>, a local folder; quote an id with ?overrides); add 'prior' for the floor reference")
     a("--compare-with", nargs="+", default=None, metavar="STUDY|ENCODER",
@@ -124,16 +145,31 @@ def _add_study_flags(p):
       help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
     a("--folds", type=int, nargs="+", default=None, help="test folds to run (default: all five)")
     a("--seed", dest="seeds", type=int, nargs="+", default=None, help="seed(s) (default: the study's, 5656); several: one study folder per seed")
-    add_option_flags(p)  # the run options, over the study file's: a settings flag applies to every protocol it applies to
+    add_option_flags(gs["run options"])
+    a = gs["execution"].add_argument
     a("--executor", choices=("local", "papermill", "inline", "slurm"), default=None,
       help="local (default; papermill is its old name): a pool of workers running the papermill template; inline: this process, "
            "no notebooks; slurm: an array job, written to <out>/slurm/ (--submit submits it)")
     a("--workers", default=None, help="local: runs at once, or auto (one per visible GPU, else 1)")
     a("--devices", type=int, nargs="+", default=None, help="local: GPU indices to use (default: all visible)")
-    for flag in ("partition", "account", "qos", "time", "gres", "mem"):
-        a(f"--{flag}", default=None, help=f"slurm: --{flag} of each task")
+    a = gs["slurm"].add_argument
+    for flag in ("partition", "account", "qos", "time", "gres", "mem"): a(f"--{flag}", default=None, help=f"slurm: --{flag} of each task")
     a("--cpus-per-task", type=int, default=None, help="slurm: --cpus-per-task of each task")
     a("--max-parallel", type=int, default=None, help="slurm: at most this many tasks at once")
+    return gs
+
+def parse_sets(items:list|None, # the `--set KEY=VALUE` strings of a command line
+              ) -> dict: # key -> value
+    "`--set KEY=VALUE` overrides, each value parsed as YAML (`0.01`, `[0, 1]`, `{lr: 0.01}`, `false`)."
+    out = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip(): raise CxrStudyError(f"--set {item!r}: give KEY=VALUE, e.g. --set report.n_boot=500")
+        try: value = yaml.safe_load(text)
+        except yaml.YAMLError as e: raise CxrStudyError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        if value is None: raise CxrStudyError(f"--set {item!r}: no value (to keep the default, leave the key out)")
+        out[key.strip()] = value
+    return out
 
 def _add_report_flags(p):
     p.add_argument("--no-report", dest="report", action="store_false", help="skip the study report at the end")
@@ -187,21 +223,24 @@ def _add_run_commands(sub):
     g = sub.add_parser("grid", help="run a study: a study file or flags, on every GPU of this machine or as a Slurm array",
                        description="Run every run of a study not yet complete (a study file, --config, with flags overriding it; "
                                    "or flags alone), then summarise and build the report. Locks let several grids share one folder.")
-    _add_study_flags(g)
-    g.add_argument("--dry-run", action="store_true", help="print the plan (runs, compute, disk) and stop, as `cxr-study plan`")
-    g.add_argument("--submit", action="store_true", help="slurm: submit through submitit (default: write the jobs and say how to submit)")
-    g.add_argument("--download", action="store_true", help="first fetch each encoder's weights into the Hugging Face cache (needs a network; HF_TOKEN for gated models)")
-    g.add_argument("--no-report", dest="report", action="store_const", const=False, default=None, help="skip the study report at the end")
-    g.add_argument("--n-boot", type=int, default=None, help="report: bootstrap replicates (default: 2000)")
-    g.add_argument("--n-perm", type=int, default=None, help="report: permutations for the paired tests (default: 2000)")
+    gs = _add_study_flags(g)
+    x = gs["execution"].add_argument
+    x("--dry-run", action="store_true", help="print the plan (runs, compute, disk) and stop, as `cxr-study plan`")
+    x("--submit", action="store_true", help="slurm: submit through submitit (default: write the jobs and say how to submit)")
+    x("--download", action="store_true", help="first fetch each encoder's weights into the Hugging Face cache (needs a network; HF_TOKEN for gated models)")
+    x = gs["report"].add_argument
+    x("--no-report", dest="report", action="store_const", const=False, default=None, help="skip the study report at the end")
+    x("--n-boot", type=int, default=None, help="bootstrap replicates (default: 2000)")
+    x("--n-perm", type=int, default=None, help="permutations for the paired tests (default: 2000)")
 
     pl = sub.add_parser("plan", help="what a study will run and cost: runs, FLOPs, GPU hours, disk",
                         description="Print the runs of a study (and which are complete), the compute they need (FLOPs per image of "
                                     "each encoder at its resolution x images x passes), the wall time on A100/H100/H200 GPUs, and the disk.")
     _add_study_flags(pl)
-    pl.add_argument("--epochs", type=int, default=30, help="epochs assumed for fine-tuning and end-to-end runs (default: 30)")
-    pl.add_argument("--utilisation", type=float, default=0.4, help="fraction of the GPUs' dense bf16 peak reached (default: 0.4)")
-    pl.add_argument("--gpus", type=int, default=None, help="GPUs working at once (default: the local pool's workers, or 1)")
+    x = pl.add_argument_group("cost model").add_argument
+    x("--epochs", type=int, default=30, help="epochs assumed for fine-tuning and end-to-end runs (default: 30)")
+    x("--utilisation", type=float, default=0.4, help="fraction of the GPUs' dense bf16 peak reached (default: 0.4)")
+    x("--gpus", type=int, default=None, help="GPUs working at once (default: the local pool's workers, or 1)")
 
     rc = sub.add_parser("run-cell", help="one run of a study, by its full settings (what each worker and Slurm task executes)",
                         description="Execute one run (a RunSpec as JSON, or entry --index of a jobs.json written for Slurm) unless it "
@@ -275,7 +314,8 @@ def cmd_synthetic(a:argparse.Namespace) -> Path:
 # %% ../nbs/api/71_cli.ipynb #7944947c
 def study_from_args(a:argparse.Namespace) -> "StudyCfg":
     "The study of a `grid` or `plan` command line: its study file (if any) with every given flag over it."
-    if a.config is None and (a.data is None or a.out is None or not a.encoders):
+    sets = parse_sets(getattr(a, "set", None))
+    if a.config is None and (sets.get("data", a.data) is None or sets.get("out", a.out) is None or not sets.get("encoders", a.encoders)):
         raise CxrStudyError("give a study file (--config STUDY.yaml) or at least --data, --out and --encoders")
     workers = a.workers if a.workers in (None, "auto") else _int(a.workers, "--workers")
     encoders = _compared(a) if getattr(a, "compare_with", None) else a.encoders
@@ -286,6 +326,7 @@ def study_from_args(a:argparse.Namespace) -> "StudyCfg":
          **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
     for key in ("report", "n_boot", "n_perm"):
         if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
+    o = {**sets, **{k: v for k, v in o.items() if v is not None}}  # the flags over --set, over the file
     return load_study(a.config, {**o, **_settings_flags(a, load_study(a.config, o))})
 
 def _settings_flags(a:argparse.Namespace, cfg) -> dict:
@@ -296,7 +337,6 @@ def _settings_flags(a:argparse.Namespace, cfg) -> dict:
 
 def _compared(a) -> list:
     "`--encoders` (or the study file's) followed by those of `--compare-with`: a shipped study's main encoders, or names."
-    import yaml
     base = a.encoders or ((yaml.safe_load(Path(a.config).read_text()) or {}).get("encoders") if a.config else None)
     if not base: raise CxrStudyError("--compare-with: name your encoders with --encoders (or in the study file)")
     out = list(base)
@@ -315,6 +355,9 @@ def cmd_plan(a) -> int:
     cfg = study_from_args(a)
     print(format_plan(plan_study(cfg, epochs=getattr(a, "epochs", 30), utilisation=getattr(a, "utilisation", 0.4),
                                  gpus=getattr(a, "gpus", None)), cfg.name, str(Path(cfg.out).absolute())))
+    for d in sorted({str(s.data_dir) for s in expand_study(cfg)}):  # a plan before the data is prepared: what to run first
+        try: require_index(d, then="the image counts above are the published study's cohort sizes")
+        except CxrStudyError as e: print(f"note: {e}")
     return 0
 
 # %% ../nbs/api/71_cli.ipynb #467c1f42
@@ -354,9 +397,10 @@ def cmd_grid(a) -> int:
 
 def cmd_run_cell(a) -> int:
     "Execute one run of a study: what each local worker and each Slurm array task does."
-    import json
     notebooks = True
-    if a.spec is not None: spec = json.loads(a.spec)
+    if a.spec is not None:
+        try: spec = json.loads(a.spec)
+        except ValueError as e: raise CxrStudyError(f"--spec: not valid JSON ({e})") from None
     elif a.jobs is not None and a.index is not None:
         jobs = read_json(a.jobs); runs = jobs["runs"]; notebooks = jobs.get("notebooks", True)
         if not 0 <= a.index < len(runs): raise CxrStudyError(f"{a.jobs}: no run {a.index} (it holds {len(runs)})")
@@ -419,9 +463,25 @@ def cmd_demo(a) -> int:
     return code
 
 # %% ../nbs/api/71_cli.ipynb #d6d1e5e1
+def run_options_from_args(a:argparse.Namespace) -> dict:
+    "`run`'s run options: its flags, with each `--set NAME=VALUE` over them (a dotted name sets one entry of a nested setting)."
+    opts, fields_by_name = options_from_args(a), {f.name: f for f in fields(RunOptions)}
+    for key, v in parse_sets(getattr(a, "set", None)).items():
+        top, *rest = key.split(".")
+        if top not in option_names():
+            close = difflib.get_close_matches(top, option_names(), n=1)
+            raise CxrStudyError(f"--set {key}: unknown run option{f'; did you mean {close[0]!r}?' if close else ''} "
+                                f"(valid: {', '.join(option_names())})")
+        if not rest: opts[top] = v; continue
+        if fields_by_name[top].metadata["arg"].get("type") is not parse_json: raise CxrStudyError(f"--set {key}: {top} is not a nested setting")
+        opts[top] = d = json.loads(json.dumps(opts.get(top) or {}))  # a copy: the flag's value stays as given
+        for k in rest[:-1]: d = d.setdefault(k, {})
+        d[rest[-1]] = v
+    return opts
+
 def cmd_run(a) -> int:
     enc = id_resolver().canonical(a.encoder) if is_encoder_id(a.encoder) else a.encoder  # an id as the study file files it
-    spec = RunSpec(enc, a.task, a.protocol, a.data, a.out, a.seed, a.folds, RunOptions(**options_from_args(a)))
+    spec = RunSpec(enc, a.task, a.protocol, a.data, a.out, a.seed, a.folds, RunOptions(**run_options_from_args(a)))
     w = spec.options.pretrained
     if getattr(a, "download", False) and enc not in reference_names() and (w is not False or is_encoder_id(enc)):
         print(f"{enc}: {download_weights(enc, w) or 'configuration only (pretrained: false)'}")
@@ -469,6 +529,9 @@ def main(argv:list|None=None) -> int:
         if a.command == "encoders": return cmd_encoders(a)
     except CxrStudyError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the command was pointed at: named, without a traceback
+        print(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: complete runs are kept; run the same command again to resume", file=sys.stderr)

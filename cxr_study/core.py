@@ -28,7 +28,8 @@ __all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'THREAD_VARS', 'WAI
            'clean_notebook', 'write_clean_notebook', 'file_lock', 'write_table', 'read_table', 'csv_records',
            'csv_lines', 'read_csv_text', 'expand_path', 'get_device', 'visible_devices', 'worker_devices',
            'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
-           'free_cores', 'threads_for_now', 'progress_off', 'progress', 'epoch_line']
+           'free_cores', 'threads_for_now', 'progress_off', 'progress', 'status_to', 'status_unit', 'say_status',
+           'epoch_line']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -510,6 +511,32 @@ def progress(it:Iterable, # what to iterate over
     else: return _line_progress()(it, desc=desc, total=total, disable=disable)
     return tqdm(it, desc=desc, total=total, disable=disable, dynamic_ncols=True)
 
+_RUN_STATUS:dict = {"path": None, "unit": ""} # the file the running run's latest line goes to (`status_to`), or None; the unit it is in
+
+@contextlib.contextmanager
+def status_to(path:str|Path|None, # a file the pool running this run reads (None: nowhere)
+             ):
+    "While a run runs, `say_status` lines (each training epoch's, each finished fold's) go to `path`; it is removed at the end."
+    before = dict(_RUN_STATUS)
+    _RUN_STATUS.update(path=Path(path) if path else None, unit="")
+    try: yield
+    finally:
+        if path: Path(path).unlink(missing_ok=True)
+        _RUN_STATUS.update(before)
+
+def status_unit(unit:str) -> None:
+    "Name the unit the run is in (`fold 2 (3/5)`), said at once: each line `say_status` writes next starts with it."
+    _RUN_STATUS["unit"] = unit
+    say_status("")
+
+def say_status(line:str) -> None:
+    "The running run's latest line, for the bar of the pool that runs it (nothing outside `status_to`)."
+    p = _RUN_STATUS["path"]
+    if p is None: return
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True); p.write_text(": ".join(s for s in (_RUN_STATUS["unit"], line) if s) + "\n")
+    except OSError: pass  # a line on a progress bar is never a reason to fail a run
+
 def epoch_line(desc:str, # what is trained ("segmentation probe", "fine-tuning")
                epoch:int, # the epoch just finished, counted from 1
                max_epochs:int|None=None, # the most epochs it may run
@@ -522,4 +549,5 @@ def epoch_line(desc:str, # what is trained ("segmentation probe", "fine-tuning")
     if not progress_off() and "ipykernel" not in sys.modules:  # an executed notebook would keep every line
         from tqdm.std import tqdm
         tqdm.write(line, file=sys.stderr)
+    say_status(line)  # the pool's bar shows it, also from a worker or a notebook's kernel
     return line

@@ -24,14 +24,15 @@ from .core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from .results import name_slug, run_path
 from .data.cohorts import get_task
+from .data.prepare import require_index
 from .protocols import run_protocol
 from .studyfile import SlurmCfg, StudyCfg, expand_study
-from .sweeps import RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
+from .sweeps import STATUS_FILE, RunSpec, experiment_kind, experiment_template, grid_runs, run_experiment
 
 # %% auto #0
-__all__ = ['STATUS_COLUMNS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots', 'run_local', 'grid_specs',
-           'run_grid', 'slurm_minutes', 'write_slurm_jobs', 'RunJob', 'submit_slurm', 'run_study', 'run_timings',
-           'time_budget', 'report_timings']
+__all__ = ['STATUS_COLUMNS', 'WATCH_SECONDS', 'run_lock', 'execute_run', 'WarmKernel', 'visible_gpus', 'pool_slots',
+           'running_postfix', 'run_local', 'grid_specs', 'run_grid', 'slurm_minutes', 'write_slurm_jobs', 'RunJob',
+           'submit_slurm', 'run_study', 'run_timings', 'time_budget', 'report_timings']
 
 # %% ../nbs/api/70b_executors.ipynb #9400c953
 STATUS_COLUMNS = ["encoder", "task", "protocol", "status", "seconds", "message"]
@@ -193,6 +194,27 @@ def _run_in_worker(spec:RunSpec, env:dict, notebooks:bool, wait:bool, procs:dict
     return dict(encoder=spec.name, task=spec.task, protocol=spec.protocol, status="failed", seconds=0.0,
                 message=f"{why}{': ' + last[-1] if last else ''}; run the same command again to redo it")
 
+WATCH_SECONDS = 1.0 # how often the pool's bar shows the workers' latest lines
+
+def running_postfix(running:dict, # run label -> its folder
+                   ) -> str:
+    "The pool bar's postfix: each running run with the latest line it said (`say_status`: its epoch or fold)."
+    parts = []
+    for label, path in sorted(running.items()):
+        try: line = (Path(path)/STATUS_FILE).read_text().strip()
+        except OSError: line = ""
+        parts.append(f"{label}: {line}" if line else label)
+    return "; ".join(parts)[:200]
+
+def _watch_runs(bar, running:dict, guard, stop:threading.Event) -> None:
+    "Show the workers' latest lines on the pool's bar until `stop` is set."
+    shown = None
+    while True:
+        with guard: now = dict(running)
+        text = running_postfix(now)
+        if text != shown: bar.set_postfix_str(text); shown = text
+        if stop.wait(WATCH_SECONDS): return
+
 def run_local(specs:list[RunSpec], # the runs
               workers:int|str="auto", # runs at once; "auto": one per visible GPU, else 1
               devices:list|None=None, # GPU indices to use (default: all visible)
@@ -209,15 +231,16 @@ def run_local(specs:list[RunSpec], # the runs
         if s.complete(): status[s.key] = dict(encoder=s.name, task=s.task, protocol=s.protocol, status="skipped (complete)", seconds=0.0, message="")
         else: todo.append(s)
     bar = progress(None, desc="runs", total=len(todo), disable=None if show_progress else True)
-    free, running, procs, guard = list(range(len(slots))), set(), {}, threading.Lock()
+    free, running, procs, guard = list(range(len(slots))), {}, {}, threading.Lock()
+    stop = threading.Event()
+    if not getattr(bar, "disable", True): threading.Thread(target=_watch_runs, args=(bar, running, guard, stop), daemon=True).start()
     kernel = WarmKernel() if in_process and notebooks else None  # one kernel for this process's notebooks
     def one(spec, wait):
-        with guard: slot = free.pop(); running.add(spec.label)
-        if hasattr(bar, "set_postfix_str"): bar.set_postfix_str(", ".join(sorted(running))[:120])
+        with guard: slot = free.pop(); running[spec.label] = spec.path
         try:
             return execute_run(spec, notebooks, wait, kernel) if in_process else _run_in_worker(spec, slots[slot], notebooks, wait, procs)
         finally:
-            with guard: free.append(slot); running.discard(spec.label)
+            with guard: free.append(slot); running.pop(spec.label, None)
     try:
         for wait, batch in ((False, todo), (True, None)):
             if batch is None: batch = [s for s in todo if status[s.key]["status"] == "busy"]  # their owners may have died
@@ -229,13 +252,15 @@ def run_local(specs:list[RunSpec], # the runs
                 results = ((futs[f], f.result()) for f in as_completed(futs))
             for s, r in results:
                 status[s.key] = r
-                if r["status"] != "busy": bar.update(1)
+                if r["status"] != "busy":
+                    with guard: now = dict(running)
+                    bar.set_postfix_str(running_postfix(now), refresh=False); bar.update(1)  # the runs still running, at once
             if not in_process: pool.shutdown()
     except KeyboardInterrupt:
         for p in list(procs.values()): p.terminate()
         raise
     finally:
-        bar.close()
+        stop.set(); bar.close()
         if kernel is not None: kernel.close()
     return pd.DataFrame([status[s.key] for s in specs], columns=STATUS_COLUMNS)
 
@@ -353,6 +378,7 @@ def run_study(cfg:StudyCfg, # a validated study (`load_study`)
              ) -> pd.DataFrame|Path|list: # local/inline: the status table; slurm: the sbatch script, or the submitted jobs
     "Execute every incomplete run of a study."
     specs = expand_study(cfg)
+    for d in sorted({str(s.data_dir) for s in specs if not s.complete()}): require_index(d, "the study's data folder")  # before any run
     for out in sorted({Path(s.out_dir) for s in specs}): remove_stale_temporaries(out)  # what killed writers left
     ex = cfg.executor
     if ex.kind == "slurm":

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, read_json, read_table, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED, read_json, read_table, status_to, status_unit, write_json, write_table
 from .data.cohorts import get_task, split_masks
 from .data.index import read_index
+from .data.prepare import require_index
 from .data.rle import chexmask_rle_decode, chexmask_rle_encode
 from .encoders.registry import cfg_at_size, encoder_record, get_encoder_cfg
 from .metrics import dice_iou
@@ -29,9 +30,9 @@ from .results import (EMPTY_MASK_SCORE, SUBGROUP_COLUMNS, check_predictions, che
 from .study.options import RunOptions
 
 # %% auto #0
-__all__ = ['EXPERIMENT_KINDS', 'RunSpec', 'seg_columns', 'fold_predictions', 'check_run', 'run_context', 'task_cohort',
-           'run_fold', 'ExperimentKind', 'register_experiment_kind', 'experiment_kind', 'run_experiment', 'FoldsRun',
-           'Folds', 'experiment_template', 'grid_runs', 'check_protocol_contract']
+__all__ = ['EXPERIMENT_KINDS', 'STATUS_FILE', 'RunSpec', 'seg_columns', 'fold_predictions', 'check_run', 'run_context',
+           'task_cohort', 'run_fold', 'ExperimentKind', 'register_experiment_kind', 'experiment_kind', 'run_experiment',
+           'FoldsRun', 'Folds', 'experiment_template', 'grid_runs', 'check_protocol_contract']
 
 # %% ../nbs/api/70_sweeps.ipynb #01cfea31
 @dataclass(frozen=True)
@@ -186,10 +187,13 @@ def _resume(partial:Path, params:dict) -> dict:
         if r.exists(): done[k] = (read_table(r), read_table(p), None)
     return done
 
+STATUS_FILE = ".progress.tmp" # in the run's folder while it runs: its latest line (a .tmp: what a killed run leaves is cleaned)
+
 def _units(kind:ExperimentKind, spec:RunSpec, state, done:dict) -> dict:
     "Run the units not done yet (keeping each in partial/ for a resumable kind): fold -> (results, predictions, weights)."
     for k in spec.folds:
         if k in done: continue
+        status_unit(f"fold {k} ({spec.folds.index(k) + 1}/{len(spec.folds)})")  # the pool's bar: which fold the epochs are of
         done[k] = kind.run_unit(state, k)
         if kind.resumable:
             write_table(done[k][1], spec.path/"partial"/f"fold{k}.parquet"); write_table(done[k][0], spec.path/"partial"/f"fold{k}.csv")
@@ -207,8 +211,9 @@ def run_experiment(spec:RunSpec, # the run: encoder, task, protocol, data, study
     (spec.path/"run.json").unlink(missing_ok=True)  # from here on, the run is not complete until it finishes
     if overwrite and kind.resumable: shutil.rmtree(spec.path/"partial", ignore_errors=True)
     done = _resume(spec.path/"partial", spec.params()) if kind.resumable else {}
-    state = kind.prepare(spec, checked, cache_dir)
-    done, weights = _units(kind, spec, state, done), kind.weights(state)
+    with status_to(spec.path/STATUS_FILE):  # each epoch's and fold's line, for the bar of the pool running this run
+        state = kind.prepare(spec, checked, cache_dir)
+        done, weights = _units(kind, spec, state, done), kind.weights(state)
     for k in spec.folds: weights = done[k][2] or weights  # training may find the tag (fine-tuning)
     write_run(spec.out_dir, {"encoder": spec.name, "weights": weights, "task": spec.task, "protocol": spec.protocol},  # run.json last
               pd.concat([done[k][0] for k in spec.folds], ignore_index=True), pd.concat([done[k][1] for k in spec.folds], ignore_index=True),
@@ -229,7 +234,10 @@ class FoldsRun:
 class Folds(ExperimentKind):
     "The registered protocols over the folds: the protocol prepares once and fits and predicts each test fold."
     name = "folds"
-    def check(self, spec): return check_run(spec)
+    def check(self, spec):
+        checked = check_run(spec)
+        require_index(spec.data_dir)  # a folder never prepared: the file looked for and the command that writes it
+        return checked
     def prepare(self, spec, checked, cache_dir=None):
         proto, cfg, t = checked
         run = run_context(spec, cfg, t, cache_dir)

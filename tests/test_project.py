@@ -51,7 +51,7 @@ def test_experiment_templates_have_one_tagged_parameters_cell():
         nb = json.loads(nb_path.read_text())
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, nb_path
-        assert {"encoder", "task", "protocol", "folds", "seed", "data_dir", "out_dir"} <= set(re.findall(r"^(\w+) =", "".join(tagged[0]["source"]), flags=re.M))
+        assert {"encoder", "task", "protocol", "folds", "seed", "data_dir", "out_dir"} <= set(re.findall(r"^(\w+)(?::[^=]+)? =", "".join(tagged[0]["source"]), flags=re.M))
 
 
 def test_experiment_template_runs_under_papermill(tiny_benchmark, tmp_path):

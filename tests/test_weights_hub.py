@@ -282,7 +282,7 @@ def test_release_not_on_the_hub_names_the_request_form(hf_cache, fake_hub):
     for f in (lambda: download_weights("ark-plus"), lambda: create_encoder("ark-plus", pretrained=True)):
         with pytest.raises(CxrStudyError) as e: f()
         assert "request form" in str(e.value) and "https://forms.gle/" in str(e.value)
-        assert "pass pretrained=" in str(e.value)
+        assert "--pretrained PATH" in str(e.value)  # how a user gives the file, in the command line's and the study file's words
     assert fake_hub["calls"] == []
 
 

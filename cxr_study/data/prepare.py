@@ -31,7 +31,8 @@ from .synthetic import index_synthetic
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'AdapterCfg', 'register_adapter', 'get_adapter', 'index_dataset', 'cache_name', 'process_image',
-           'run_images', 'verify_index', 'build_image_cache', 'default_workers', 'PrepareCfg', 'prepare_dataset']
+           'run_images', 'verify_index', 'build_image_cache', 'default_workers', 'PrepareCfg', 'prepare_dataset',
+           'require_index']
 
 # %% ../../nbs/api/08f_data.prepare.ipynb #364ce1fd
 @dataclass(frozen=True)
@@ -370,3 +371,17 @@ def prepare_dataset(dataset:str, # a registered adapter
     idx, final = _check_images(idx, cfg, root, out, problems, log)
     _write_prepared(dataset, root, out, cfg, idx, final, problems, t0)
     return final, problems
+
+# %% ../../nbs/api/08f_data.prepare.ipynb #b5852b2f
+def require_index(data_dir:str|Path, # a prepared dataset folder
+                  what:str="the data folder", # how the message names the folder, e.g. "--data"
+                  then:str="nothing was run", # what the message ends with: what follows from the missing index
+                 ) -> Path: # its index.parquet
+    "The prepared index of a data folder, or a `CxrStudyError` naming the file looked for and the `cxr-study prepare` that writes it."
+    d = Path(data_dir); idx = d/"index.parquet"
+    if idx.is_file(): return idx
+    if (d/"synthetic.json").is_file(): how = f"cxr-study prepare synthetic --root {d} --out {d.parent/'prepared'}"  # a raw synthetic benchmark
+    elif d.is_dir() and any(d.iterdir()): how = f"cxr-study prepare DATASET --root {d} --out PREPARED_FOLDER"  # a dataset as downloaded
+    else: how = f"cxr-study prepare DATASET --root RAW_FOLDER --out {d}"
+    raise CxrStudyError(f"{idx}: no such file; {what} must be a prepared dataset (it holds index.parquet). Write it with: {how} "
+                        f"(DATASET: {', '.join(sorted(ADAPTERS))}); {then}")

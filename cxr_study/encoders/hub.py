@@ -405,7 +405,7 @@ def _timm_registry_source(eid:EncoderId) -> IdSource:
     return IdSource(eid, "timm", {"name": f"{arch}.{pc.tag}" if pc.tag else arch}, repo=repo,
                     files=("model.safetensors", "pytorch_model.bin"), weights_file=pc.hf_hub_filename, license=pc.license or "",
                     paper=", ".join(pc.paper_ids) if isinstance(pc.paper_ids, (list, tuple)) else (pc.paper_ids or pc.origin_url or ""),
-                    how_to_obtain="" if repo else f"timm's release is not on the hub: download {pc.url} and pass pretrained=<that file>.")
+                    how_to_obtain="" if repo else f"timm's release is not on the hub: download {pc.url} and give that file with --pretrained PATH (pretrained: PATH in a study file).")
 
 def _open_clip_registry_source(eid:EncoderId) -> IdSource:
     import difflib, open_clip
@@ -424,7 +424,7 @@ def _open_clip_registry_source(eid:EncoderId) -> IdSource:
                                        "where": f"open_clip pretrained tag {tag}" if tag else "", "quick_gelu": qg,
                                        "quick_gelu_from": "the pretrained tag's quick_gelu" if "quick_gelu" in pc else "open_clip model config"},
                     repo=repo, files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), weights_file=fname or None,
-                    how_to_obtain="" if repo or not tag else f"the weights of this tag are at {pc.get('url')}: download them and pass pretrained=<that file>.")
+                    how_to_obtain="" if repo or not tag else f"the weights of this tag are at {pc.get('url')}: download them and give that file with --pretrained PATH (pretrained: PATH in a study file).")
 
 def _folder_source(eid:EncoderId, folder:Path, repo:str|None) -> IdSource:
     "An id's source from a folder in OpenCLIP's, timm's or transformers' layout (checked in that order)."

@@ -156,7 +156,7 @@ def missing_weights_error(name:str, # registry name
                          ) -> CxrStudyError:
     "The error raised when pretrained weights are not available locally."
     return CxrStudyError(" ".join(s for s in (f"pretrained weights for {name!r} not found: {what}.", how_to_obtain,
-                                              "Or pass pretrained=<local file or folder>.") if s))
+                                              "Or give a local file or folder: --pretrained PATH (pretrained: PATH in a study file).") if s))
 
 def hub_repo_id(name:str, # registry name, for messages
                 weights, # the entry's `WeightsCfg`
@@ -214,7 +214,7 @@ def hf_cached_file(repo_id:str, # e.g. "nvidia/segformer-b4-finetuned-ade-512-51
     if p is None:
         raise CxrStudyError(f"pretrained weights not found: {repo_id}/{filename} is not in the local Hugging Face cache "
                             f"{hf_cache_dir()}. " + (how_to_obtain or f"Get it with `hf download {repo_id} {filename}` "
-                            "where the hub is reachable and copy that cache folder here, or pass pretrained=<local path>."))
+                            "where the hub is reachable and copy that cache folder here, or give a local file or folder: --pretrained PATH (pretrained: PATH in a study file)."))
     return p
 
 # %% ../../nbs/api/10a_encoders.weights.ipynb #820a59de
@@ -299,7 +299,7 @@ def fetch_weights(cfg, # a resolved entry (`get_encoder_cfg`)
             held = [f for f in files if f in listed]
             if not held:
                 raise CxrStudyError(f"{repo} on the Hugging Face hub holds none of {', '.join(files)}, the files {name!r} "
-                                    "loads. Pass pretrained=<local file or folder> for weights in another layout.")
+                                    "loads. Give --pretrained PATH (pretrained: PATH in a study file) for weights in another layout.")
             files = (held[0],)
         hub.snapshot_download(repo, allow_patterns=[*files, *_shard_pattern(files[0]), *config_files(w)], token=token, **at)
     except CxrStudyError: raise
