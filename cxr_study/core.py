@@ -10,6 +10,7 @@ import csv
 import functools
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ __all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'THREAD_VARS', 'WAI
            'csv_lines', 'read_csv_text', 'expand_path', 'get_device', 'visible_devices', 'worker_devices',
            'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
            'free_cores', 'threads_for_now', 'progress_off', 'progress', 'status_to', 'status_unit', 'say_status',
-           'epoch_line']
+           'epoch_line', 'shipped_file']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -551,3 +552,14 @@ def epoch_line(desc:str, # what is trained ("segmentation probe", "fine-tuning")
         tqdm.write(line, file=sys.stderr)
     say_status(line)  # the pool's bar shows it, also from a worker or a notebook's kernel
     return line
+
+# %% ../nbs/api/00_core.ipynb #c8aeedeb
+def shipped_file(folder:str, # its folder inside the installed package, e.g. "studies"
+                 source:str, # the same folder in a source checkout, from its root, e.g. "studies" or "nbs/reports"
+                 name:str, # the file's name
+                ) -> Path|None: # None when neither holds it
+    "A file shipped with cxr_study (a study file, a report page, the experiment template): in the installed package, or in a source checkout."
+    here = Path(importlib.util.find_spec("cxr_study").origin).parent
+    for p in (here/folder/name, here.parent/source/name):
+        if p.is_file(): return p
+    return None

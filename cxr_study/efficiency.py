@@ -10,27 +10,22 @@ from dataclasses import dataclass
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .core import CxrStudyError, STUDY_SEED
-from .data.cohorts import TASKS, get_task, split_masks
+from .data.cohorts import get_task, split_masks
 from .heads.probes import KNN_KS, fit_knn_probe
 from .protocols import Fold, Prepared, RunContext, get_protocol, reference_names
-from .reporting import row_label
-from .results import RUN_KEYS, collect_results, get_metric, list_runs, main_metric, score_fold, task_kind
-from .stats.bootstrap import bootstrap_replicates, compute_metric, interval_from_replicates
+from .results import kind_dir, score_fold
 from .study.options import RunOptions
 from .sweeps import ExperimentKind, RunSpec, _pred_frame, _versions, check_run, register_experiment_kind, run_context, seg_columns
 
 # %% auto #0
 __all__ = ['FRACTIONS', 'SUBSET_SEEDS', 'LABEL_EFFICIENCY', 'LINEAR_PROBE', 'EFFICIENCY_PROBES', 'label_subsets',
-           'efficiency_settings', 'efficiency_dir', 'subset_strata', 'efficiency_spec', 'EfficiencyRun',
-           'LabelEfficiency', 'load_efficiency', 'efficiency_curves', 'efficiency_vs_main', 'efficiency_wide',
-           'plot_efficiency']
+           'efficiency_settings', 'subset_strata', 'efficiency_spec', 'EfficiencyRun', 'LabelEfficiency']
 
 # %% ../nbs/api/72_efficiency.ipynb #f992a9a1
 FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0) # shares of each training fold (the 1, 2, 5, 10, 25, 50, 100%)
@@ -87,10 +82,6 @@ def efficiency_settings(adapt:dict|None=None, # fractions, seeds, probes, knn_ks
         raise CxrStudyError(f"{where}.knn_ks: expected positive integers, got {ks!r}")
     return {"fractions": fr, "seeds": seeds, "probes": [p for p in EFFICIENCY_PROBES if p in probes], "knn_ks": sorted(set(ks))}
 
-def efficiency_dir(study_dir:str|Path) -> Path:
-    "The folder of a study's label-efficiency runs: `<study>/label-efficiency` (its own runs/, .locks/)."
-    return Path(study_dir)/LABEL_EFFICIENCY
-
 def subset_strata(cohort:pd.DataFrame, task:str) -> np.ndarray|None:
     "The strata of a task's subsets, as its folds are stratified: the label, the pneumothorax size quartile, or none."
     t = get_task(task)
@@ -146,7 +137,7 @@ def efficiency_spec(encoder:str, # registry name
                    ) -> RunSpec:
     "The run of one encoder x task's label-efficiency sweep, filed under `<study>/label-efficiency`, its sweep's defaults filled in."
     o = RunOptions(**options)
-    return RunSpec(encoder, task, LABEL_EFFICIENCY, str(Path(data_dir).absolute()), str(efficiency_dir(study_dir).absolute()), seed,
+    return RunSpec(encoder, task, LABEL_EFFICIENCY, str(Path(data_dir).absolute()), str(kind_dir(study_dir, LABEL_EFFICIENCY).absolute()), seed,
                    tuple(folds), o.replace(adapt=efficiency_settings(o.adapt, "adapt")), LABEL_EFFICIENCY)
 
 def _probe_run(spec:RunSpec) -> tuple[RunSpec, object, "TaskCfg"]:
@@ -189,95 +180,3 @@ class LabelEfficiency(ExperimentKind):
                 for e in encoders for t in tasks]
 
 register_experiment_kind(LabelEfficiency());
-
-# %% ../nbs/api/72_efficiency.ipynb #ba47b9d1
-def load_efficiency(study_dir:str|Path, # a study folder
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]|None: # results, predictions (with `model`), or None without complete runs
-    "The complete label-efficiency runs of a study."
-    d = efficiency_dir(study_dir)
-    runs = list_runs(d)
-    if not len(runs) or not runs.complete.any(): return None
-    res, pred = collect_results(d)
-    label = lambda df: df.assign(model=[row_label(e, w) for e, w in zip(df.encoder, df.weights)])
-    return label(res), label(pred)
-
-def efficiency_curves(preds:pd.DataFrame, # label-efficiency predictions (load_efficiency)
-                      n_boot:int=2000, # bootstrap replicates
-                      level:float=0.95, # CI coverage
-                      seed:int=STUDY_SEED, # bootstrap seed
-                     ) -> pd.DataFrame: # one row per run x probe x fraction
-    "Every point of every curve: the main metric (mean over subset seeds) with its patient-clustered bootstrap CI and the seed range."
-    rows = []
-    for keys, g in preds.groupby([*RUN_KEYS, "probe", "fraction"], sort=True):
-        mm = main_metric(task_kind(keys[2])); m = mm.name
-        w = g.pivot_table(index=["image_id", "patient_id"], columns="subset_seed", values=mm.values, aggfunc="first")
-        y = g.groupby("image_id")[mm.labels].first().reindex(w.index.get_level_values(0)).to_numpy(float) if mm.labels else None
-        cl = w.index.get_level_values(1).to_numpy()
-        per_seed = [compute_metric(m, y, w[s].to_numpy(float)) for s in w.columns]
-        vals = np.array([v for v, _ in per_seed], float)
-        est = float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
-        reps = bootstrap_replicates(m, w.to_numpy(float), y, cl, n_boot=n_boot, seed=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a replicate undefined for every seed stays NaN
-            ci = interval_from_replicates(est, np.nanmean(reps, axis=1), level)
-        nt = g.drop_duplicates(["fold", "subset_seed"])
-        rows.append({**dict(zip([*RUN_KEYS, "probe", "fraction"], keys)), "model": row_label(keys[0], keys[1]), "metric": m,
-                     "estimate": est, "ci_lo": ci.lo, "ci_hi": ci.hi, "seed_min": np.nanmin(vals) if np.isfinite(vals).any() else np.nan,
-                     "seed_max": np.nanmax(vals) if np.isfinite(vals).any() else np.nan, "n_seeds": len(w.columns),
-                     "n_train": float(nt.n_train.mean()), "n_images": len(w), "n_patients": len(set(cl)),
-                     "reason": ci.reason or "; ".join(sorted({r for _, r in per_seed if r}))})
-    return pd.DataFrame(rows)
-
-# %% ../nbs/api/72_efficiency.ipynb #15319270
-def efficiency_vs_main(le_preds:pd.DataFrame, # label-efficiency predictions
-                       main_preds:pd.DataFrame, # the study's predictions (collect_results, load_study)
-                      ) -> pd.DataFrame: # one row per run: predictions compared, largest absolute difference, equal
-    "The 100% linear point of each label-efficiency run against the main linear-probe run of the same encoder and task."
-    rows = []
-    full = le_preds[(le_preds.fraction == 1.0) & (le_preds.probe == "linear")]
-    for (enc, w, task), g in full.groupby(["encoder", "weights", "task"], sort=True):
-        col = main_metric(task_kind(task)).values
-        m = main_preds[(main_preds.encoder == enc) & (main_preds.task == task) & (main_preds.protocol == "linear-probe")]
-        j = g.merge(m[["fold", "image_id", col]], on=["fold", "image_id"], suffixes=("", "_main"))
-        d = (j[col] - j[f"{col}_main"]).abs()
-        rows.append(dict(encoder=enc, weights=w, task=task, column=col, n_predictions=len(g), n_matched=len(j),
-                         max_abs_diff=float(d.max()) if len(j) else np.nan, equal=bool(len(j) == len(g) and len(j) and (d == 0).all())))
-    return pd.DataFrame(rows, columns=["encoder", "weights", "task", "column", "n_predictions", "n_matched", "max_abs_diff", "equal"])
-
-def efficiency_wide(curves:pd.DataFrame, digits:int=3) -> pd.DataFrame:
-    "Models x shares per task and probe: the estimate with its CI."
-    c = curves.copy()
-    f = lambda x: f"{x:.{digits}f}"
-    c["cell"] = [f"{f(r.estimate)} [{f(r.ci_lo)}, {f(r.ci_hi)}]" if pd.notna(r.estimate) else "n/a" for r in c.itertuples()]
-    c["share"] = [f"{100 * x:g}%" for x in c.fraction]
-    wide = c.pivot_table(index=["task", "metric", "probe", "model"], columns="share", values="cell", aggfunc="first")
-    return wide[sorted(wide.columns, key=lambda s: float(s[:-1]))].rename_axis(columns=None).reset_index()
-
-def plot_efficiency(curves:pd.DataFrame, # from efficiency_curves
-                   ):
-    "Label-efficiency curves per task: the metric against the share of the training fold (log axis), CIs as bands; returns a Figure."
-    import matplotlib.pyplot as plt
-    tasks = [t for t in TASKS if t in set(curves.task)]
-    models = sorted(curves.model.unique())
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    fig, axs = plt.subplots(1, len(tasks), figsize=(max(5.0, 3.6 * len(tasks)), 3.4), squeeze=False)
-    for ax, t in zip(axs[0], tasks):
-        g = curves[curves.task == t]
-        for (mod, probe), h in g.groupby(["model", "probe"], sort=True):
-            h = h.sort_values("fraction")
-            ls = "-" if probe == "linear" else "--"
-            ax.plot(h.fraction, h.estimate, ls, marker="o", ms=3, color=colours[mod], label=f"{mod}, {'linear' if probe == 'linear' else 'kNN'} probe")
-            ax.fill_between(h.fraction, h.ci_lo, h.ci_hi, color=colours[mod], alpha=0.12, lw=0)
-        fr = sorted(g.fraction.unique())
-        ax.set_xscale("log"); ax.set_xticks(fr, [f"{100 * x:g}%" for x in fr], fontsize=7); ax.minorticks_off()
-        ax.set_title(TASKS[t].display, fontsize=9); ax.set_xlabel("share of the training fold", fontsize=8)
-        ax.set_ylabel(get_metric(g.metric.iloc[0]).label, fontsize=8); ax.grid(alpha=0.3); ax.tick_params(axis="y", labelsize=7)
-    handles, labels = axs[0][0].get_legend_handles_labels()
-    for ax in axs[0][1:]:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels: handles.append(h); labels.append(l)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("mean over subset seeds; band: patient-clustered bootstrap 95% CI" + ("\n" if len(tasks) < 2 else "; ")
-                 + "solid: linear probe, dashed: kNN probe", fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(labels) - 1) // 4), 1, 1))
-    return fig

@@ -14,11 +14,10 @@ from .core import CxrStudyError, read_json
 from .data.cohorts import get_task
 from .data.index import resolve_image_path
 from .data.preprocess import PreprocessCfg, load_masks, preprocess_image
+from .data.readers import read_image_u8
 from .data.rle import chexmask_rle_decode
 from .encoders.registry import cfg_at_size, get_encoder_cfg
-from .features.cache import read_image_u8
 from .metrics import dice_iou
-from .protocols import get_protocol, reference_names
 from .report import Study
 from .results import read_run_meta, run_path, task_kind
 
@@ -29,33 +28,34 @@ __all__ = ['CASES', 'QUARTILES', 'recorded_preprocess', 'run_geometry', 'overlay
 def recorded_preprocess(meta:dict, # a run's run.json
                         study_dir=None, # the study folder: its cache/ is looked in when the recorded path moved
                        ):
-    "The preprocessing contract the run's feature cache records (PreprocessCfg), or None without a readable cache."
+    "The preprocessing contract a run recorded (PreprocessCfg): run.json's `preprocess`, else its feature cache's; None without a record."
     from pathlib import Path
-    if not meta.get("features"): return None
-    f = Path(meta["features"])
-    for d in (f, *([Path(study_dir)/"cache"/f.name] if study_dir is not None else [])):
-        try: rec = read_json(d/"meta.json")["key"]["preprocess"]
+    rec = meta.get("preprocess")
+    f = Path(meta["features"]) if rec is None and meta.get("features") else None
+    for d in (f, *([Path(study_dir)/"cache"/f.name] if study_dir is not None else [])) if f is not None else ():
+        try: rec = read_json(d/"meta.json")["key"]["preprocess"]; break
         except (OSError, ValueError, KeyError, TypeError): continue
-        fields = {x.name for x in dataclasses.fields(PreprocessCfg)}
-        return PreprocessCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in rec.items() if k in fields})
-    return None
+    if rec is None: return None
+    fields = {x.name for x in dataclasses.fields(PreprocessCfg)}
+    return PreprocessCfg(**{k: tuple(v) if isinstance(v, list) else v for k, v in rec.items() if k in fields})
 
 def run_geometry(encoder:str, # the run's encoder key, e.g. "resnet18" or "resnet18@96"
                  protocol:str, # the run's protocol
                  params:dict, # the run's parameters (run.json "params")
                  mask_size:int, # the size its masks were scored at (the predictions' `mask_size`)
-                 meta:dict|None=None, # the whole run.json: its feature cache's record is used when readable
+                 meta:dict|None=None, # the whole run.json: the preprocessing it (or its feature cache) records is used when there
                  study_dir=None, # the study folder, to find a moved cache
                  task:str="heart-seg", # the run's task (a segmentation task)
                 ):
     "The preprocessing contract (PreprocessCfg) the run's images and masks went through."
     if meta is not None and (rec := recorded_preprocess(meta, study_dir)) is not None: return rec
-    name = encoder.partition("@")[0]
-    if name in reference_names(): return PreprocessCfg(size=int(mask_size))  # a reference: masks resized to their size
-    proto = get_protocol(protocol)
-    cfg = proto.resolve(name, get_task(task))
+    try: cfg = get_encoder_cfg(encoder.partition("@")[0])
+    except CxrStudyError:
+        if (meta or {}).get("weights", "none") == "none": return PreprocessCfg(size=int(mask_size))  # a reference without an encoder (the prior)
+        raise CxrStudyError(f"{encoder} / {task} / {protocol}: its run.json records no preprocessing and {encoder!r} is not a registered "
+                            "encoder; rerun it to draw its pictures") from None
     if params.get("input_size") is not None: cfg = cfg_at_size(cfg, int(params["input_size"]))
-    return proto.preprocess(cfg, params.get("adapt"))
+    return cfg.preprocess
 
 # %% ../nbs/api/81b_overlays.ipynb #ccf5a0ed
 def _prediction_row(study:Study, encoder, task, protocol, image_id) -> pd.Series:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, write_clean_notebook, write_json, write_table
-from .results import (RUN_KEYS, collect_results, get_metric, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
+from .core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, shipped_file, write_clean_notebook, write_json, write_table
+from .results import (RUN_KEYS, collect_results, get_metric, kind_dirs, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                                task_kind)
 from .reporting import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
                                  task_name, trained_on_synthetic)
@@ -35,9 +35,7 @@ from .data.cohorts import TASKS, make_cohort
 from .data.index import read_index
 from .data.table1 import cohort_table1
 from .encoders.registry import get_encoder_cfg
-from .efficiency import efficiency_dir
 from .site import quarto_config, render_html
-from .studyfile import shipped_study
 import cxr_study
 
 # %% auto #0
@@ -148,7 +146,9 @@ def study_overview(study:Study) -> str:
 
 # %% ../nbs/api/81_report.ipynb #619322ca
 def _paper_file() -> dict:
-    return yaml.safe_load(shipped_study("paper").read_text())
+    p = shipped_file("studies", "studies", "paper.yaml")
+    if p is None: raise CxrStudyError("the paper's study file (paper.yaml) is not shipped with this cxr_study; reinstall it")
+    return yaml.safe_load(p.read_text())
 
 def _sub_runs(g:dict, main:dict) -> set:
     "The (encoder, protocol) pairs a sub-grid of the paper's study file runs (`<encoder>@<size>` for a common input size)."
@@ -749,9 +749,8 @@ EXECUTION_ORDER = tuple(n for n, _ in REPORT_PAGES if n != "index") + ("index",)
 
 def report_template(name:str) -> Path:
     "Path of a report notebook template: shipped in the package, or in nbs/reports of a source checkout."
-    here = Path(cxr_study.__file__).parent
-    for p in (here/"reports"/f"{name}.ipynb", here.parent/"nbs"/"reports"/f"{name}.ipynb"):
-        if p.exists(): return p
+    p = shipped_file("reports", "nbs/reports", f"{name}.ipynb")
+    if p is not None: return p
     raise CxrStudyError(f"report template {name}.ipynb not found; reinstall cxr_study")
 
 def _execute(template:Path, out:Path, params:dict):
@@ -775,21 +774,14 @@ def _execute_pages(stage:Path, params:dict, show_progress:bool) -> dict:
     return seconds
 
 def _report_key(study:Study, **settings) -> dict:
-    "What a report is made from: every complete run's run.json (by content), the settings and the package version."
-    done = study.runs[study.runs.complete]
-    le = list_runs(efficiency_dir(study.path)); le = le[le.complete] if len(le) else le  # the label-efficiency page's runs
+    "What a report is made from: the run.json (by content) of every complete run of every experiment kind the study holds, the settings and the package version."
     digests = lambda r: {f"{e}/{t}/{p}": file_digest(Path(d)/"run.json") for e, t, p, d in zip(r.encoder, r.task, r.protocol, r.path)}
-    return {"runs": digests(done), **({"label_efficiency": digests(le)} if len(le) else {}), "settings": settings, "version": cxr_study.__version__}
+    other = {k: list_runs(d) for k, d in kind_dirs(study.path).items() if k != "folds"}  # the kinds the run store holds (label efficiency)
+    return {"runs": digests(study.runs[study.runs.complete]), **{k.replace("-", "_"): digests(r[r.complete]) for k, r in other.items()},
+            "settings": settings, "version": cxr_study.__version__}
 
-def _build_report(study_dir:str|Path, # a study folder with complete runs
-                 html:bool=False, # also render the pages to a static HTML site (report/html)
-                 n_boot:int=2000, # bootstrap replicates for the CIs
-                 n_perm:int=2000, # permutations for the paired tests
-                 show_progress:bool=True,
-                 force:bool=False, # rebuild even when the report is up to date with the runs
-                ) -> Path: # the report folder
-    "Execute the report notebooks into STUDY/report with every table as CSV; optionally render the HTML site."
-    study_dir = Path(study_dir).absolute()
+def _build_report(study_dir:Path, html:bool, n_boot:int, n_perm:int, show_progress:bool, force:bool) -> Path:
+    "`build_report`'s work, under its lock (the parameters are `build_report`'s)."
     study = load_study(study_dir)  # fails early, and clearly, without complete runs
     final = study_dir/"report"
     key = _report_key(study, html=html, n_boot=n_boot, n_perm=n_perm)

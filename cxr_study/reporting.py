@@ -251,6 +251,7 @@ def banner_html(facts:dict, # from report.study_facts (or read_report_tables)
     return ('<div class="cxr-banner" role="note" style="border-left:6px solid #c47f00;background:#fff6e0;padding:.6rem .9rem;'
             'margin:.4rem 0 1rem;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif">' + " ".join(parts) + "</div>")
 
+# %% ../nbs/api/80_reporting.ipynb #90f7e1a3
 @dataclass
 class Finding:
     "One sentence of the findings, with the tables its numbers come from."
@@ -277,6 +278,7 @@ def _main_rows(T:dict, role:str="candidate") -> pd.DataFrame:
 
 def _higher(metric:str) -> bool: return get_metric(metric).higher_is_better if metric in METRIC_TABLE else True
 
+# %% ../nbs/api/80_reporting.ipynb #ea875bb5
 def _best_sentence(T:dict, task:str, protocol:str) -> Finding|None:
     "The best candidate of one contest, its pooled estimate, and the runner-up against it."
     g = _main_rows(T).query("task == @task and protocol == @protocol")
@@ -321,6 +323,7 @@ def _floor_sentence(T:dict) -> Finding|None:
          f"({_ci(w.lo, w.hi)}; {_test(w.test, w.p_holm)})")
     return Finding(s + ".", ["above_floor"], "floor")
 
+# %% ../nbs/api/80_reporting.ipynb #e8a37597
 def _shortcut_sentence(T:dict) -> Finding|None:
     "The chest-tube shortcut in the smallest pneumothoraces, and the size-adjusted tube effect, of the most affected classifier."
     sc = T.get("shortcut", pd.DataFrame())
@@ -385,6 +388,7 @@ def _data_sentence(facts:dict) -> Finding|None:
          "real radiographs, the end-to-end baseline); the published results are shown as published, on their own page.")
     return Finding(s, ["paper_results"], "data")
 
+# %% ../nbs/api/80_reporting.ipynb #b8605452
 def _verdict(ok:list[bool]) -> str:
     return "replicates" if ok and all(ok) else "does not replicate" if not any(ok) else "replicates in part"
 
@@ -449,6 +453,7 @@ def _claim_e2e(T:dict) -> Finding:
              for _, r in bb.iterrows()]
     return Finding(head + f"{_verdict(ok)}; " + "; ".join(parts) + ".", ["baseline_vs_best"], "claim")
 
+# %% ../nbs/api/80_reporting.ipynb #10795e2a
 def study_findings(T:dict, # the report's tables by name (read_report_tables)
                    facts:dict, # the study's facts (study_facts.csv as a dict)
                    most:int=10, # sentences at most
@@ -467,6 +472,7 @@ def study_findings(T:dict, # the report's tables by name (read_report_tables)
         out = [f for f in out if f.kind != "data"][:most - 1] + [d]
     return out[:most]
 
+# %% ../nbs/api/80_reporting.ipynb #a34fca04
 def findings_markdown(findings:list[Finding], # from study_findings
                       base:str="", # prefix of the links to the tables, e.g. "study/" from the documentation's home page
                       bullets:bool=True, # one sentence per bullet; False: one paragraph
@@ -490,6 +496,7 @@ def findings_html(findings:list[Finding], base:str="") -> str:
     return ('<div class="cxr-findings" style="border:2px solid #1f3b57;border-radius:6px;padding:.5rem 1rem;margin:.5rem 0 1.2rem;'
             'background:#f5f8fb"><h2 style="margin:.2rem 0 .4rem;font-size:1.25rem">Findings</h2>' + body + "</div>")
 
+# %% ../nbs/api/80_reporting.ipynb #dffeb0de
 def read_report_tables(report_dir:str|Path, # a report folder (its tables/ folder is read)
                       ) -> tuple[dict, dict]: # tables by name, and the study's facts
     "Every CSV table of a built report, and its study facts, as the findings read them."

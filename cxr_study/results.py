@@ -26,7 +26,7 @@ __all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLU
            'RUN_FILES', 'LOGISTIC_CS', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric',
            'paired_metrics', 'get_metric', 'score_fold', 'register_metric', 'unregister_metric', 'registered_metric',
            'check_predictions', 'check_results', 'name_slug', 'run_path', 'run_name', 'read_run_meta', 'is_complete',
-           'write_run', 'list_runs', 'collect_results']
+           'write_run', 'list_runs', 'collect_results', 'kind_dir', 'kind_dirs']
 
 # %% ../nbs/api/00a_results.ipynb #31224c8f
 RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
@@ -304,3 +304,16 @@ def collect_results(out_dir:str|Path, # the study folder
     res = pd.concat([read_table(p/"results.csv") for p in done], ignore_index=True)
     pred = pd.concat([read_table(p/"predictions.parquet") for p in done], ignore_index=True)
     return check_results(res), check_predictions(pred)
+
+# %% ../nbs/api/00a_results.ipynb #b0601e78
+def kind_dir(study_dir:str|Path, # a study folder
+             kind:str|None=None, # an experiment kind's name; None or "folds": the study's own runs
+            ) -> Path:
+    "The folder a study files the runs of an experiment kind in: the study itself for `folds`, `<study>/<kind>` for another kind."
+    return Path(study_dir) if kind in (None, "folds") else Path(study_dir)/kind
+
+def kind_dirs(study_dir:str|Path, # a study folder
+             ) -> dict[str, Path]: # kind -> its folder: "folds" (the study), then every kind with complete runs
+    "The experiment kinds a study folder holds runs of, read from the run store."
+    d = Path(study_dir)
+    return {"folds": d, **{p.name: p for p in sorted(d.iterdir()) if p.is_dir() and p.name != "runs" and any(p.glob("runs/*/*/*/run.json"))}}

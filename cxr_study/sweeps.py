@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, read_json, read_table, status_to, status_unit, write_json, write_table
+from .core import CxrStudyError, STUDY_SEED, read_json, read_table, shipped_file, status_to, status_unit, write_json, write_table
 from .data.cohorts import get_task, split_masks
 from .data.index import read_index
 from .data.prepare import require_index
+from .data.preprocess import PreprocessCfg
 from .data.rle import chexmask_rle_decode, chexmask_rle_encode
 from .encoders.registry import cfg_at_size, encoder_record, get_encoder_cfg
 from .metrics import dice_iou
@@ -231,6 +232,11 @@ class FoldsRun:
     run:RunContext
     prep:Prepared
 
+def _preprocess_record(st:FoldsRun) -> dict:
+    "The preprocessing a segmentation run's images and masks went through (a reference: its masks resized to their size)."
+    p = PreprocessCfg(size=st.prep.size) if st.proto.reference else st.proto.preprocess(st.cfg, st.run.opts.adapt)
+    return dataclasses.asdict(p)
+
 class Folds(ExperimentKind):
     "The registered protocols over the folds: the protocol prepares once and fits and predicts each test fold."
     name = "folds"
@@ -249,7 +255,8 @@ class Folds(ExperimentKind):
     def meta(self, st):
         feats = st.prep.extra.get("feats")
         return {"features": str(feats.path) if feats is not None else None, "versions": _versions(),
-                **({"encoder_cfg": encoder_record(st.cfg)} if getattr(st.cfg, "sources", ()) else {})}  # an id: what it resolved to
+                **({"encoder_cfg": encoder_record(st.cfg)} if getattr(st.cfg, "sources", ()) else {}),  # an id: what it resolved to
+                **({"preprocess": _preprocess_record(st)} if st.run.task.kind == "segmentation" else {})}  # for its pictures
     def finish(self, st): st.proto.finish(st.run, st.prep)
     def features(self, spec):
         p = PROTOCOLS[spec.protocol]
@@ -260,12 +267,9 @@ register_experiment_kind(Folds());
 # %% ../nbs/api/70_sweeps.ipynb #dd001308
 def experiment_template(name:str="experiment.ipynb") -> Path:
     "Path of an experiment notebook template: shipped in the package, or in nbs/experiments of a source checkout."
-    here = Path(cxr_study.__file__).parent
-    candidates = [here/"experiments"/name,  # an installed wheel
-                  here.parent/"nbs"/"experiments"/name]  # an editable install or checkout
-    for p in candidates:
-        if p.exists(): return p
-    raise CxrStudyError(f"experiment template {name} not found (looked in {', '.join(map(str, candidates))}); reinstall cxr_study")
+    p = shipped_file("experiments", "nbs/experiments", name)  # in an installed wheel, or in a checkout's nbs/experiments
+    if p is None: raise CxrStudyError(f"experiment template {name} not found in cxr_study; reinstall cxr_study")
+    return p
 
 def grid_runs(encoders, tasks, protocols=("linear-probe",)) -> list[tuple[str, str, str]]:
     "All (encoder, task, protocol) combinations that apply (e.g. e2e: SegFormer only; multiscale-probe: segmentation only)."

@@ -15,13 +15,25 @@ LAYERS = [  # a module may import its own layer and those above it in this list,
     ["features"],
     ["heads"],
     ["train"],
-    ["stats", "reporting"],
-    ["study"],  # the run's options (`study.options`), below the protocols that read them
+    ["stats"],
+    # the upper floor, in two wings (WINGS below): the study's (how runs are made) and the reports' (what is read from them)
+    ["study", "study.options"],  # the run's options, below the protocols that read them
     ["protocols", "sweeps", "efficiency"],
     ["studyfile", "plan", "executors"],
-    ["report", "ablations", "overlays", "site"],
+    ["reporting"],  # the summary tables, below the report that shows them
+    ["report", "curves", "site"],
+    ["ablations", "overlays"],
     ["cli"],
 ]
+# The two wings of the upper floor: neither imports the other; what the reports know of a run they read from the run store
+# (`results`) or from the lower floors below, never from the modules that made it.
+WINGS = {
+    "study": ["study", "protocols", "sweeps", "efficiency", "studyfile", "plan", "executors"],
+    "reports": ["reporting", "report", "curves", "ablations", "overlays", "site"],
+}
+# what the reports' wing may import besides its own modules: the run store and the floors that know no model code
+# (and the encoder registry, for an encoder's name and tags; never an encoder, its features or a head)
+REPORTS_READ = ["cxr_study", "core", "metrics", "results", "data", "encoders.registry", "stats"]
 MAX_LINES = 60
 
 
@@ -63,16 +75,47 @@ def _imports(mod: str, path: Path):
         for t in targets - {mod, ""}: yield t, n.lineno, id(n) in inner
 
 
+def _short(mod: str) -> str: return mod.split(".", 1)[1] if "." in mod else mod
+
+
+def _in(mod: str, names) -> bool:
+    "A module is one of `names` when its name is one or starts with one (a package)."
+    short = _short(mod)
+    return any(short == n or short.startswith(n + ".") for n in names)
+
+
 def _layer(mod: str) -> int:
-    short = mod.split(".", 1)[1] if "." in mod else mod
-    top = short.split(".")[0]
-    for i, names in enumerate(LAYERS):
-        if short in names or top in names: return i
+    best = [(len(n), i) for i, names in enumerate(LAYERS) for n in names if _in(mod, [n])]
+    if best: return max(best)[1]
     raise AssertionError(f"{mod}: not in any layer; add it to LAYERS in {Path(__file__).name}")
+
+
+def _wing(mod: str) -> str | None:
+    return next((w for w, names in WINGS.items() if _in(mod, names)), None)
 
 
 def test_every_module_has_a_layer():
     for m in MODULES: _layer(m)
+
+
+def test_every_upper_module_is_in_a_wing():
+    "Everything above the statistics (but the command line, which runs both) belongs to the study's wing or the reports'."
+    top = next(i for i, names in enumerate(LAYERS) if "stats" in names)
+    loose = [m for m in MODULES if _layer(m) > top and _wing(m) is None and _short(m) != "cli"]
+    assert not loose, "not in a wing (add to WINGS): " + ", ".join(loose)
+
+
+def test_the_wings_do_not_import_each_other():
+    bad = [f"{m}:{line} imports {t} ({_wing(m)} wing imports the {_wing(t)} wing)" for m, p in MODULES.items()
+           for t, line, _ in _imports(m, p) if _wing(m) and _wing(t) and _wing(m) != _wing(t)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_reports_read_runs_only_through_the_run_store():
+    "The reports' wing imports its own modules, the run store and the floors without model code, never an encoder, features or a head."
+    bad = [f"{m}:{line} imports {t}" for m, p in MODULES.items() if _wing(m) == "reports"
+           for t, line, _ in _imports(m, p) if _wing(t) != "reports" and not (_in(t, REPORTS_READ) or t == "cxr_study")]
+    assert not bad, "\n".join(bad)
 
 
 def test_no_module_imports_a_layer_above_its_own():
@@ -106,6 +149,18 @@ def test_no_function_is_over_60_lines():
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_LINES:
                 long.append(f"{m}.{n.name}: {n.end_lineno - n.lineno + 1} lines ({p.name}:{n.lineno})")
     assert not long, "\n".join(long)
+
+
+@pytest.mark.parametrize("mod, layer, wing", [
+    ("cxr_study.core", ["cxr_study", "core"], None),
+    ("cxr_study.study.options", ["study", "study.options"], "study"),
+    ("cxr_study.sweeps", ["protocols", "sweeps", "efficiency"], "study"),
+    ("cxr_study.curves", ["report", "curves", "site"], "reports"),
+    ("cxr_study.data.readers", ["data"], None),
+])
+def test_layers_and_wings_are_read_from_module_names(mod, layer, wing):
+    "A module's layer is the most specific entry naming it or its package, and its wing likewise."
+    assert LAYERS[_layer(mod)] == layer and _wing(mod) == wing
 
 
 @pytest.mark.parametrize("source, expected", [

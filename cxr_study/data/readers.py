@@ -12,7 +12,7 @@ import numpy as np
 from ..core import CxrStudyError, atomic_path
 
 # %% auto #0
-__all__ = ['read_dicom', 'write_dicom', 'read_png', 'read_image', 'to_uint8']
+__all__ = ['read_dicom', 'write_dicom', 'read_png', 'read_image', 'to_uint8', 'read_image_u8']
 
 # %% ../../nbs/api/01_data.readers.ipynb #bd084fea
 def _to_unit(arr:np.ndarray, ds, minmax:bool, apply_voi:bool) -> np.ndarray:
@@ -155,3 +155,27 @@ def to_uint8(x:np.ndarray, # float image in [0, 1]
             ) -> np.ndarray:
     "Quantise a [0, 1] image to 8 bits, as the study stored its PNGs."
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+# %% ../../nbs/api/01_data.readers.ipynb #929932e3
+def _minmax_lut(lo:int, hi:int) -> list|None:
+    "`read_png`'s min-max scaling then `to_uint8`, as a table over the 256 gray levels; None when it is the identity."
+    x = np.arange(256, dtype=np.float64)
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)  # the same float64 arithmetic as the reader
+    lut = to_uint8(x.astype(np.float32))
+    return None if (lut == np.arange(256)).all() else lut.tolist()
+
+def read_image_u8(path:str|Path, # any file `read_image` takes
+                 ) -> np.ndarray: # uint8 (H, W), equal to `to_uint8(read_image(path))`
+    "The 8-bit image an encoder's preprocessing starts from; 8-bit gray files skip the float round trip."
+    path = Path(path)
+    if path.suffix.lower() not in (".dcm", ".dicom"):
+        from PIL import Image
+        try:
+            with Image.open(path) as im:
+                if im.mode == "L":
+                    u8 = np.asarray(im)
+                    lut = _minmax_lut(int(u8.min()), int(u8.max()))
+                    return u8 if lut is None else np.asarray(Image.fromarray(u8).point(lut))
+        except Exception: pass  # unreadable or unusual: the general reader decides, with its own error
+    return to_uint8(read_image(path))
+

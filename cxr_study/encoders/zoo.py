@@ -218,54 +218,59 @@ def _hf_weights(repo, paper, license, how_to_obtain=""):
     # how to get any hub release (`hf download`, --download) is said by encoders.weights; here only what is particular
     return WeightsCfg(source=repo, format="hf", paper=paper, license=license, how_to_obtain=how_to_obtain)
 
-register_encoder(EncoderCfg(
-    name="rad-dino", builder=_build_hf, arch="ViT-B/14 (transformers Dinov2Model)",
-    preprocess=PreprocessCfg(size=518, resize="shortest-crop", resize_to=518, interpolation="bicubic", crop_offset="floor",
-                             mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583)),
-    pooled_dim=768, grid_dim=768, grid_stride=14, pooled_def="pooler output (CLS token after the final norm)",
-    grid_def="last hidden state after the final norm, CLS removed (37x37x768)", layers=_vit_layers(12),
-    domain="medical", paradigm="image-only SSL", params=86_580_480, display="RAD-DINO", tags=("study",),
-    weights=_hf_weights("microsoft/rad-dino", "Perez-Garcia et al., Nature Machine Intelligence 2025 (arXiv 2401.10815)",
+_POOLED = {True: "pooler output (CLS token after the final norm)", False: "pooler output (attention-pool head)"}
+
+def _study_vit(name:str, arch:str, preprocess:PreprocessCfg,
+               dim:int, # width of the pooled vector and of the grid
+               stride:int, # patch size
+               depth:int, # transformer blocks (the layers a multi-scale probe may read)
+               cls:bool, # a CLS token pooled by the model (DINOv2), else an attention-pool head (SigLIP)
+               **rest, # the entry's own fields: domain, paradigm, params, display, weights
+              ) -> EncoderCfg:
+    "A study encoder that is a transformers ViT: the fields DINOv2 and SigLIP releases share, derived from their size, patch and depth."
+    g = preprocess.size // stride
+    return EncoderCfg(name=name, builder=_build_hf, arch=arch, preprocess=preprocess, pooled_dim=dim, grid_dim=dim, grid_stride=stride,
+                      pooled_def=_POOLED[cls], grid_def=f"last hidden state after the final norm{', CLS removed' if cls else ''} ({g}x{g}x{dim})",
+                      layers=_vit_layers(depth), tags=("study",), **rest)
+
+register_encoder(_study_vit(
+    "rad-dino", "ViT-B/14 (transformers Dinov2Model)",
+    PreprocessCfg(size=518, resize="shortest-crop", resize_to=518, interpolation="bicubic", crop_offset="floor",
+                  mean=(0.5307, 0.5307, 0.5307), std=(0.2583, 0.2583, 0.2583)),
+    dim=768, stride=14, depth=12, cls=True, domain="medical", paradigm="image-only SSL", params=86_580_480,
+    display="RAD-DINO", weights=_hf_weights("microsoft/rad-dino", "Perez-Garcia et al., Nature Machine Intelligence 2025 (arXiv 2401.10815)",
                         "msrla")))
 
-register_encoder(EncoderCfg(
-    name="dinov2", builder=_build_hf, arch="ViT-B/14 (transformers Dinov2Model)",
-    preprocess=PreprocessCfg(size=224, resize="shortest-crop", resize_to=256, interpolation="bicubic", crop_offset="floor", **_IMAGENET),
-    pooled_dim=768, grid_dim=768, grid_stride=14, pooled_def="pooler output (CLS token after the final norm)",
-    grid_def="last hidden state after the final norm, CLS removed (16x16x768)", layers=_vit_layers(12),
-    domain="general", paradigm="image-only SSL", params=86_580_480, display="DINOv2", tags=("study",),
-    weights=_hf_weights("facebook/dinov2-base", "Oquab et al., TMLR 2024 (arXiv 2304.07193)", "apache-2.0")))
+register_encoder(_study_vit(
+    "dinov2", "ViT-B/14 (transformers Dinov2Model)",
+    PreprocessCfg(size=224, resize="shortest-crop", resize_to=256, interpolation="bicubic", crop_offset="floor", **_IMAGENET),
+    dim=768, stride=14, depth=12, cls=True, domain="general", paradigm="image-only SSL", params=86_580_480,
+    display="DINOv2", weights=_hf_weights("facebook/dinov2-base", "Oquab et al., TMLR 2024 (arXiv 2304.07193)", "apache-2.0")))
 
-register_encoder(EncoderCfg(
-    name="medsiglip", builder=_build_hf, arch="SigLIP So400m/14 (transformers SiglipVisionModel)",
+register_encoder(_study_vit(
+    "medsiglip", "SigLIP So400m/14 (transformers SiglipVisionModel)",
     # the release's preprocessor_config.json: SiglipImageProcessor, resample 3 (bicubic), 448 x 448, mean = std = 0.5
-    preprocess=PreprocessCfg(size=448, interpolation="bicubic", **_HALF),
-    pooled_dim=1152, grid_dim=1152, grid_stride=14, pooled_def="pooler output (attention-pool head)",
-    grid_def="last hidden state after the final norm (32x32x1152)", layers=_vit_layers(27),
-    domain="medical", paradigm="text-guided (SigLIP)", params=428_565_440, display="MedSigLIP", tags=("study",),
-    weights=_hf_weights("google/medsiglip-448", "Sellergren et al., MedGemma technical report (arXiv 2507.05201)",
+    PreprocessCfg(size=448, interpolation="bicubic", **_HALF),
+    dim=1152, stride=14, depth=27, cls=False, domain="medical", paradigm="text-guided (SigLIP)", params=428_565_440,
+    display="MedSigLIP", weights=_hf_weights("google/medsiglip-448", "Sellergren et al., MedGemma technical report (arXiv 2507.05201)",
                         "health-ai-developer-foundations",
                         "google/medsiglip-448 is gated: accept the Health AI Developer Foundations terms on "
                         "https://huggingface.co/google/medsiglip-448 while logged in, then set HF_TOKEN (or run "
                         "`hf auth login`) before downloading.")))
 
-register_encoder(EncoderCfg(
-    name="siglip2", builder=_build_hf, arch="SigLIP2 So400m/16 (transformers SiglipVisionModel)",
-    preprocess=PreprocessCfg(size=512, interpolation="bilinear", **_HALF),
-    pooled_dim=1152, grid_dim=1152, grid_stride=16, pooled_def="pooler output (attention-pool head)",
-    grid_def="last hidden state after the final norm (32x32x1152)", layers=_vit_layers(27),
-    domain="general", paradigm="text-guided (SigLIP2)", params=428_772_800, display="SigLIP2", tags=("study",),
-    weights=_hf_weights("google/siglip2-so400m-patch16-512", "Tschannen et al. 2025 (arXiv 2502.14786)", "apache-2.0")))
+register_encoder(_study_vit(
+    "siglip2", "SigLIP2 So400m/16 (transformers SiglipVisionModel)",
+    PreprocessCfg(size=512, interpolation="bilinear", **_HALF),
+    dim=1152, stride=16, depth=27, cls=False, domain="general", paradigm="text-guided (SigLIP2)", params=428_772_800,
+    display="SigLIP2", weights=_hf_weights("google/siglip2-so400m-patch16-512", "Tschannen et al. 2025 (arXiv 2502.14786)", "apache-2.0")))
 
-register_encoder(EncoderCfg(
-    name="chexagent-vision", builder=_build_hf, arch="SigLIP ViT-L/16 (transformers SiglipVisionModel)",
+register_encoder(_study_vit(
+    "chexagent-vision", "SigLIP ViT-L/16 (transformers SiglipVisionModel)",
     # 512 px, bicubic, mean = std = 0.5: the CheXagent family's SiglipImageProcessor (see the XrayCLIP sibling release);
     # a release with a 384-px (24 x 24) position table is loaded and resampled to 32 x 32 (`load_siglip_release`)
-    preprocess=PreprocessCfg(size=512, interpolation="bicubic", **_HALF),
-    pooled_dim=1024, grid_dim=1024, grid_stride=16, pooled_def="pooler output (attention-pool head)",
-    grid_def="last hidden state after the final norm (32x32x1024)", layers=_vit_layers(24),
-    domain="medical", paradigm="text-guided (SigLIP)", params=316_742_656, display="CheXagent", tags=("study",),
-    weights=_hf_weights("StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli",
+    PreprocessCfg(size=512, interpolation="bicubic", **_HALF),
+    dim=1024, stride=16, depth=24, cls=False, domain="medical", paradigm="text-guided (SigLIP)", params=316_742_656,
+    display="CheXagent", weights=_hf_weights("StanfordAIMI/XraySigLIP__vit-l-16-siglip-384__webli",
                         "Chen et al., CheXagent (arXiv 2401.12208)", "cc-by-nc-4.0")))
 
 register_encoder(EncoderCfg(

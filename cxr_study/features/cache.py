@@ -23,38 +23,16 @@ from ..core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, fil
                             read_json, remove_stale_temporaries, threads_for_now, write_json, write_table)
 from ..data.index import resolve_image_path
 from ..data.preprocess import PreprocessCfg, preprocess_image
-from ..data.readers import read_image, to_uint8
+from ..data.readers import read_image, read_image_u8
 from ..encoders.registry import Encoder, create_encoder
 from ..encoders.weights import local_weights_path
 from ..results import name_slug
 
 # %% auto #0
-__all__ = ['read_image_u8', 'EncoderImages', 'Features', 'image_digests', 'feature_key', 'write_chunk', 'read_chunk',
-           'default_workers', 'extract_features', 'compare_amp']
+__all__ = ['EncoderImages', 'Features', 'image_digests', 'feature_key', 'write_chunk', 'read_chunk', 'default_workers',
+           'extract_features', 'compare_amp']
 
 # %% ../../nbs/api/20_features.cache.ipynb #929932e2
-def _minmax_lut(lo:int, hi:int) -> list|None:
-    "`read_png`'s min-max scaling then `to_uint8`, as a table over the 256 gray levels; None when it is the identity."
-    x = np.arange(256, dtype=np.float64)
-    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)  # the same float64 arithmetic as the reader
-    lut = to_uint8(x.astype(np.float32))
-    return None if (lut == np.arange(256)).all() else lut.tolist()
-
-def read_image_u8(path:str|Path, # any file `read_image` takes
-                 ) -> np.ndarray: # uint8 (H, W), equal to `to_uint8(read_image(path))`
-    "The 8-bit image an encoder's preprocessing starts from; 8-bit gray files skip the float round trip."
-    path = Path(path)
-    if path.suffix.lower() not in (".dcm", ".dicom"):
-        from PIL import Image
-        try:
-            with Image.open(path) as im:
-                if im.mode == "L":
-                    u8 = np.asarray(im)
-                    lut = _minmax_lut(int(u8.min()), int(u8.max()))
-                    return u8 if lut is None else np.asarray(Image.fromarray(u8).point(lut))
-        except Exception: pass  # unreadable or unusual: the general reader decides, with its own error
-    return to_uint8(read_image(path))
-
 class EncoderImages(torch.utils.data.Dataset):
     "The images of an index, read with the real readers and preprocessed for one encoder."
     def __init__(self, index:pd.DataFrame, # canonical index rows to read
