@@ -43,11 +43,11 @@ setuptools.setup(
         "Topic :: Scientific/Engineering :: Medical Science Apps.",
     ] + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
     python_requires=">=" + min_python,
-    packages=setuptools.find_packages(include=["cxr_study", "cxr_study.*"]) + ["cxr_study.experiments", "cxr_study.reports", "cxr_study.studies"],
+    packages=setuptools.find_packages(include=["cxr_study", "cxr_study.*"]) + ["cxr_study.experiments", "cxr_study.pages", "cxr_study.studies"],
     # The experiment and report templates are notebooks in nbs/experiments and nbs/reports, and the study
     # files are in studies/; they ship inside the package so that an installed cxr-study can run them.
-    package_dir={"cxr_study.experiments": "nbs/experiments", "cxr_study.reports": "nbs/reports", "cxr_study.studies": "studies"},
-    package_data={"cxr_study.experiments": ["*.ipynb"], "cxr_study.reports": ["*.ipynb"], "cxr_study.studies": ["*.yaml"],
+    package_dir={"cxr_study.experiments": "nbs/experiments", "cxr_study.pages": "nbs/reports", "cxr_study.studies": "studies"},
+    package_data={"cxr_study.experiments": ["*.ipynb"], "cxr_study.pages": ["*.ipynb"], "cxr_study.studies": ["*.yaml"],
                   "cxr_study": ["reference/*.csv", "weights/*"]},
     include_package_data=True,
     install_requires=requirements,

@@ -56,7 +56,7 @@ def _fit(before: bool, epochs: int) -> float:
 def _run(data: Path, out: Path) -> float:
     "Seconds of one demo-like run into an empty study folder (in the child process)."
     from cxr_study.cli import DEMO_PROBE
-    from cxr_study.sweeps import RunSpec, run_experiment
+    from cxr_study.study.runner import RunSpec, run_experiment
     t = time.perf_counter()
     run_experiment(RunSpec.of("resnet18", "heart-seg", "linear-probe", data, out, folds=(0, 1), probe=DEMO_PROBE))
     return time.perf_counter() - t

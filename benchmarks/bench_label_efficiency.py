@@ -51,7 +51,7 @@ def prepare(d: Path, n: int, image_size: int = 1024):
     from cxr_study.data.index import write_index
     from cxr_study.data.prepare import build_image_cache, index_dataset
     from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
-    from cxr_study.protocols import study_cohorts, study_images
+    from cxr_study.study.protocols import study_cohorts, study_images
     raw = make_synthetic_benchmark(d/"synthetic", SyntheticCfg(n_images=n, size=256, seed=STUDY_SEED))
     idx, _ = index_dataset("synthetic", raw)
     cached, problems = build_image_cache(idx, d/"prepared", image_size=image_size, workers=max(1, benchlib.cores() - 1))
@@ -72,8 +72,8 @@ def time_extraction(encoder, images, root, cache, device) -> float:
 
 def time_sweep(encoder, tasks, root, study, sweep, folds, probe, mask_size, device) -> tuple[float, dict]:
     "Seconds of the whole sweep, and per task; `study/cache` already holds the features."
-    from cxr_study.efficiency import efficiency_spec
-    from cxr_study.sweeps import run_experiment
+    from cxr_study.study.label_efficiency import efficiency_spec
+    from cxr_study.study.runner import run_experiment
     per_task, t0 = {}, time.perf_counter()
     for t in tasks:
         t1 = time.perf_counter()

@@ -10,7 +10,7 @@ the feature extraction does (`torch.inference_mode`, bf16 autocast) on random im
 throughput of the GPU's part of an extraction, which is what the study's plan (`cxr-study plan`) budgets. Its
 bound is the GPU's dense bf16 peak (NVIDIA's data sheet for A100, H100 and H200; otherwise, and always as a check,
 the rate of a large bf16 matrix product measured here) over the encoder's FLOPs per image, counted on the meta
-device as `cxr_study.plan.encoder_profile` counts them. Each encoder has a time limit (`--limit` seconds, building
+device as `cxr_study.study.plan.encoder_profile` counts them. Each encoder has a time limit (`--limit` seconds, building
 included); one that fails, runs out of memory at every batch tried or takes too long is noted and the others are
 measured. Then one fine-tuning step (forward, loss, backward, clipping, AdamW) of the study's segmentation model on
 RAD-DINO's ViT-B/14 at 518 px, batch 16: images per second and peak memory (`benchmarks/gpu_finetune.py` measures
@@ -41,7 +41,7 @@ FINETUNE = ("rad-dino", "segmentation", 16)  # encoder, task, batch
 
 def peak_bf16(device_name: str) -> float | None:
     "Dense bf16 tensor-core FLOP/s of a GPU named like 'NVIDIA H100 80GB HBM3' (the plan's table); None when not listed."
-    from cxr_study.plan import GPU_PEAK_BF16
+    from cxr_study.study.plan import GPU_PEAK_BF16
     return next((v for k, v in GPU_PEAK_BF16.items() if k.lower() in device_name.lower()), None)
 
 
@@ -101,7 +101,7 @@ def throughput(enc, size: int, batch: int, device: torch.device, repeats: int, s
 
 def measure_encoder(name: str, device: torch.device, batch: int, repeats: int, limit: float, peak: float) -> dict:
     "Throughput and FLOP bound of one encoder; halves the batch on running out of memory; raises on anything else."
-    from cxr_study.plan import encoder_profile
+    from cxr_study.study.plan import encoder_profile
     with time_limit(limit):
         prof = encoder_profile(name)
         enc = build(name, device)

@@ -25,14 +25,14 @@ from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from .encoders.hub import describe_encoder
 from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
 from .encoders.weights import download_weights
-from .executors import execute_run, report_timings, run_study, run_timings, time_budget
-from .plan import encoder_profile, format_plan, plan_study
-from .protocols import get_protocol, protocol_names, reference_names
-from .report import build_report, copy_report
-from .reporting import write_study_outputs
-from .studyfile import expand_study, load_study, shipped_study, study_out
+from .study.executors import execute_run, report_timings, run_study, run_timings, time_budget
+from .study.plan import encoder_profile, format_plan, plan_study
+from .study.protocols import get_protocol, protocol_names, reference_names
+from .reports.report import build_report, copy_report
+from .reports.summary import write_study_outputs
+from .study.studyfile import expand_study, load_study, shipped_study, study_out
 from .study.options import RunOptions, add_option_flags, parse_json, option_applies, option_names, options_from_args
-from .sweeps import RunSpec, run_experiment
+from .study.runner import RunSpec, run_experiment
 
 # %% auto #0
 __all__ = ['TASK_NAMES', 'DEMO_PROBE', 'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare',

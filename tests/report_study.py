@@ -17,8 +17,8 @@ _BUILT = {}
 def built_study(data_dir, tmp_path_factory):
     "The study folder, its runs complete and its report built (made on the first call of the session)."
     if "out" not in _BUILT:
-        from cxr_study.executors import run_grid
-        from cxr_study.report import build_report
+        from cxr_study.study.executors import run_grid
+        from cxr_study.reports.report import build_report
         out = tmp_path_factory.mktemp("report_study")
         for encoders, options in (([*REFERENCES, *CANDIDATES], {"probe": PROBE, "mask_size": 64}),
                                   (["resnet18"], {"probe": PROBE, "mask_size": 64, "input_size": 64})):

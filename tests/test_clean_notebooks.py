@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_study.report import copy_report
+from cxr_study.reports.report import copy_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = sorted((ROOT / "nbs" / "study").rglob("*.ipynb"))  # papermill's output, as the demo wrote it

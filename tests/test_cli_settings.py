@@ -53,7 +53,7 @@ def test_bad_paths_are_named_without_a_traceback(tiny_benchmark, tmp_path):
 
 def test_set_reaches_the_study_over_the_file_and_under_the_flags():
     from cxr_study.cli import build_parser, study_from_args
-    from cxr_study.studyfile import shipped_study
+    from cxr_study.study.studyfile import shipped_study
     a = build_parser().parse_args(["grid", "--config", str(shipped_study("demo")), "--set", "report.n_boot=500", "--set", "folds=[0, 1]",
                                    "--set", "settings.linear-probe.probe.lr=0.01", "--set", "executor.workers=2", "--n-perm", "300"])
     cfg = study_from_args(a)

@@ -7,7 +7,7 @@ import torch
 from cxr_study.core import CxrStudyError, read_json
 from cxr_study.encoders.registry import create_encoder
 from cxr_study.results import run_path
-from cxr_study.sweeps import RunSpec, run_experiment
+from cxr_study.study.runner import RunSpec, run_experiment
 
 PROBE = {"lr": 0.02, "batch_size": 32, "max_epochs": 5}
 
@@ -64,7 +64,7 @@ def test_shipped_common_resolution_ablations(study, tmp_path):
     """The shipped studies' common-resolution ablations: every run is filed as <encoder>@<size> beside the
     encoder's main-grid run, with the same folds, seed, data and probe settings, only `input_size` differing."""
     from cxr_study.encoders.registry import get_encoder_cfg
-    from cxr_study.studyfile import expand_study, load_study, shipped_study
+    from cxr_study.study.studyfile import expand_study, load_study, shipped_study
     cfg = load_study(shipped_study(study), {"data": str(tmp_path / "data"), "out": str(tmp_path / "out")})
     specs = expand_study(cfg)
     main = {(s.encoder, s.task, s.protocol): s for s in specs if s.group == "main"}

@@ -16,8 +16,8 @@ from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark, syn
 from cxr_study.encoders import control
 from cxr_study.encoders.control import CONTROL, WEIGHTS_FILE, WEIGHTS_SHA256, PretrainCfg, sha256_file, shipped_weights
 from cxr_study.encoders.registry import create_encoder, get_encoder_cfg, list_encoders
-from cxr_study.executors import run_grid
-from cxr_study.reporting import row_label
+from cxr_study.study.executors import run_grid
+from cxr_study.reports.summary import row_label
 from cxr_study.results import collect_results
 
 

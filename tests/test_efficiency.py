@@ -28,7 +28,7 @@ def expected_count(f, n):
 # ---------------------------------------------------------------- the subsets, by exact enumeration
 
 def test_subsets_are_nested_patient_level_and_stratified():
-    from cxr_study.efficiency import label_subsets
+    from cxr_study.study.label_efficiency import label_subsets
     # 12 patients with 1 to 3 images; strata by label, and patient p04 has a negative and a positive image (stratum: positive)
     pats = [f"p{i:02d}" for i in range(12)]
     groups, labels = [], []
@@ -56,7 +56,7 @@ def test_subsets_are_nested_patient_level_and_stratified():
 
 def test_subset_draws_are_uniform_over_every_possible_subset():
     "4 patients, shares 25% and 50%: every (pair, member of the pair) of the 12 possible outcomes is equally likely."
-    from cxr_study.efficiency import label_subsets
+    from cxr_study.study.label_efficiency import label_subsets
     groups = np.array(["a", "b", "c", "d"])
     outcomes = Counter()
     for seed in range(6000):
@@ -72,7 +72,7 @@ def test_subset_draws_are_uniform_over_every_possible_subset():
 
 def test_subset_arguments_are_checked():
     from cxr_study.core import CxrStudyError
-    from cxr_study.efficiency import efficiency_settings, label_subsets
+    from cxr_study.study.label_efficiency import efficiency_settings, label_subsets
     with pytest.raises(CxrStudyError, match=r"in \(0, 1\]"): label_subsets(["a", "b"], None, [1.5])
     with pytest.raises(CxrStudyError, match="seeds: expected distinct non-negative integers"): efficiency_settings({"seeds": [1, 1]})
     with pytest.raises(CxrStudyError, match="knn_ks: expected positive integers"): efficiency_settings({"knn_ks": [0]})
@@ -84,8 +84,8 @@ def test_subset_arguments_are_checked():
 def study(tiny_benchmark, tmp_path_factory):
     "Raw pixels and the prior on two classification tasks and one segmentation task, two test folds, with label efficiency."
     from cxr_study.cli import DEMO_PROBE
-    from cxr_study.executors import run_study
-    from cxr_study.studyfile import validate_study
+    from cxr_study.study.executors import run_study
+    from cxr_study.study.studyfile import validate_study
     out = tmp_path_factory.mktemp("le-study")
     cfg = validate_study({"data": str(tiny_benchmark), "out": str(out), "encoders": ["prior", "raw-pixels"], "tasks": TASKS,
                           "folds": [0, 1], "executor": {"kind": "inline"},
@@ -163,8 +163,8 @@ def test_training_subsets_have_the_stratified_patient_counts(study, tiny_benchma
 
 
 def test_complete_runs_are_skipped_and_kept(study):
-    from cxr_study.executors import run_study
-    from cxr_study.studyfile import expand_study
+    from cxr_study.study.executors import run_study
+    from cxr_study.study.studyfile import expand_study
     specs = [s for s in expand_study(study["cfg"]) if s.protocol == "label-efficiency"]
     assert all(s.complete() for s in specs)
     stamps = {s.key: (s.path / "run.json").stat().st_mtime_ns for s in specs}
@@ -175,8 +175,8 @@ def test_complete_runs_are_skipped_and_kept(study):
 
 def test_the_plan_counts_no_extraction_for_label_efficiency(study):
     "The runs reuse the main linear probe's cached features: no forward passes of their own."
-    from cxr_study.plan import plan_study
-    from cxr_study.studyfile import validate_study
+    from cxr_study.study.plan import plan_study
+    from cxr_study.study.studyfile import validate_study
     raw = {"data": str(study["cfg"].data["heart-seg"]), "out": str(study["out"]) + "-plan", "encoders": ["raw-pixels"],
            "tasks": ["heart-seg"], "label_efficiency": {}}
     runs = plan_study(validate_study(raw))["runs"]
@@ -189,7 +189,7 @@ def test_the_plan_counts_no_extraction_for_label_efficiency(study):
 def test_report_page_and_its_tables(study):
     "The report's label-efficiency page executes on the study; its check finds every 100% point equal to the main run."
     import nbformat
-    from cxr_study.report import REPORT_PAGES, _execute, _report_key, load_study, report_template
+    from cxr_study.reports.report import REPORT_PAGES, _execute, _report_key, load_study, report_template
     assert ("efficiency", "Label efficiency") in REPORT_PAGES
     rep = study["out"] / "report-efficiency"
     for sub in ("tables", "figures"): (rep / sub).mkdir(parents=True, exist_ok=True)
@@ -221,8 +221,8 @@ def test_curves_rise_with_data_on_a_learnable_task(learnable, tmp_path):
     """Cardiomegaly on the synthetic benchmark is learnable from raw pixels (the heart's width). Over shares and subset
     seeds, the pooled test AUROC rises with the share: Kendall's tau is positive at p < 0.01, and the full training fold
     beats the smallest share by more than the smallest share's spread over seeds."""
-    from cxr_study.efficiency import efficiency_spec
-    from cxr_study.sweeps import run_experiment
+    from cxr_study.study.label_efficiency import efficiency_spec
+    from cxr_study.study.runner import run_experiment
     fractions, seeds = [0.05, 0.25, 1.0], [0, 1, 2]
     r = run_experiment(efficiency_spec("raw-pixels", "cardiomegaly-cls", learnable, tmp_path,
                              adapt={"fractions": fractions, "seeds": seeds, "probes": ["linear"]}))
@@ -240,7 +240,7 @@ def test_curves_rise_with_data_on_a_learnable_task(learnable, tmp_path):
 def test_report_page_of_a_study_without_label_efficiency(tmp_path):
     "Every study's report has the page: without label-efficiency runs it says how to add them, and fails nothing."
     import nbformat
-    from cxr_study.report import _execute, report_template
+    from cxr_study.reports.report import _execute, report_template
     rep = tmp_path / "report"
     for sub in ("tables", "figures"): (rep / sub).mkdir(parents=True)
     _execute(report_template("efficiency"), rep / "efficiency.ipynb", dict(study_dir="..", report_dir=".", n_boot=100, n_perm=100))

@@ -16,13 +16,13 @@ from cxr_study.data.preprocess import preprocess_image
 from cxr_study.encoders.hub import describe_encoder
 from cxr_study.encoders.registry import EncoderIdError, create_encoder, get_encoder_cfg
 from cxr_study.encoders.weights import download_weights
-from cxr_study.executors import run_study
+from cxr_study.study.executors import run_study
 from cxr_study.features.cache import extract_features
-from cxr_study.protocols import study_images
+from cxr_study.study.protocols import study_images
 from cxr_study.data.index import read_index
-from cxr_study.reporting import row_label
+from cxr_study.reports.summary import row_label
 from cxr_study.results import collect_results, list_runs, name_slug
-from cxr_study.studyfile import validate_study
+from cxr_study.study.studyfile import validate_study
 
 V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)  # tiny widths, real architectures
 IMAGENET = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
@@ -405,7 +405,7 @@ def test_feature_cache_is_keyed_by_the_weights_digest(tiny_benchmark, hf_folders
 
 
 def test_describe_a_registered_name_and_an_id():
-    from cxr_study.plan import encoder_profile
+    from cxr_study.study.plan import encoder_profile
     txt = describe_encoder("timm/convnext_atto.d2_in1k", encoder_profile("timm/convnext_atto.d2_in1k"))
     assert "GFLOP at 224 px" in txt and "preprocess.crop_pct" in txt and "timm pretrained_cfg: crop_pct" in txt
     assert "the registry entry" in describe_encoder("resnet18")

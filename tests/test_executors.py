@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from cxr_study.core import read_table
-from cxr_study.executors import grid_specs, run_grid, submit_slurm
+from cxr_study.study.executors import grid_specs, run_grid, submit_slurm
 from cxr_study.results import RUN_FILES, run_path
 
 PROBE = {"lr": 0.02, "batch_size": 32, "max_epochs": 15}
@@ -171,7 +171,7 @@ def test_slurm_jobs_carry_every_setting(tiny_benchmark, tmp_path):
 
 def test_study_file_with_flags_over_it(tmp_path):
     from cxr_study.cli import build_parser, study_from_args
-    from cxr_study.studyfile import shipped_study
+    from cxr_study.study.studyfile import shipped_study
     a = build_parser().parse_args(["grid", "--config", str(shipped_study("demo")), "--folds", "0", "1", "--partition", "short",
                                    "--workers", "3"])
     cfg = study_from_args(a)

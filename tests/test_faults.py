@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from cxr_study.core import file_digest
-from cxr_study.report import REPORT_PAGES
+from cxr_study.reports.report import REPORT_PAGES
 from cxr_study.results import read_run_meta, run_path
 
 ENCODERS, TASKS = ["prior", "raw-pixels"], ["cardiomegaly-cls", "heart-seg"]

@@ -109,9 +109,9 @@ def test_interrupted_fit_resumes_to_the_identical_result(tmp_path):
 _SCRIPT = textwrap.dedent("""
     import dataclasses, os, signal, sys
     from cxr_study.encoders.registry import register_encoder
-    from cxr_study import protocols
+    from cxr_study.study import protocols
     from cxr_study.train.finetune import fit_finetune, tiny_encoder
-    from cxr_study.sweeps import RunSpec, run_experiment
+    from cxr_study.study.runner import RunSpec, run_experiment
 
     register_encoder(tiny_encoder("vit").cfg)
     kill_at, calls = int(sys.argv[3]), []
@@ -134,7 +134,7 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
     go = lambda out, kill: subprocess.run([sys.executable, str(script), str(tiny_benchmark), str(out), str(kill)], env=env,
                                           capture_output=True, text=True, timeout=300)
     from cxr_study.encoders import registry
-    from cxr_study.sweeps import RunSpec, run_experiment
+    from cxr_study.study.runner import RunSpec, run_experiment
     registry.register_encoder(tiny_encoder("vit").cfg)
     try: run_experiment(RunSpec.of("tiny-vit", "pneumothorax-cls", "fine-tune", tiny_benchmark, tmp_path / "ref", folds=[0, 1], device="cpu", adapt=ADAPT))
     finally: registry._REGISTRY.pop("tiny-vit")  # the uninterrupted reference, in this process
@@ -157,8 +157,8 @@ def test_killed_finetune_run_resumes_to_the_same_result(tiny_benchmark, tmp_path
 
 
 def test_protocols_in_the_runner_and_grid(tiny_benchmark, tmp_path):
-    from cxr_study.executors import run_grid
-    from cxr_study.sweeps import RunSpec, grid_runs, is_complete, run_experiment
+    from cxr_study.study.executors import run_grid
+    from cxr_study.study.runner import RunSpec, grid_runs, is_complete, run_experiment
     # a grid only holds the cells a protocol applies to
     assert grid_runs(["resnet18", "segformer-b4"], ["cardiomegaly-cls", "heart-seg"], ["multiscale-probe", "e2e"]) == [
         ("resnet18", "heart-seg", "multiscale-probe"), ("segformer-b4", "cardiomegaly-cls", "e2e"),

@@ -26,7 +26,7 @@ from cxr_study.data.adapters import image_size, read_mask_file
 from cxr_study.data.readers import read_dicom, read_image, read_png, write_dicom
 from cxr_study.data.rle import (chexmask_rle_decode, chexmask_rle_encode, siim_index_rle, siim_mask, siim_rle_decode,
                                 siim_rle_encode)
-from cxr_study.studyfile import StudyCfg, load_study, shipped_study
+from cxr_study.study.studyfile import StudyCfg, load_study, shipped_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom and PIL on damaged files
 FUZZ_DIR = Path(__file__).parent / "fixtures" / "fuzz"

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/"benchmarks"))
 import benchlib  # noqa: E402
 import gpu_study  # noqa: E402
-from cxr_study.plan import GPU_PEAK_BF16, encoder_profile  # noqa: E402
+from cxr_study.study.plan import GPU_PEAK_BF16, encoder_profile  # noqa: E402
 
 
 def test_peak_from_the_device_name():

@@ -60,7 +60,7 @@ def test_default_rule_keeps_area_and_study_rule_shrinks_thin_structures():
         assert preprocess_mask(band, pcfg, rule="study").sum() / true < 0.97
 
 def test_run_records_its_rule(tmp_path):
-    from cxr_study.sweeps import RunSpec
+    from cxr_study.study.runner import RunSpec
     params = lambda **o: RunSpec.of("resnet18", "heart-seg", data_dir=tmp_path, folds=[0], seed=1, **o).params()
     assert params()["mask_resize"] == "bilinear"
     assert params(mask_resize="study")["mask_resize"] == "study"
@@ -68,7 +68,7 @@ def test_run_records_its_rule(tmp_path):
 
 def test_study_file_takes_the_rule_and_names_a_wrong_one():
     from cxr_study.core import CxrStudyError
-    from cxr_study.studyfile import expand_study, load_study, shipped_study
+    from cxr_study.study.studyfile import expand_study, load_study, shipped_study
     s = load_study(shipped_study("demo"), {"settings.linear-probe.mask_resize": "study"})
     assert {r.params()["mask_resize"] for r in expand_study(s)} == {"study"}
     assert {r.params()["mask_resize"] for r in expand_study(load_study(shipped_study("demo")))} == {"bilinear"}

@@ -3,7 +3,7 @@ import pytest
 
 import cxr_study.core as core
 from cxr_study.core import CxrStudyError
-from cxr_study.executors import pool_slots, visible_gpus
+from cxr_study.study.executors import pool_slots, visible_gpus
 
 
 @pytest.fixture

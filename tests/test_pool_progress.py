@@ -25,8 +25,8 @@ def test_a_run_says_its_lines_to_its_status_file_and_removes_it(tmp_path, monkey
 
 
 def test_the_postfix_names_each_running_run_with_its_latest_line(tmp_path):
-    from cxr_study.executors import running_postfix
-    from cxr_study.sweeps import STATUS_FILE
+    from cxr_study.study.executors import running_postfix
+    from cxr_study.study.runner import STATUS_FILE
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(); (a / STATUS_FILE).write_text("fine-tuning: epoch 2/30: train loss 0.7\n")
     assert running_postfix({"resnet18 / heart-seg": a, "prior / heart-seg": b}) == \
@@ -44,9 +44,9 @@ class RecordingBar:
 
 
 def test_worker_processes_epochs_reach_the_pool_bar(tiny_benchmark, tmp_path, monkeypatch):
-    import cxr_study.executors as ex
+    import cxr_study.study.executors as ex
     from cxr_study.study.options import RunOptions
-    from cxr_study.sweeps import RunSpec
+    from cxr_study.study.runner import RunSpec
     bar = RecordingBar()
     monkeypatch.setattr(ex, "progress", lambda *a, **kw: bar)
     monkeypatch.setattr(ex, "WATCH_SECONDS", 0.02)

@@ -56,7 +56,7 @@ def test_experiment_templates_have_one_tagged_parameters_cell():
 
 def test_experiment_template_runs_under_papermill(tiny_benchmark, tmp_path):
     import papermill as pm
-    from cxr_study.sweeps import experiment_template, is_complete
+    from cxr_study.study.runner import experiment_template, is_complete
     out_nb = tmp_path / "executed.ipynb"
     pm.execute_notebook(str(experiment_template()), str(out_nb), kernel_name="python3", progress_bar=False,
                         parameters=dict(encoder="raw-pixels", task="heart-seg", folds=[0], data_dir=str(tiny_benchmark),

@@ -12,10 +12,10 @@ from cxr_study.core import CxrStudyError
 from cxr_study.data.cohorts import get_task
 from cxr_study.encoders import registry
 from cxr_study.heads.probes import fit_knn_probe
-from cxr_study.protocols import (PROTOCOLS, FoldFit, LinearProbe, applies, get_protocol, protocol_names,
+from cxr_study.study.protocols import (PROTOCOLS, FoldFit, LinearProbe, applies, get_protocol, protocol_names,
                                  reference_names, register_protocol)
-from cxr_study.studyfile import validate_study
-from cxr_study.sweeps import RunSpec, check_protocol_contract, grid_runs, run_experiment
+from cxr_study.study.studyfile import validate_study
+from cxr_study.study.runner import RunSpec, check_protocol_contract, grid_runs, run_experiment
 from cxr_study.train.finetune import tiny_encoder
 
 SMALL_SEGFORMER = {"max_epochs": 1, "input_size": 64,

@@ -20,8 +20,8 @@ TASKS = ["pneumothorax-cls", "cardiomegaly-cls", "pneumothorax-seg", "heart-seg"
 def study(tiny_benchmark, tmp_path_factory):
     "Two references and two candidate encoders on the four tasks over the five folds, then its report with the HTML site."
     from cxr_study.cli import DEMO_PROBE
-    from cxr_study.report import build_report
-    from cxr_study.executors import run_grid
+    from cxr_study.reports.report import build_report
+    from cxr_study.study.executors import run_grid
     out = tmp_path_factory.mktemp("study")
     st = run_grid(["prior", "raw-pixels", "resnet18", "vit-small-patch16-224"], TASKS, tiny_benchmark, out, executor="inline",
                   options={"probe": {**DEMO_PROBE, "max_epochs": 15}}, show_progress=False)
@@ -142,7 +142,7 @@ def test_site_renders_in_chromium_with_every_image(study):
 
 
 def test_interrupted_rebuild_keeps_the_previous_report(study, monkeypatch):
-    import cxr_study.report as report
+    import cxr_study.reports.report as report
     before = sorted(p.relative_to(study) for p in (study / "report").rglob("*"))
     calls = []
     def boom(template, out, params):
@@ -162,7 +162,7 @@ def test_report_command_on_a_folder_without_runs_is_one_clear_line(tmp_path):
 
 
 def test_an_up_to_date_report_is_not_rebuilt(study):
-    from cxr_study.report import build_report
+    from cxr_study.reports.report import build_report
     page = study / "report" / "index.ipynb"
     before = page.stat().st_mtime_ns
     build_report(study, html=True, n_boot=300, n_perm=300, show_progress=False)

@@ -45,7 +45,7 @@ def _folds(run_dir) -> list:
 
 
 def test_every_report_page_runs_with_its_defaults(demo_parent, tmp_path):
-    from cxr_study.report import EXECUTION_ORDER, report_template
+    from cxr_study.reports.report import EXECUTION_ORDER, report_template
     tables = demo_parent / "cxr_study_demo" / "report" / "tables"
     before = {p.name: p.stat().st_mtime_ns for p in tables.glob("*.csv")}
     assert len(before) > 10
@@ -59,7 +59,7 @@ def test_every_report_page_runs_with_its_defaults(demo_parent, tmp_path):
 
 
 def test_a_report_page_takes_p_and_y_overrides(demo_parent, tmp_path):
-    from cxr_study.report import report_template
+    from cxr_study.reports.report import report_template
     elsewhere = tmp_path / "my_report"
     nb = _papermill(report_template("comparisons"), tmp_path / "comparisons.ipynb", demo_parent,
                     "-p", "report_dir", elsewhere, "-p", "n_boot", 200, "-y", "{n_perm: 200}")
@@ -68,7 +68,7 @@ def test_a_report_page_takes_p_and_y_overrides(demo_parent, tmp_path):
 
 
 def test_the_experiment_template_runs_with_its_defaults(demo_parent, tmp_path):
-    from cxr_study.sweeps import experiment_template, is_complete
+    from cxr_study.study.runner import experiment_template, is_complete
     nb = _papermill(experiment_template(), tmp_path / "experiment.ipynb", demo_parent)
     assert not _injected(nb)
     # its defaults: raw pixels on cardiomegaly classification, every fold, on the demo's prepared index, filed in the demo's folder
@@ -78,7 +78,7 @@ def test_the_experiment_template_runs_with_its_defaults(demo_parent, tmp_path):
 
 
 def test_the_experiment_template_takes_p_and_y_overrides(demo_parent, tmp_path):
-    from cxr_study.sweeps import experiment_template, is_complete
+    from cxr_study.study.runner import experiment_template, is_complete
     _papermill(experiment_template(), tmp_path / "experiment.ipynb", demo_parent,
                "-p", "encoder", "prior", "-p", "out_dir", tmp_path / "out", "-y", "{task: heart-seg, folds: [1], options: {mask_size: 32}}")
     assert is_complete(tmp_path / "out", "prior", "heart-seg", "linear-probe")

@@ -37,9 +37,9 @@ def true_mask(index_row, target, pre, size):
 
 @pytest.mark.parametrize("encoder", ["prior", "resnet18", "resnet18@64"])
 def test_an_overlay_is_the_stored_mask(study, tiny_benchmark, encoder):
-    from cxr_study.overlays import overlay_cases, plot_overlays
-    from cxr_study.report import load_study
-    from cxr_study.reporting import ROLES
+    from cxr_study.reports.overlays import overlay_cases, plot_overlays
+    from cxr_study.reports.report import load_study
+    from cxr_study.reports.summary import ROLES
     cases = overlay_cases(load_study(study), "heart-seg", roles=tuple(ROLES))  # the ablation variant too: its 64-px geometry
     own = cases[cases.selection == "own"]
     r = own[(own.encoder == encoder) & (own.case == "median")].iloc[0]

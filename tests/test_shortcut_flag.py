@@ -29,7 +29,7 @@ from cxr_study.cli import DEMO_PROBE
 from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
 from cxr_study.results import collect_results
 from cxr_study.stats.subgroups import shortcut_analysis, shortcut_test
-from cxr_study.executors import run_grid
+from cxr_study.study.executors import run_grid
 
 SEED = 14  # generator seed, the same at both shortcut strengths
 ENCODER, TASK = "raw-pixels", "pneumothorax-cls"

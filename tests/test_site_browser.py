@@ -67,7 +67,7 @@ def tiny_report(study: Path):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from cxr_study.site import render_html
+    from cxr_study.reports.site import render_html
     report, pages, runs = tiny_report(tmp_path_factory.mktemp("study"))
     return render_html(report, pages, runs)
 
@@ -79,7 +79,7 @@ def test_chromium_is_installed():
 
 
 def test_site_passes_the_static_checks(site):
-    from cxr_study.site import check_site
+    from cxr_study.reports.site import check_site
     assert check_site(site) == []
     assert (site / "runs/vit-s16/pneumothorax-cls/linear-probe/experiment.html").is_file()
 

@@ -2,7 +2,7 @@
 import pytest
 
 from cxr_study.core import CxrStudyError
-from cxr_study.studyfile import expand_study, load_study
+from cxr_study.study.studyfile import expand_study, load_study
 
 STUDY = """name: paths
 data: {data}

@@ -4,9 +4,9 @@ import pytest
 
 from cxr_study.cli import DEMO_PROBE
 from cxr_study.data.synthetic import SyntheticCfg, make_synthetic_benchmark
-from cxr_study.reporting import summarise
+from cxr_study.reports.summary import summarise
 from cxr_study.results import collect_results
-from cxr_study.executors import run_grid
+from cxr_study.study.executors import run_grid
 
 
 @pytest.fixture(scope="module")

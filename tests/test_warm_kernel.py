@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from cxr_study.executors import WarmKernel, execute_run, grid_specs, run_local
+from cxr_study.study.executors import WarmKernel, execute_run, grid_specs, run_local
 
 OPTS = {"probe": {"lr": 0.02, "batch_size": 32, "max_epochs": 10}, "mask_size": 64}
 

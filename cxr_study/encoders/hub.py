@@ -709,7 +709,7 @@ def _local_weights(cfg) -> str:
     return f"the folder {src.folder}" if src is not None and src.folder is not None else "none on the hub"
 
 def describe_encoder(name:str, # a registered name or an id
-                     profile:dict|None=None, # `cxr_study.plan.encoder_profile(name)`: FLOPs and parameters counted on the meta device
+                     profile:dict|None=None, # `cxr_study.study.plan.encoder_profile(name)`: FLOPs and parameters counted on the meta device
                     ) -> str:
     "What an encoder name resolves to, before anything runs: architecture, parameters, preprocessing, features, FLOPs, and where each field came from."
     cfg = get_encoder_cfg(name)
