@@ -229,27 +229,36 @@ def area_matrix(n_in:int, # side of the mask
     for r, (a, b) in enumerate(zip(start, end)): P[r, a:b] = 1 / (b - a)
     return P
 
-def _grid_terms(M, loss_size, class_weights, grid:tuple, dev) -> dict:
+def _grid_terms(M, loss_size, class_weights, grid:tuple, dev, chunk:int=32) -> dict:
     "What each image's loss needs: U, the per-pixel weights A (None when all equal a), Uh.T B Uw at the grid (Bg), the normaliser."
     w0, w1 = (float(w) for w in class_weights)
-    hard = loss_size is None or loss_size == np.shape(M)[-1]
-    p = torch.from_numpy(np.array(M, np.float32)).to(dev)  # a copy (changed in place below); numpy converts bool to float fastest
-    if not hard:  # the area-averaged mask (`_targets`), as two matrix products: exact for 0/1 masks
-        p = area_matrix(p.shape[-2], loss_size, dev) @ (p @ area_matrix(p.shape[-1], loss_size, dev).T)
-    Uh, Uw = U = upsample_matrix(grid[0], p.shape[-2], dev), upsample_matrix(grid[1], p.shape[-1], dev)
-    Bg = (Uh.T @ (p @ Uw)).mul_(w1)  # the term B d of the loss, summed over the loss pixels, is <d, Uh.T B Uw> at the grid
-    n_px = p[0].numel() if len(p) else 0
-    norm = p.sum((1, 2)).mul_(w1 - w0).add_(w0 * n_px) if hard else torch.full((len(p),), float(n_px), device=dev)  # A's sum / pixels
-    return {"U": U, "A": None if w0 == w1 else p.mul_(w1 - w0).add_(w0), "a": w0, "Bg": Bg, "norm": norm}
+    Mn = np.asarray(M, bool); M = torch.as_tensor(Mn).to(dev)
+    hard, (H, W) = loss_size is None or loss_size == M.shape[-1], M.shape[1:]
+    L = (H, W) if hard else (loss_size, loss_size)
+    Ah, Aw = (None, None) if hard else (area_matrix(H, loss_size, dev), area_matrix(W, loss_size, dev))
+    Uh, Uw = U = upsample_matrix(grid[0], L[0], dev), upsample_matrix(grid[1], L[1], dev)
+    A = torch.empty((len(M), *L), device=dev) if w0 != w1 else None
+    Bg, buf = torch.empty((len(M), *grid), device=dev), torch.empty((chunk, H, W), device=dev)
+    for i in range(0, len(M), chunk):  # the masks as float a chunk at a time, in one buffer: no pass over a float copy of them all
+        m = buf[:len(M[i:i + chunk])].copy_(M[i:i + chunk])
+        p = m if hard else Ah @ (m @ Aw.T)  # soft targets: the area-averaged mask (`_targets`) as two products, exact for 0/1 masks
+        torch.mul(Uh.T @ (p @ Uw), w1, out=Bg[i:i + chunk])  # the loss's term B d, summed over its pixels, is <d, Uh.T B Uw>
+        if A is not None: torch.add(p.mul_(w1 - w0), w0, out=A[i:i + chunk])  # A = w0 (1 - p) + w1 p
+    n_px = L[0] * L[1]
+    fg = torch.as_tensor(np.count_nonzero(Mn.reshape(len(Mn), -1), axis=1), dtype=torch.float32, device=dev)
+    norm = fg.mul_(w1 - w0).add_(w0 * n_px) if hard else torch.full((len(M),), float(n_px), device=dev)  # A's sum, or the pixels
+    return {"U": U, "A": A, "a": w0, "Bg": Bg, "norm": norm}
 
 def _grid_loss(d:torch.Tensor, t:dict, rows, grad:bool=True) -> tuple: # summed loss of the images, its gradient at the grid
     "`upsampled_ce` of images `rows` from their `_grid_terms`, neither divided by the normaliser."
     (Uh, Uw), A, Bg = t["U"], None if t["A"] is None else t["A"][rows], t["Bg"][rows]
     D = Uh @ (d @ Uw.T)
-    sp = F.softplus(D)
+    if D.max() < 80:  # exp(D) once for both: softplus = log(1 + e) (F.softplus's formula below its threshold), sigmoid = e / (1 + e)
+        e = D.exp_(); e1 = e + 1
+        sp, s = torch.log(e1), (e.div_(e1) if grad else None)
+    else: sp, s = F.softplus(D), (torch.sigmoid(D) if grad else None)  # large logits: exp would overflow
     loss = (sp.sum() * t["a"] if A is None else torch.dot(A.reshape(-1), sp.reshape(-1))) - torch.dot(Bg.reshape(-1), d.reshape(-1))
     if not grad: return loss, None
-    s = torch.sigmoid(D)
     s = s.mul_(A) if A is not None else s.mul_(t["a"]) if t["a"] != 1 else s
     return loss, (Uh.T @ (s @ Uw)).sub_(Bg)  # A sigmoid(D) - B, back at the grid (the large product first: one matrix product)
 
