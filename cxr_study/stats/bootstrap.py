@@ -180,7 +180,7 @@ class _AuprcCounts:
 _RANK_COUNTS = {id(auroc_weighted): _AurocCounts, id(auprc_weighted): _AuprcCounts}
 
 def _kernels(metric:str, y:np.ndarray|None, V:np.ndarray, inv:np.ndarray, G:int, threshold:float) -> list:
-    "(columns, f) pairs: f maps a (G, b) counts block (a column per replicate) to the metric of those columns of `V`, (b, len(columns))."
+    "(columns, f) pairs: f maps a counts block to the metric of those columns of `V`, (b, len(columns)); the block is (b, G) float for a mean over images, else (G, b) float32 (a column per replicate)."
     m = get_metric(metric)
     if m.per_image is not None:  # every column in one product: each cluster's sums and counts of the values it counts
         P = np.column_stack([per_image_values(metric, y, V[:, j], threshold) for j in range(V.shape[1])])
@@ -188,7 +188,7 @@ def _kernels(metric:str, y:np.ndarray|None, V:np.ndarray, inv:np.ndarray, G:int,
         sk = np.column_stack([np.stack([np.bincount(inv[o], p[o], G) for p, o in zip(P.T, ok.T)], 1),
                               np.stack([np.bincount(inv[o], minlength=G) for o in ok.T], 1)])
         def mean(C):
-            num, den = np.split(C.T @ sk, 2, axis=1)
+            num, den = np.split(C @ sk, 2, axis=1)
             with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
         return [(list(range(V.shape[1])), mean)]
     if y is None: raise CxrStudyError(f"{metric} needs y_true")
@@ -226,13 +226,14 @@ def bootstrap_replicates(metric:str, # a metric of the table
     v = v[:, None] if one else v
     y = None if y_true is None else np.asarray(y_true, float)
     strata = _strata_for(metric, _cluster_max_label(clusters, y), stratify)
-    out, kernels, i = np.empty((n_boot, v.shape[1])), None, 0
+    out, kernels, i, mean = np.empty((n_boot, v.shape[1])), None, 0, get_metric(metric).per_image is not None
     with threads_for_now(1):  # small matrix products: one BLAS thread is as fast, and does not stall beside busy programs
         for C, inv in _cluster_counts(clusters, v.shape[0], strata, n_boot, seed, chunk):
             if kernels is None: kernels = _kernels(metric, y, v, inv, C.shape[1], threshold)
-            for r in range(0, len(C), 32):  # 32 replicates at a time: each column's work stays in the CPU's cache
-                Cb = np.ascontiguousarray(C[r:r + 32].T, np.float32)  # a row per cluster (fast gathers); exact in float32; once for all columns
-                for cols, f in kernels: out[i + r:i + min(r + 32, len(C)), cols] = f(Cb)
+            step = len(C) if mean else 32  # a mean: one product for the block; else 32 replicates at a time, each column's work in the cache
+            for r in range(0, len(C), step):
+                Cb = C if mean else np.ascontiguousarray(C[r:r + 32].T, np.float32)  # a row per cluster: fast gathers; exact in float32
+                for cols, f in kernels: out[i + r:i + min(r + step, len(C)), cols] = f(Cb)
             i += len(C)
     return out[:, 0] if one else out
 
