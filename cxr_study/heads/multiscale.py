@@ -5,7 +5,6 @@
 # %% ../../nbs/api/31_heads.multiscale.ipynb #1e283f84
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import CxrStudyError, STUDY_SEED, epoch_line, get_device, threads_for_now
-from .probes import EarlyStopping, UpsampledCE, _batches, loss_terms, upsample_matrix
+from ..core import CxrStudyError, STUDY_SEED, get_device, threads_for_now
+from .probes import UpsampledCE, _batches, _predict_batches, _train_epochs, loss_terms, upsample_matrix
 
 # %% auto #0
 __all__ = ['MultiscaleCfg', 'default_layers', 'resample_grids', 'MultiscaleProbe', 'fit_multiscale_probe', 'predict_multiscale']
@@ -115,7 +114,7 @@ def fit_multiscale_probe(G_train:list, M_train:np.ndarray, # per layer (n, C_i, 
 def _fit_multiscale(G_train, M_train, G_val, M_val, class_weights, cfg:MultiscaleCfg, dev) -> tuple[MultiscaleProbe, dict]:
     "`fit_multiscale_probe` on `dev`, in the threads it was given (one on a CPU: small operations, see `core.threads_for_now`)."
     if len(G_train) != len(G_val) or not G_train: raise CxrStudyError("need the same non-empty list of layers for train and val")
-    torch.manual_seed(cfg.seed); rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
     n = len(G_train[0]); size = cfg.grid_size or max(g.shape[-1] for g in G_train)
     probe = MultiscaleProbe([g.shape[1] for g in G_train], size, cfg.decoder, cfg.hidden).to(dev)
     with torch.no_grad():  # per-channel statistics of the resampled, concatenated training grids
@@ -129,22 +128,15 @@ def _fit_multiscale(G_train, M_train, G_val, M_val, class_weights, cfg:Multiscal
     opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     terms, terms_val = (loss_terms(M, cfg.loss_size, class_weights, dev) for M in (M_train, M_val))
     U = (upsample_matrix(size, terms[0].shape[-2], dev), upsample_matrix(size, terms[0].shape[-1], dev))
-    hist = {"train_loss": [], "val_loss": [], "best_epoch": -1}
-    stopper = EarlyStopping(cfg.patience, cfg.min_delta)
-    for epoch in range(cfg.max_epochs):
-        probe.train(); tot, t0 = 0.0, time.time()
+    def fit_epoch(rng):
+        tot = 0.0
         for b in _batches(n, cfg.batch_size, rng):
             loss = _loss(probe, G_train, Z_train, terms, b, U, dev)
             opt.zero_grad(); loss.backward(); opt.step(); tot += loss.item() * len(b)
-        probe.eval()
-        with torch.no_grad():
-            val = sum(_loss(probe, G_val, Z_val, terms_val, b, U, dev).item() * len(b) for b in _batches(len(G_val[0]), 64)) / len(G_val[0])
-        hist["train_loss"].append(tot / n); hist["val_loss"].append(val)
-        epoch_line("multi-scale probe", epoch + 1, cfg.max_epochs, time.time() - t0, train_loss=tot / n, val_loss=val)
-        if stopper.step(val, probe, epoch): break
-    hist["best_epoch"] = stopper.best_epoch
-    stopper.restore(probe)
-    return probe.eval(), hist
+        return tot / n
+    @torch.no_grad()
+    def val_loss(): return sum(_loss(probe, G_val, Z_val, terms_val, b, U, dev).item() * len(b) for b in _batches(len(G_val[0]), 64)) / len(G_val[0])
+    return probe, _train_epochs(probe, fit_epoch, val_loss, cfg, "multi-scale probe")
 
 @torch.no_grad()
 def predict_multiscale(probe:MultiscaleProbe, G:list, # per layer (n, C_i, h_i, w_i)
@@ -153,8 +145,4 @@ def predict_multiscale(probe:MultiscaleProbe, G:list, # per layer (n, C_i, h_i, 
                       ) -> tuple[np.ndarray, np.ndarray]: # argmax masks (n, size, size) bool, fp16 foreground probability
     "Argmax masks and foreground probabilities at `size`."
     dev = get_device(device); probe = probe.to(dev)
-    masks, probs = [], []
-    for b in _batches(len(G[0]), batch_size):
-        p = probe(_batch(G, b, dev), size=(size, size)).softmax(1)[:, 1]
-        probs.append(p.cpu().numpy().astype(np.float16)); masks.append((p > 0.5).cpu().numpy())
-    return np.concatenate(masks), np.concatenate(probs)
+    return _predict_batches(len(G[0]), batch_size, lambda b: probe(_batch(G, b, dev), size=(size, size)).softmax(1)[:, 1])

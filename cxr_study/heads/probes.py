@@ -20,8 +20,8 @@ from ..results import LOGISTIC_CS
 
 # %% auto #0
 __all__ = ['KNN_KS', 'KNN_TEMPERATURE', 'fit_logistic_probe', 'knn_vote_weights', 'fit_knn_probe', 'SegProbeCfg', 'EarlyStopping',
-           'SegProbe', 'upsample_matrix', 'loss_terms', 'upsampled_ce', 'UpsampledCE', 'fit_seg_probe', 'predict_seg',
-           'prior_scores', 'prior_masks']
+           'SegProbe', 'upsample_matrix', 'loss_terms', 'upsampled_ce', 'UpsampledCE', 'area_matrix', 'fit_seg_probe',
+           'predict_seg', 'prior_scores', 'prior_masks']
 
 # %% ../../nbs/api/30_heads.probes.ipynb #b1ab8a68
 def fit_logistic_probe(X_train:np.ndarray, y_train:np.ndarray, # (n, D) features, (n,) 0/1 labels
@@ -204,34 +204,129 @@ class UpsampledCE(torch.autograd.Function):
         return ctx.saved_tensors[0] * out, None, None, None, None, None
 
 # %% ../../nbs/api/30_heads.probes.ipynb #bab824e0
-def _standardised(G:torch.Tensor, probe:SegProbe) -> torch.Tensor:
-    "Float32 grids (n, C, h, w) standardised per channel and laid out channels-last (n, h, w, C), in two passes."
-    Z = torch.empty((G.shape[0], *G.shape[2:], G.shape[1]), device=G.device)
-    torch.sub(G.permute(0, 2, 3, 1), probe.mean.view(-1), out=Z)
-    return Z.div_(probe.std.view(-1))
+def _channels_last(G, dev) -> torch.Tensor:
+    "Grids (n, C, h, w), fp16 or float32, as float32 laid out (n, h, w, C): layout and type change in one pass."
+    G = torch.as_tensor(np.asarray(G))
+    return torch.empty((G.shape[0], *G.shape[2:], G.shape[1]), device=dev).copy_(G.permute(0, 2, 3, 1))
 
-def _fit_epoch(probe:SegProbe, opt, Z, A, B, hard, U, order, batch_size:int, buf) -> float:
-    "One epoch of AdamW steps over the images in `order`; the training loss (each batch's weighted by its images)."
-    w, b, C = probe.conv.weight, probe.conv.bias, Z.shape[-1]
+def _standardise_(Z:torch.Tensor, Zv:torch.Tensor, chunk:int=4096) -> tuple[torch.Tensor, torch.Tensor]: # mean, std
+    "Standardise channels-last grids in place with the per-channel mean and unbiased std (+1e-6) of the training grids `Z`."
+    X = Z.view(-1, Z.shape[-1])
+    mean = X.new_ones(len(X)) @ X / len(X)  # a matrix-vector product: far faster than a reduction across rows
+    X.sub_(mean)
+    std = (sum((c * c).sum(0) for c in X.split(chunk)) / max(len(X) - 1, 1)).sqrt_().add_(1e-6)
+    X.div_(std); Zv.sub_(mean).div_(std)
+    return mean, std
+
+def area_matrix(n_in:int, # side of the mask
+                n_out:int, # side of the area-averaged mask
+                device=None,
+               ) -> torch.Tensor: # (n_out, n_in)
+    "Area averaging along one axis as a matrix (`F.interpolate(mode='area')`, i.e. adaptive average pooling): `A_h @ M @ A_w.T`."
+    i = np.arange(n_out)
+    start, end = i * n_in // n_out, -(-(i + 1) * n_in // n_out)
+    P = torch.zeros(n_out, n_in, device=device)
+    for r, (a, b) in enumerate(zip(start, end)): P[r, a:b] = 1 / (b - a)
+    return P
+
+def _grid_terms(M, loss_size, class_weights, grid:tuple, dev, chunk:int=32) -> dict:
+    "What each image's loss needs: U, the per-pixel weights A (None when all equal a), Uh.T B Uw at the grid (Bg), the normaliser."
+    w0, w1 = (float(w) for w in class_weights)
+    Mn = np.asarray(M, bool); M = torch.as_tensor(Mn).to(dev)
+    hard, (H, W) = loss_size is None or loss_size == M.shape[-1], M.shape[1:]
+    L = (H, W) if hard else (loss_size, loss_size)
+    Ah, Aw = (None, None) if hard else (area_matrix(H, loss_size, dev), area_matrix(W, loss_size, dev))
+    Uh, Uw = U = upsample_matrix(grid[0], L[0], dev), upsample_matrix(grid[1], L[1], dev)
+    A = torch.empty((len(M), *L), device=dev) if w0 != w1 else None
+    Bg, buf = torch.empty((len(M), *grid), device=dev), torch.empty((chunk, H, W), device=dev)
+    for i in range(0, len(M), chunk):  # the masks as float a chunk at a time, in one buffer: no pass over a float copy of them all
+        m = buf[:len(M[i:i + chunk])].copy_(M[i:i + chunk])
+        p = m if hard else Ah @ (m @ Aw.T)  # soft targets: the area-averaged mask (`_targets`) as two products, exact for 0/1 masks
+        torch.mul(Uh.T @ (p @ Uw), w1, out=Bg[i:i + chunk])  # the loss's term B d, summed over its pixels, is <d, Uh.T B Uw>
+        if A is not None: torch.add(p.mul_(w1 - w0), w0, out=A[i:i + chunk])  # A = w0 (1 - p) + w1 p
+    n_px = L[0] * L[1]
+    fg = torch.as_tensor(np.count_nonzero(Mn.reshape(len(Mn), -1), axis=1), dtype=torch.float32, device=dev)
+    norm = fg.mul_(w1 - w0).add_(w0 * n_px) if hard else torch.full((len(M),), float(n_px), device=dev)  # A's sum, or the pixels
+    return {"U": U, "A": A, "a": w0, "Bg": Bg, "norm": norm}
+
+def _grid_loss(d:torch.Tensor, t:dict, rows, grad:bool=True) -> tuple: # summed loss of the images, its gradient at the grid
+    "`upsampled_ce` of images `rows` from their `_grid_terms`, neither divided by the normaliser."
+    (Uh, Uw), A, Bg = t["U"], None if t["A"] is None else t["A"][rows], t["Bg"][rows]
+    D = Uh @ (d @ Uw.T)
+    if D.max() < 80:  # exp(D) once for both: softplus = log(1 + e) (F.softplus's formula below its threshold), sigmoid = e / (1 + e)
+        e = D.exp_(); e1 = e + 1
+        sp, s = torch.log(e1), (e.div_(e1) if grad else None)
+    else: sp, s = F.softplus(D), (torch.sigmoid(D) if grad else None)  # large logits: exp would overflow
+    loss = (sp.sum() * t["a"] if A is None else torch.dot(A.reshape(-1), sp.reshape(-1))) - torch.dot(Bg.reshape(-1), d.reshape(-1))
+    if not grad: return loss, None
+    s = s.mul_(A) if A is not None else s.mul_(t["a"]) if t["a"] != 1 else s
+    return loss, (Uh.T @ (s @ Uw)).sub_(Bg)  # A sigmoid(D) - B, back at the grid (the large product first: one matrix product)
+
+class _AdamW:
+    "`torch.optim.AdamW`'s update of one tensor, operation for operation as its single-tensor algorithm, without the optimiser's per-step overhead."
+    def __init__(self, p:torch.Tensor, lr:float, weight_decay:float, betas=(0.9, 0.999), eps:float=1e-8):
+        self.p, self.lr, self.wd, self.betas, self.eps, self.t = p, lr, weight_decay, betas, eps, 0.0
+        self.m, self.v = torch.zeros_like(p), torch.zeros_like(p)
+
+    def step(self, grad:torch.Tensor):
+        (b1, b2), self.t = self.betas, self.t + 1
+        self.p.mul_(1 - self.lr * self.wd)
+        self.m.lerp_(grad, 1 - b1); self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.v.sqrt() / (1 - b2 ** self.t) ** 0.5).add_(self.eps)
+        self.p.addcdiv_(self.m, denom, value=-(self.lr / (1 - b1 ** self.t)))
+
+def _fit_epoch(theta:torch.Tensor, opt:_AdamW, Z, t:dict, order:torch.Tensor, batch_size:int) -> float:
+    "One epoch of AdamW steps on theta = (v, c), the logit difference's weights and bias; the training loss (batches weighted by images)."
+    n, h, w, C = Z.shape
+    Zi, v, c = Z.view(n, h * w, C), theta[:C], theta[C]
+    d, gv = Z.new_empty((batch_size, h * w)), Z.new_empty(C)
     tot = torch.zeros((), dtype=torch.float64, device=Z.device)
     for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        z = torch.index_select(Z, 0, idx, out=buf[:len(idx)]).view(-1, C)  # into one buffer: no allocation per batch
-        with torch.no_grad():
-            v, c = probe.difference()
-            loss, g = upsampled_ce((z @ v).view(len(idx), *Z.shape[1:3]) + c, *U, A.index_select(0, idx), B.index_select(0, idx), hard)
-            gv, gc = g.reshape(-1) @ z, g.sum()
-            w.grad, b.grad = torch.stack([-gv, gv]).view_as(w), torch.stack([-gc, gc])
-        opt.step()
-        tot += loss * len(idx)
+        idx = order[i:i + batch_size]; rows = idx.tolist()
+        for k, j in enumerate(rows): torch.mv(Zi[j], v, out=d[k])  # each image's grid read where it lies: no copy of the batch
+        loss, g = _grid_loss(d[:len(rows)].view(-1, h, w).add_(c), t, idx)
+        norm = t["norm"][idx].sum()
+        g = g.view(len(rows), -1).div_(norm); gv.zero_()
+        for k, j in enumerate(rows): gv.addmv_(Zi[j].T, g[k])
+        opt.step(torch.cat([gv, g.sum().view(1)]))
+        tot += loss / norm * len(rows)
     return tot.item() / len(order)
 
 @torch.no_grad()
-def _val_loss(probe:SegProbe, Zv, Av, Bv, hard, U, chunk:int=64) -> float:
+def _val_loss(theta:torch.Tensor, Zv, t:dict, chunk:int=64) -> float:
     "The validation loss: each chunk's loss weighted by its images."
-    v, c = probe.difference()
-    return sum(upsampled_ce(Zv[i:i + chunk] @ v + c, *U, Av[i:i + chunk], Bv[i:i + chunk], hard, grad=False)[0].item() * len(Zv[i:i + chunk])
-               for i in range(0, len(Zv), chunk)) / len(Zv)
+    C, tot = Zv.shape[-1], 0.0
+    for i in range(0, len(Zv), chunk):
+        rows = slice(i, min(i + chunk, len(Zv)))
+        loss, _ = _grid_loss(Zv[rows] @ theta[:C] + theta[C], t, rows, grad=False)
+        tot += (loss / t["norm"][rows].sum()).item() * (rows.stop - rows.start)
+    return tot / len(Zv)
+
+def _set_rows(probe:SegProbe, theta:torch.Tensor, total:torch.Tensor):
+    "The convolution's two rows and biases from their difference `theta` and their sum `total` (each (C + 1,): weights, then bias)."
+    C = len(theta) - 1
+    with torch.no_grad():
+        probe.conv.weight[:, :, 0, 0] = torch.stack([total[:C] - theta[:C], total[:C] + theta[:C]]) / 2
+        probe.conv.bias.copy_(torch.stack([total[C] - theta[C], total[C] + theta[C]]) / 2)
+
+def _train_epochs(model:nn.Module, # its weights are snapshot at the best validation loss and restored at the end
+                 fit_epoch, # fit_epoch(rng): one epoch of training, in an order drawn from `rng`; the training loss
+                 val_loss, # val_loss(): the validation loss
+                 cfg, # max_epochs, patience, min_delta and seed, as `SegProbeCfg`
+                 name:str, # what the epoch lines call the model
+                ) -> dict: # train_loss, val_loss per epoch, best_epoch
+    "The epochs of a probe's fit, with early stopping on the validation loss; the model ends with its best weights."
+    rng = np.random.default_rng(cfg.seed)
+    hist, stopper = {"train_loss": [], "val_loss": [], "best_epoch": -1}, EarlyStopping(cfg.patience, cfg.min_delta)
+    for epoch in range(cfg.max_epochs):
+        t0 = time.time()
+        model.train(); hist["train_loss"].append(fit_epoch(rng))
+        model.eval(); hist["val_loss"].append(val_loss())
+        epoch_line(name, epoch + 1, cfg.max_epochs, time.time() - t0, train_loss=hist["train_loss"][-1], val_loss=hist["val_loss"][-1])
+        if stopper.step(hist["val_loss"][-1], model, epoch): break
+    hist["best_epoch"] = stopper.best_epoch
+    stopper.restore(model).eval()
+    return hist
 
 def fit_seg_probe(G_train:np.ndarray, M_train:np.ndarray, # (n, C, h, w) grids, (n, H, W) bool masks
                   G_val:np.ndarray, M_val:np.ndarray, # the validation fold
@@ -244,26 +339,33 @@ def fit_seg_probe(G_train:np.ndarray, M_train:np.ndarray, # (n, C, h, w) grids, 
 
 def _fit_seg(G_train, M_train, G_val, M_val, class_weights, cfg:SegProbeCfg, dev) -> tuple[SegProbe, dict]:
     "`fit_seg_probe` on `dev`, in the threads it was given."
-    torch.manual_seed(cfg.seed); rng = np.random.default_rng(cfg.seed)
-    G32 = torch.as_tensor(np.asarray(G_train)).to(dev, torch.float32)  # cached fp16 grids become float32 once, not per batch
-    var, mean = torch.var_mean(G32, (0, 2, 3))
-    probe = SegProbe(G32.shape[1], mean, var.sqrt() + 1e-6).to(dev)
-    Z, Zv = _standardised(G32, probe), _standardised(torch.as_tensor(np.asarray(G_val)).to(dev, torch.float32), probe)
-    del G32
-    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    (A, B, hard), (Av, Bv, _) = (loss_terms(M, cfg.loss_size, class_weights, dev) for M in (M_train, M_val))
-    U = (upsample_matrix(Z.shape[1], A.shape[-2], dev), upsample_matrix(Z.shape[2], A.shape[-1], dev))
-    hist, stopper = {"train_loss": [], "val_loss": [], "best_epoch": -1}, EarlyStopping(cfg.patience, cfg.min_delta)
-    buf = torch.empty((min(cfg.batch_size, len(Z)), *Z.shape[1:]), device=dev)
-    for epoch in range(cfg.max_epochs):
-        t0 = time.time(); order = torch.as_tensor(rng.permutation(len(Z)), device=dev)
-        probe.train(); hist["train_loss"].append(_fit_epoch(probe, opt, Z, A, B, hard, U, order, cfg.batch_size, buf))
-        probe.eval(); hist["val_loss"].append(_val_loss(probe, Zv, Av, Bv, hard, U))
-        epoch_line("segmentation probe", epoch + 1, cfg.max_epochs, time.time() - t0, train_loss=hist["train_loss"][-1], val_loss=hist["val_loss"][-1])
-        if stopper.step(hist["val_loss"][-1], probe, epoch): break
-    hist["best_epoch"] = stopper.best_epoch
-    stopper.restore(probe)
-    return probe.eval(), hist
+    torch.manual_seed(cfg.seed)
+    Z, Zv = _channels_last(G_train, dev), _channels_last(G_val, dev)  # cached fp16 grids become float32 once, not per batch
+    probe = SegProbe(Z.shape[-1], *_standardise_(Z, Zv)).to(dev)
+    t, tv = (_grid_terms(M, cfg.loss_size, class_weights, Z.shape[1:3], dev) for M in (M_train, M_val))
+    (w, b), C = probe.conv.parameters(), Z.shape[-1]
+    theta = torch.cat([w[1, :, 0, 0] - w[0, :, 0, 0], (b[1] - b[0]).view(1)]).detach()
+    total = torch.cat([w[1, :, 0, 0] + w[0, :, 0, 0], (b[1] + b[0]).view(1)]).detach()  # decays by 1 - lr wd a step, nothing else
+    # AdamW on the two rows moves them by opposite steps: on their difference it is AdamW with twice the rate, half the decay
+    opt = _AdamW(theta, lr=2 * cfg.lr, weight_decay=cfg.weight_decay / 2)
+    steps = -(-len(Z) // cfg.batch_size)
+    def fit_epoch(rng):
+        loss = _fit_epoch(theta, opt, Z, t, torch.as_tensor(rng.permutation(len(Z)), device=dev), cfg.batch_size)
+        total.mul_((1 - cfg.lr * cfg.weight_decay) ** steps); _set_rows(probe, theta, total)
+        return loss
+    hist = _train_epochs(probe, fit_epoch, lambda: _val_loss(theta, Zv, tv), cfg, "segmentation probe")
+    return probe, hist
+
+def _predict_batches(n:int, # images
+                    batch_size:int,
+                    prob, # prob(indices): the foreground probability of those images, (b, H, W)
+                   ) -> tuple[np.ndarray, np.ndarray]: # argmax masks (n, H, W) bool, fp16 foreground probabilities
+    "A probe's masks and probabilities, batch by batch."
+    masks, probs = [], []
+    for b in _batches(n, batch_size):
+        p = prob(b)
+        probs.append(p.cpu().numpy().astype(np.float16)); masks.append((p > 0.5).cpu().numpy())
+    return np.concatenate(masks), np.concatenate(probs)
 
 @torch.no_grad()
 def predict_seg(probe:SegProbe, G:np.ndarray, # (n, C, h, w)
@@ -278,12 +380,10 @@ def _predict_seg(probe:SegProbe, G, size:int, batch_size:int, dev) -> tuple[np.n
     "`predict_seg` on `dev`, in the threads it was given."
     v, c = probe.difference()
     Uh, Uw = upsample_matrix(G.shape[-2], size, dev), upsample_matrix(G.shape[-1], size, dev)
-    masks, probs = [], []
-    for b in _batches(len(G), batch_size):
+    def prob(b):  # the foreground's 2-class softmax of the upsampled logits
         z = probe.standardise(torch.as_tensor(np.asarray(G[b])).to(dev)).permute(0, 2, 3, 1)
-        p = torch.sigmoid(Uh @ (z @ v + c) @ Uw.T)  # the foreground's 2-class softmax of the upsampled logits
-        probs.append(p.cpu().numpy().astype(np.float16)); masks.append((p > 0.5).cpu().numpy())
-    return np.concatenate(masks), np.concatenate(probs)
+        return torch.sigmoid(Uh @ (z @ v + c) @ Uw.T)
+    return _predict_batches(len(G), batch_size, prob)
 
 # %% ../../nbs/api/30_heads.probes.ipynb #57b1cd74
 def prior_scores(y_train:np.ndarray, n:int) -> np.ndarray:

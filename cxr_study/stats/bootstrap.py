@@ -98,15 +98,16 @@ def _cluster_counts(clusters:Sequence|None, n:int, strata:Sequence|None, n_boot:
         st = np.unique(np.asarray(strata), return_inverse=True)[1].ravel()
         cs[inv[::-1]] = st[::-1]  # first image of each cluster wins
     groups = [np.flatnonzero(cs == k) for k in np.unique(cs)]
+    order = np.concatenate(groups) if groups else np.arange(0)  # clusters renumbered stratum by stratum: each stratum's columns adjacent
+    new = np.empty(G, int); new[order] = np.arange(G); inv = new[inv]
+    ends = np.cumsum([g.size for g in groups]).tolist()
     rngs = [np.random.default_rng([seed, i]) for i in range(len(groups))]
     buf = np.empty((min(chunk, n_boot), G))  # every column is written in every block
     for start in range(0, n_boot, chunk):
         counts = buf[:min(chunk, n_boot - start)]
-        for g, r in zip(groups, rngs):
+        for g, r, a, b in zip(groups, rngs, [0] + ends, ends):
             for i in range(len(counts)):  # replicate by replicate: the same draws as one block of them, in the cache
-                c = np.bincount(r.integers(0, g.size, g.size), minlength=g.size)
-                if len(groups) == 1: counts[i] = c  # one stratum: its clusters are all the columns
-                else: counts[i, g] = c
+                counts[i, a:b] = np.bincount(r.integers(0, g.size, g.size), minlength=g.size)
         yield counts, inv
 
 def cluster_bootstrap_weights(clusters:Sequence|None, # (n,) cluster id per image (patient_id); None = each image its own
@@ -120,26 +121,44 @@ def cluster_bootstrap_weights(clusters:Sequence|None, # (n,) cluster id per imag
     for counts, inv in _cluster_counts(clusters, n, strata, n_boot, seed, chunk): yield counts[:, inv]
 
 # %% ../../nbs/api/62_stats.bootstrap.ipynb #779c2b16
+_TRIL = {}
+
+def _cumsum_rows(CT:np.ndarray, # (G, b) float32 counts (integer values), a row per cluster
+                 rows:np.ndarray, # the clusters to sum, in order
+                 lead:int=0, # 1: start with a zero row (the sum of none)
+                 k:int=32, # block height
+                ) -> np.ndarray: # (lead + len(rows), b) float32: running sums down the rows
+    "Running sums of rows `rows` of `CT`: one k x k triangle times each block of k rows, plus the blocks' offsets."
+    # np.cumsum is a scalar loop; these matrix products are not, and integer sums below 2**24 are exact in float32
+    b, m = CT.shape[1], lead + len(rows)
+    L = _TRIL.get(k)
+    if L is None: L = _TRIL[k] = np.tril(np.ones((k, k), np.float32))
+    nb = max(1, -(-m // k))
+    X = np.zeros((nb * k, b), np.float32)
+    np.take(CT, rows, axis=0, out=X[lead:m], mode="clip")  # whole rows of b replicates: a fast gather
+    Y = np.matmul(L, X.reshape(nb, k, b))
+    Y[1:] += np.cumsum(Y[:-1, -1], axis=0)[:, None]
+    return Y.reshape(-1, b)[:m]
+
 class _AurocCounts:
-    "AUROC of one score column under each row of cluster counts."
+    "AUROC of one score column under each column of cluster counts."
     def __init__(self, y:np.ndarray, s:np.ndarray, inv:np.ndarray):
         o = np.argsort(s[~y], kind="stable"); ns = s[~y][o]
         self.neg, self.pos = inv[~y][o], inv[y]  # the negatives' clusters in score order; the positives' clusters
         self.below, self.upto = np.searchsorted(ns, s[y], "left"), np.searchsorted(ns, s[y], "right")  # negatives < and <= each positive
         self.ties = not np.array_equal(self.below, self.upto)
 
-    def __call__(self, C:np.ndarray) -> np.ndarray: # (b, G) float32 counts -> (b,)
-        cum = np.zeros((len(C), self.neg.size + 1), C.dtype)
-        np.cumsum(np.take(C, self.neg, axis=1), axis=1, out=cum[:, 1:])  # negatives' weight below each rank
-        twice = np.take(cum, self.below, axis=1)
-        if self.ties: twice += np.take(cum, self.upto, axis=1)  # ties: half of the tied negatives' weight
+    def __call__(self, CT:np.ndarray) -> np.ndarray: # (G, b) float32 counts -> (b,)
+        cum = _cumsum_rows(CT, self.neg, lead=1)  # negatives' weight below each rank
+        twice = np.take(cum, self.below, axis=0)
+        if self.ties: twice += np.take(cum, self.upto, axis=0)  # ties: half of the tied negatives' weight
         else: twice *= 2
-        wp = np.take(C, self.pos, axis=1)
-        num, den = (wp * twice).sum(1, dtype=np.float64), 2 * wp.sum(1, dtype=np.float64) * cum[:, -1]
+        wp = np.take(CT, self.pos, axis=0)
+        num, den = (wp * twice).sum(0, dtype=np.float64), 2 * wp.sum(0, dtype=np.float64) * cum[-1]
         with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
 
 class _AuprcCounts:
-    "Average precision of one score column under each row of cluster counts (tied scores one threshold)."
+    "Average precision of one score column under each column of cluster counts (tied scores one threshold)."
     def __init__(self, y:np.ndarray, s:np.ndarray, inv:np.ndarray):
         o = np.argsort(-s[y], kind="stable")
         sp, asc = s[y][o], np.sort(s[y])
@@ -148,21 +167,20 @@ class _AuprcCounts:
         self.ties = not np.array_equal(self.tp_end, np.arange(sp.size))
         self.fp_at = (~y).sum() - np.searchsorted(np.sort(s[~y]), sp, "left")  # negatives scored >= each positive
 
-    def __call__(self, C:np.ndarray) -> np.ndarray: # (b, G) float32 counts -> (b,)
-        wd = np.take(C, self.pos, axis=1)
-        tp = np.cumsum(wd, axis=1)  # true positives at each positive's threshold: the weight of the positives scored >= it
-        t = (np.take(tp, self.tp_end, axis=1) if self.ties else tp).astype(np.float64)
-        fp = np.zeros((len(C), self.neg.size + 1), C.dtype)
-        np.cumsum(np.take(C, self.neg, axis=1), axis=1, out=fp[:, 1:])
-        den = t + np.take(fp, self.fp_at, axis=1)
-        prec = np.divide(t, den, out=np.zeros_like(den), where=den > 0)
-        with np.errstate(invalid="ignore", divide="ignore"): ap = (prec * wd).sum(1) / tp[:, -1]
-        return np.where((tp[:, -1] > 0) & (fp[:, -1] > 0), ap, np.nan)
+    def __call__(self, CT:np.ndarray) -> np.ndarray: # (G, b) float32 counts -> (b,)
+        wd = np.take(CT, self.pos, axis=0)
+        tp = _cumsum_rows(CT, self.pos)  # true positives at each positive's threshold: the weight of the positives scored >= it
+        t = np.take(tp, self.tp_end, axis=0) if self.ties else tp
+        fp = _cumsum_rows(CT, self.neg, lead=1)
+        den = t + np.take(fp, self.fp_at, axis=0)  # integer-valued: exact in float32
+        prec = np.divide(t, den, out=np.zeros(den.shape), where=den > 0, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"): ap = (prec * wd).sum(0) / tp[-1]
+        return np.where((tp[-1] > 0) & (fp[-1] > 0), ap, np.nan)
 
 _RANK_COUNTS = {id(auroc_weighted): _AurocCounts, id(auprc_weighted): _AuprcCounts}
 
 def _kernels(metric:str, y:np.ndarray|None, V:np.ndarray, inv:np.ndarray, G:int, threshold:float) -> list:
-    "(columns, f) pairs: f maps a (b, G) counts block to the metric of those columns of `V` in each replicate, (b, len(columns))."
+    "(columns, f) pairs: f maps a counts block to the metric of those columns of `V`, (b, len(columns)); the block is (b, G) float for a mean over images, else (G, b) float32 (a column per replicate)."
     m = get_metric(metric)
     if m.per_image is not None:  # every column in one product: each cluster's sums and counts of the values it counts
         P = np.column_stack([per_image_values(metric, y, V[:, j], threshold) for j in range(V.shape[1])])
@@ -178,8 +196,8 @@ def _kernels(metric:str, y:np.ndarray|None, V:np.ndarray, inv:np.ndarray, G:int,
     for j in range(V.shape[1]):
         v = V[:, j]; ok = ~(np.isnan(v) | np.isnan(y))
         if id(m.weighted) in _RANK_COUNTS:
-            f = lambda C, k=_RANK_COUNTS[id(m.weighted)](y[ok] == 1, v[ok], inv[ok]): k(C.astype(np.float32))[:, None]
-        else: f = lambda C, v=v: weighted_metric(metric, y, v, C[:, inv], threshold)[:, None]
+            f = lambda C, k=_RANK_COUNTS[id(m.weighted)](y[ok] == 1, v[ok], inv[ok]): k(C)[:, None]
+        else: f = lambda C, v=v: weighted_metric(metric, y, v, C[inv].T, threshold)[:, None]
         out.append(([j], f))
     return out
 
@@ -208,12 +226,14 @@ def bootstrap_replicates(metric:str, # a metric of the table
     v = v[:, None] if one else v
     y = None if y_true is None else np.asarray(y_true, float)
     strata = _strata_for(metric, _cluster_max_label(clusters, y), stratify)
-    out, kernels, i = np.empty((n_boot, v.shape[1])), None, 0
+    out, kernels, i, mean = np.empty((n_boot, v.shape[1])), None, 0, get_metric(metric).per_image is not None
     with threads_for_now(1):  # small matrix products: one BLAS thread is as fast, and does not stall beside busy programs
         for C, inv in _cluster_counts(clusters, v.shape[0], strata, n_boot, seed, chunk):
             if kernels is None: kernels = _kernels(metric, y, v, inv, C.shape[1], threshold)
-            for r in range(0, len(C), 32):  # 32 replicates at a time: each column's work stays in the CPU's cache
-                for cols, f in kernels: out[i + r:i + min(r + 32, len(C)), cols] = f(C[r:r + 32])
+            step = len(C) if mean else 32  # a mean: one product for the block; else 32 replicates at a time, each column's work in the cache
+            for r in range(0, len(C), step):
+                Cb = C if mean else np.ascontiguousarray(C[r:r + 32].T, np.float32)  # a row per cluster: fast gathers; exact in float32
+                for cols, f in kernels: out[i + r:i + min(r + step, len(C)), cols] = f(Cb)
             i += len(C)
     return out[:, 0] if one else out
 
