@@ -50,7 +50,8 @@ def performance_markdown(results: dict | str | Path = RESULTS) -> str:
                 "not measurements to quote.**", ""]
     mins = round(r["seconds"] / 60) if r.get("seconds") else None
     out += [f"Measured with `{r['command']}`" + (f" ({mins} min)" if mins else "") + f", finished {r['finished']}"
-            + (f"; measured again since: {', '.join(f'`{u}`' for u in r['updated'])}" if r.get("updated") else "") + ". "
+            + (f"; measured again since: {', '.join(f'`{u}`' for u in r['updated'])}" if r.get("updated") else "")
+            + (f" (last on {r['updated_at']})" if r.get("updated_at") else "") + ". "
             f"Machine: {m['cpu']}, {m['cores']} CPU cores, GPU: {m['gpu'] or 'none'}; {_versions(m['versions'])}."]
     loads = [x for b in bench.values() for k in ("load_before", "load_after") for x in (b["conditions"].get(k) or [])[:1]]
     if loads and max(loads) > m["cores"]:

@@ -150,10 +150,11 @@ def run_all(out: Path = RESULTS, repeats: int = benchlib.MIN_REPEATS, quick: boo
             f"{res['conditions']['load_after']})")
     machine = {k: v for k, v in (machine or benchlib.machine()).items() if k != "torch_threads"}  # per benchmark, in its conditions
     results = {"schema": benchlib.SCHEMA, "command": "python benchmarks/run_all.py" + (" --quick" if quick else ""),
-               "machine": machine, "finished": time.strftime("%Y-%m-%d %H:%M %Z"),
+               "machine": machine, "finished": old.get("finished") if old else time.strftime("%Y-%m-%d %H:%M %Z"),
                "seconds": round(time.perf_counter() - t0, 1) if not old else old.get("seconds"),
                "benchmarks": dict(sorted(benchmarks.items()))}
-    if old: results["updated"] = sorted({*old.get("updated", []), *(p.stem for p in scripts)})
+    if old: results.update(updated=sorted({*old.get("updated", []), *(p.stem for p in scripts)}),
+                           updated_at=time.strftime("%Y-%m-%d %H:%M %Z"))  # the whole run's finish stays as it was
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n"); tmp.replace(out)
