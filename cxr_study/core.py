@@ -29,8 +29,8 @@ __all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'THREAD_VARS', 'WAI
            'clean_notebook', 'write_clean_notebook', 'file_lock', 'write_table', 'read_table', 'csv_records',
            'csv_lines', 'read_csv_text', 'expand_path', 'get_device', 'visible_devices', 'worker_devices',
            'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
-           'free_cores', 'threads_for_now', 'progress_off', 'progress', 'status_to', 'status_unit', 'say_status',
-           'epoch_line', 'shipped_file']
+           'free_cores', 'blas_controller', 'threads_for_now', 'progress_off', 'progress', 'status_to', 'status_unit',
+           'say_status', 'epoch_line', 'shipped_file']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -443,17 +443,25 @@ def free_cores() -> int:
     "Threads worth running now: this process's share of the cores (`thread_count`), less the cores other running programs take (at least 1)."
     return max(1, min(thread_count(), available_cores() - runnable_elsewhere()))
 
+_BLAS = {"modules": -1, "controller": None} # the controller, and how many modules were loaded when it looked
+
+def blas_controller():
+    "threadpoolctl's controller of the loaded BLAS libraries, looked for again only after new imports (a look reads /proc/self/maps: about a millisecond)."
+    from threadpoolctl import ThreadpoolController
+    if _BLAS["modules"] != len(sys.modules):
+        c = ThreadpoolController(); _BLAS.update(modules=len(sys.modules), controller=c)
+    return _BLAS["controller"]
+
 @contextlib.contextmanager
 def threads_for_now(at_most:int|None=None, # a cap; 1: one thread whatever the load (results that do not depend on it)
                    ):
     "Torch (when loaded) and BLAS on `free_cores()` threads (at most `at_most`) inside the block, as many as before after it."
-    from threadpoolctl import threadpool_limits
     torch = sys.modules.get("torch")
     n = torch.get_num_threads() if torch is not None else thread_count()
     k = 1 if at_most == 1 else min(free_cores(), at_most or n)
     if torch is not None and k != n: torch.set_num_threads(k)
     try:
-        with threadpool_limits(k, user_api="blas"): yield k
+        with blas_controller().limit(limits=k, user_api="blas"): yield k
     finally:
         if torch is not None and k != n: torch.set_num_threads(n)
 
