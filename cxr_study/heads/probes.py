@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import STUDY_SEED, epoch_line, get_device, threads_for_now
+from ..core import CxrStudyError, STUDY_SEED, epoch_line, get_device, threads_for_now
 from ..metrics import auroc
 from ..results import LOGISTIC_CS
 
@@ -96,6 +96,13 @@ class SegProbeCfg:
     min_delta:float=1e-4
     loss_size:int|None=None # compute the loss at this size against area-averaged masks (None: the mask size)
     seed:int=STUDY_SEED
+
+    def __post_init__(self):
+        "Settings no fit can use (those torch's AdamW refuses, an empty batch) fail here, named, before any work."
+        bad = [f"{what} must be {rule}, got {v!r}" for what, v, ok, rule in (
+            ("learning rate (lr)", self.lr, self.lr >= 0, "0 or more"), ("weight_decay", self.weight_decay, self.weight_decay >= 0, "0 or more"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, "1 or more")) if not ok]
+        if bad: raise CxrStudyError("segmentation probe: " + "; ".join(bad))
 
 class EarlyStopping:
     "The best validation loss so far and a copy of the weights at it; `step` says when to stop."
