@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,6 @@ def recorded_preprocess(meta:dict, # a run's run.json
                         study_dir=None, # the study folder: its cache/ is looked in when the recorded path moved
                        ):
     "The preprocessing contract a run recorded (PreprocessCfg): run.json's `preprocess`, else its feature cache's; None without a record."
-    from pathlib import Path
     rec = meta.get("preprocess")
     f = Path(meta["features"]) if rec is None and meta.get("features") else None
     for d in (f, *([Path(study_dir)/"cache"/f.name] if study_dir is not None else [])) if f is not None else ():

@@ -20,9 +20,9 @@ import yaml
 
 from ..core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, shipped_file, write_clean_notebook, write_json, write_table
 from ..results import (RUN_KEYS, collect_results, get_metric, kind_dirs, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
-                               task_kind)
+                       task_kind)
 from .summary import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
-                                 task_name, trained_on_synthetic)
+                      task_name, trained_on_synthetic)
 from ..stats.bootstrap import bootstrap_ci
 from ..stats.figures import annotate_not_estimable, p_text
 from ..stats.folds import friedman_test, friedman_two_conditions, nemenyi_test
