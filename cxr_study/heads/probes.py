@@ -267,10 +267,14 @@ def _grid_loss(d:torch.Tensor, t:dict, rows:torch.Tensor, grad:bool=True) -> tup
     if not grad: return loss, None
     return loss, (parts[0][1] if len(parts) == 1 else torch.cat([g for _, g in parts])).sub_(Bg)
 
+def _weights(m:torch.Tensor, w0:float, w1:float) -> torch.Tensor:
+    "Per-pixel class weights `w0 (1 - m) + w1 m` of boolean masks (through bytes: ten times faster than `torch.where` here)."
+    return m.view(torch.uint8).float().mul_(w1 - w0).add_(w0)
+
 def _chunk_loss(d:torch.Tensor, t:dict, rows:torch.Tensor, grad:bool) -> tuple: # the images' summed A softplus(D), Uh.T (A sigmoid(D)) Uw
     "The loss pixels' part of `_grid_loss` for a few images."
     (Uh, Uw), (w0, w1), a = t["U"], t["w"], t["a"]
-    A = t["A"][rows] if t["A"] is not None else torch.where(t["M"][rows], w1, w0) if t["M"] is not None else None
+    A = t["A"][rows] if t["A"] is not None else _weights(t["M"][rows], w0, w1) if t["M"] is not None else None
     D = Uh @ (d @ Uw.T)
     if d.max() < 80:  # D's values are convex combinations of d's. exp(D) once for both: softplus = log(1 + e), sigmoid = e / (1 + e)
         e = D.exp_(); e1 = e + 1
