@@ -35,7 +35,12 @@ def _check_runs(starts:np.ndarray, lengths:np.ndarray, n:int, where:str, shape) 
 
 def _runs_to_flat(starts:np.ndarray, lengths:np.ndarray, n:int, where:str, shape) -> np.ndarray:
     ends = _check_runs(starts, lengths, n, where, shape)
-    diff = np.zeros(n + 1, dtype=np.int32)
+    if starts.size and (starts[1:] >= ends[:-1]).all():  # ordered runs that do not overlap (as encoders write them): one pass
+        seg = np.empty(2 * starts.size + 1, np.int64)  # the lengths of gap, run, gap, ..., run, gap
+        seg[0:-1:2], seg[1::2], seg[-1] = starts - np.concatenate([[0], ends[:-1]]), lengths, n - ends[-1]
+        val = np.zeros(seg.size, bool); val[1::2] = True
+        return np.repeat(val, seg)
+    diff = np.zeros(n + 1, dtype=np.int32)  # any runs: their union through a difference array
     np.add.at(diff, starts, 1); np.add.at(diff, ends, -1)
     return np.cumsum(diff[:-1]) > 0
 

@@ -172,9 +172,8 @@ class _AuprcCounts:
         tp = _cumsum_rows(CT, self.pos)  # true positives at each positive's threshold: the weight of the positives scored >= it
         t = np.take(tp, self.tp_end, axis=0) if self.ties else tp
         fp = _cumsum_rows(CT, self.neg, lead=1)
-        den = t + np.take(fp, self.fp_at, axis=0)  # integer-valued: exact in float32
-        prec = np.divide(t, den, out=np.zeros(den.shape), where=den > 0, dtype=np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"): ap = (prec * wd).sum(0) / tp[-1]
+        den = np.maximum(t + np.take(fp, self.fp_at, axis=0), 1)  # integer-valued: exact in float32; where it is 0 so is t
+        with np.errstate(invalid="ignore", divide="ignore"): ap = np.einsum("ij,ij->j", np.divide(t, den, dtype=np.float64), wd) / tp[-1]
         return np.where((tp[-1] > 0) & (fp[-1] > 0), ap, np.nan)
 
 _RANK_COUNTS = {id(auroc_weighted): _AurocCounts, id(auprc_weighted): _AuprcCounts}
