@@ -22,7 +22,9 @@ The FLOP bound of one epoch counts the arithmetic the library's epoch needs (the
 the logit difference and back, the separable upsampling and its adjoint, a few operations per loss pixel, and
 the validation pass) and divides it by the rate of a large float32 matrix product measured here. Most of that
 arithmetic is matrix-vector products and element-wise passes, which memory bandwidth limits well below the
-matrix-product rate: the bound is what the arithmetic alone would allow, not a target.
+matrix-product rate: the bound is what the arithmetic alone would allow, not a target. The memory bound beside it
+divides the float32 grid bytes an epoch must read (each training grid twice: its projection, then its share of the
+gradient; each validation grid once) by the rate one thread reads memory in a matrix-vector product measured here.
 """
 from __future__ import annotations
 
@@ -92,6 +94,21 @@ def gemm_rate(n: int = 2048, tries: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
+def mv_bandwidth(mb: int = 128, tries: int = 5) -> float:
+    "Bytes/s one thread reads in a float32 matrix-vector product over `mb` MB (the probe's own kind of pass), the best of `tries`."
+    a, v = torch.randn(mb * 2 ** 20 // 4 // 256, 256), torch.randn(256)
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        torch.mv(a, v)
+        return a.numel() * 4 / min(_timed(lambda: torch.mv(a, v)) for _ in range(tries))
+    finally: torch.set_num_threads(n)
+
+
+def epoch_bytes(n_train: int, n_val: int, channels: int, grid: int) -> float:
+    "Float32 grid bytes one epoch reads: each training grid twice (projection, then gradient), each validation grid once."
+    return 4 * grid * grid * channels * (2 * n_train + n_val)
+
+
 def _timed(f) -> float:
     t = time.perf_counter(); f(); return time.perf_counter() - t
 
@@ -133,7 +150,7 @@ def run(repeats: int = benchlib.MIN_REPEATS, quick: bool = False, train: int | N
     epochs, study_epochs = epochs or (3 if quick else 20), study_epochs or (2 if quick else 4)
     G, M = make_grids(train + 2 * val, channels, grid)
     data = ((G[:train], M[:train]), (G[train:train + val], M[train:train + val]), (G[train + val:], M[train + val:]))
-    rate = gemm_rate()
+    rate, bw = gemm_rate(), mv_bandwidth()
     figures, notes = {}, []
     for name, ep in (("demo", epochs), ("study", study_epochs)):
         res = one_setting(name, data, ep, repeats)
@@ -147,13 +164,18 @@ def run(repeats: int = benchlib.MIN_REPEATS, quick: bool = False, train: int | N
         notes.append(f"{name} settings: one epoch of fit_seg_probe {epoch_s * 1e3:.1f} ms (fit set-up included); its FLOP bound "
                      f"{bound * 1e3:.2f} ms ({epoch_flops(train, val, channels, grid, loss) / 1e6:.0f} MFLOP at the measured "
                      f"{rate / 1e9:.0f} GFLOP/s of a 2048 x 2048 float32 matrix product): {bound / epoch_s:.0%} of the bound")
+        mem = epoch_bytes(train, val, channels, grid) / bw
+        notes.append(f"{name} settings: its memory bound {mem * 1e3:.1f} ms ({epoch_bytes(train, val, channels, grid) / 1e6:.0f} MB of "
+                     f"float32 grids read, the training grids twice, at the measured {bw / 1e9:.1f} GB/s of a one-thread matrix-vector "
+                     f"product over 128 MB): {mem / epoch_s:.0%} of the bound")
+        print("  " + notes[-1], flush=True)
         notes.append(f"{name} settings: the same probe in every repeat: validation losses within "
                      f"{max(g[0] for g in res['gaps']):.1e} (relative), test Dice {res['gaps'][0][1]:.4f} (autograd) and "
                      f"{res['gaps'][0][2]:.4f} (library) on {val} held-out images")
         print("  " + notes[-2], flush=True)
     return benchlib.result(TITLE, f"python benchmarks/bench_seg_probe.py --epochs {epochs} --repeats {repeats}",
                            {"train": train, "val": val, "channels": channels, "grid": grid, "epochs": epochs, "study_epochs": study_epochs,
-                            "mask_size": int(M.shape[-1]), "gemm_gflops": round(rate / 1e9, 1), "torch_threads": torch.get_num_threads()},
+                            "mask_size": int(M.shape[-1]), "gemm_gflops": round(rate / 1e9, 1), "mv_gb_per_s": round(bw / 1e9, 1), "torch_threads": torch.get_num_threads()},
                            figures, notes)
 
 
