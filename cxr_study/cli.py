@@ -6,46 +6,29 @@
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
+import importlib
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 import cxr_study
-from .core import CxrStudyError, STUDY_SEED, available_cores, read_json, write_json
-from .data.adapters import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES, format_problems, label_counts
-from .data.cohorts import TASKS
-from .data.index import MASK_TARGETS
-from .data.prepare import ADAPTERS, PrepareCfg, default_workers, prepare_dataset, require_index
-from .data.synthetic import SyntheticCfg, make_synthetic_benchmark
-from .encoders.hub import describe_encoder
-from .encoders.registry import get_encoder_cfg, id_resolver, is_encoder_id, list_encoders
-from .encoders.weights import download_weights
-from .study.executors import execute_run, report_timings, run_study, run_timings, time_budget
-from .study.plan import encoder_profile, format_plan, plan_study
-from .study.protocols import get_protocol, protocol_names, reference_names
-from .reports.report import build_report, copy_report
-from .reports.summary import write_study_outputs
-from .study.studyfile import expand_study, load_study, shipped_study, study_out
-from .study.options import RunOptions, add_option_flags, parse_json, option_applies, option_names, options_from_args
-from .study.runner import RunSpec, run_experiment
+from .core import CxrStudyError, STUDY_SEED
+from .declarations import (BLANK_POLICIES, DATASETS, MASK_TARGETS, NO_FINDING_POLICIES, PROTOCOL_NAMES, TASKS,
+                                    UNCERTAIN_POLICIES, PrepareCfg, default_workers)
+from .study.options import add_option_flags
 
 # %% auto #0
-__all__ = ['TASK_NAMES', 'DEMO_PROBE', 'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args', 'cmd_prepare',
-           'parse_sets', 'build_parser', 'cmd_report', 'cmd_synthetic', 'study_from_args', 'cmd_plan',
-           'download_study_weights', 'cmd_grid', 'cmd_run_cell', 'cmd_demo', 'run_options_from_args', 'cmd_run',
-           'cmd_encoders', 'main']
+__all__ = ['TASK_NAMES', 'DEMO_PROBE', 'add_prepare_arguments', 'parse_quartile_edges', 'prepare_cfg_from_args',
+           'known_protocols', 'parse_sets', 'build_parser', 'main']
 
 # %% ../nbs/api/71_cli.ipynb #39f94b44
 def add_prepare_arguments(parser:argparse.ArgumentParser) -> None:
     "Add the `prepare` flags to an argparse parser; their defaults are `PrepareCfg`'s."
     d = PrepareCfg()
     a = parser.add_argument
-    a("dataset", choices=sorted(ADAPTERS), help="dataset layout: " + "; ".join(f"{k}: {v.description}" for k, v in sorted(ADAPTERS.items())))
+    a("dataset", choices=sorted(DATASETS), help="dataset layout: " + "; ".join(f"{k}: {v}" for k, v in sorted(DATASETS.items())))
     a("--root", required=True, help="the dataset folder")
     a("--out", required=True, help="output folder for the index, the image cache and the problem report")
     a("--verify", action="store_true", help="open every image and mask, report the unreadable ones and leave them out (building the cache always does this)")
@@ -92,19 +75,14 @@ def prepare_cfg_from_args(a:argparse.Namespace) -> PrepareCfg:
     given = {f.name: getattr(a, f.name) for f in fields(PrepareCfg) if hasattr(a, f.name)}
     return PrepareCfg(**{**given, "quartile_edges": parse_quartile_edges(getattr(a, "quartile_edges", None))})
 
-def cmd_prepare(a:argparse.Namespace) -> int:
-    "The `prepare` command: index, verify, cache, print counts and problems; returns the exit code."
-    try: idx, problems = prepare_dataset(a.dataset, a.root, a.out, prepare_cfg_from_args(a))
-    except CxrStudyError as e:
-        print(f"error: {e}", file=sys.stderr); return 2
-    print(f"\n{len(idx)} images, {idx['patient_id'].nunique()} patients -> {Path(a.out)/'index.parquet'}")
-    print(label_counts(idx).to_string())
-    print("\n" + format_problems(problems) + (f"\n(all listed in {Path(a.out)/'problems.csv'})" if problems else ""))
-    return 1 if (a.strict and problems) else 0
-
 # %% ../nbs/api/71_cli.ipynb #790810b3
-TASK_NAMES = tuple(TASKS) # the registered tasks (`cxr_study.data.cohorts.TASKS`)
+TASK_NAMES = tuple(TASKS) # the study's tasks (`cxr_study.declarations.TASKS`, the task registry)
 DEMO_PROBE = {"lr": 0.05, "batch_size": 32, "max_epochs": 100, "patience": 5, "loss_size": 56}
+
+def known_protocols() -> list[str]:
+    "The protocols the command line offers: the registry's once it is loaded (with any protocol registered in this process), else the declared built-ins it implements."
+    registry = sys.modules.get("cxr_study.study.protocols")  # loaded by whoever registers a protocol; never loaded here
+    return registry.protocol_names() if registry else list(PROTOCOL_NAMES)
 
 def _add_common(p, data=True):
     "`run`'s flags, in groups: data and output, folds and seed, run options."
@@ -141,8 +119,8 @@ def _add_study_flags(p) -> dict:
       help="run --encoders beside these: a shipped study's encoders (paper: the published study's eight and the prior "
            "floor), or encoder names")
     a("--tasks", nargs="+", default=None, choices=TASK_NAMES, metavar="TASK", help="tasks (default: all four)")
-    a("--protocols", nargs="+", default=None, choices=protocol_names(), metavar="PROTOCOL",
-      help=f"adaptation protocols: {', '.join(protocol_names())} (default: linear-probe)")
+    a("--protocols", nargs="+", default=None, choices=known_protocols(), metavar="PROTOCOL",
+      help=f"adaptation protocols: {', '.join(known_protocols())} (default: linear-probe)")
     a("--folds", type=int, nargs="+", default=None, help="test folds to run (default: all five)")
     a("--seed", dest="seeds", type=int, nargs="+", default=None, help="seed(s) (default: the study's, 5656); several: one study folder per seed")
     add_option_flags(gs["run options"])
@@ -216,7 +194,7 @@ def _add_run_commands(sub):
     r.add_argument("--encoder", required=True, help="registry name, a model by id (timm/<model>, hf-hub:<org>/<name>, "
                    "open_clip:<arch>/<tag>, a local folder), or 'prior'")
     r.add_argument("--task", required=True, choices=TASK_NAMES)
-    r.add_argument("--protocol", default="linear-probe", choices=protocol_names())
+    r.add_argument("--protocol", default="linear-probe", choices=known_protocols())
     _add_common(r)
     r.add_argument("--download", action="store_true", help="first fetch the encoder's weights into the Hugging Face cache (needs a network)")
 
@@ -287,246 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub); _add_run_commands(sub); _add_output_commands(sub)
     return ap
 
-# %% ../nbs/api/71_cli.ipynb #337f5187
-def _print_summary(out):
-    paths = write_study_outputs(out)
-    print((Path(out)/"summary.md").read_text())
-    print("written:", ", ".join(str(p) for p in paths.values()))
-
-def cmd_report(out:Path, html:bool=True, n_boot:int=2000, n_perm:int=2000, force:bool=False) -> int:
-    "Build the study report of a study folder (unless it is up to date with the runs) and say where it is."
-    t0 = time.time()
-    rep = build_report(out, html=html, n_boot=n_boot, n_perm=n_perm, force=force)
-    print(f"report: {rep} ({time.time() - t0:.0f} s); tables in {rep/'tables'}" +
-          (f"; open {rep/'html'/'index.html'}" if html else "") + f"; render the site with: quarto render {rep}")
-    return 0
-
-def _status_exit(status) -> int:
-    failed = status[status.status == "failed"]
-    for _, r in failed.iterrows(): print(f"FAILED {r.encoder} / {r.task} / {r.protocol}: {r.message}", file=sys.stderr)
-    return 1 if len(failed) else 0
-
-def cmd_synthetic(a:argparse.Namespace) -> Path:
-    "The `synthetic` command: write the synthetic benchmark with the flags' parameters."
-    cfg = SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed)
-    return make_synthetic_benchmark(a.out, cfg, overwrite=getattr(a, "overwrite", False))
-
-# %% ../nbs/api/71_cli.ipynb #7944947c
-def study_from_args(a:argparse.Namespace) -> "StudyCfg":
-    "The study of a `grid` or `plan` command line: its study file (if any) with every given flag over it."
-    sets = parse_sets(getattr(a, "set", None))
-    if a.config is None and (sets.get("data", a.data) is None or sets.get("out", a.out) is None or not sets.get("encoders", a.encoders)):
-        raise CxrStudyError("give a study file (--config STUDY.yaml) or at least --data, --out and --encoders")
-    workers = a.workers if a.workers in (None, "auto") else _int(a.workers, "--workers")
-    encoders = _compared(a) if getattr(a, "compare_with", None) else a.encoders
-    o = {"data": None if a.data is None else str(a.data), "out": None if a.out is None else str(a.out), "encoders": encoders,
-         "tasks": a.tasks, "protocols": a.protocols, "folds": a.folds, "seeds": a.seeds,
-         **{k: getattr(a, k) for k in option_names("study")},
-         "executor.kind": {"papermill": "local"}.get(a.executor, a.executor), "executor.workers": workers, "executor.devices": a.devices,
-         **{f"executor.slurm.{k}": getattr(a, k) for k in ("partition", "account", "qos", "time", "gres", "mem", "cpus_per_task", "max_parallel")}}
-    for key in ("report", "n_boot", "n_perm"):
-        if getattr(a, key, None) is not None: o[f"report.{'enabled' if key == 'report' else key}"] = getattr(a, key)
-    o = {**sets, **{k: v for k, v in o.items() if v is not None}}  # the flags over --set, over the file
-    return load_study(a.config, {**o, **_settings_flags(a, load_study(a.config, o))})
-
-def _settings_flags(a:argparse.Namespace, cfg) -> dict:
-    "The per-protocol run options given as flags, for every protocol the study runs that the option applies to (checked against each)."
-    protocols = {p for g in [cfg, *cfg.baselines, *cfg.ablations] for p in (g.protocols or cfg.protocols)}
-    given = {k: v for k, v in options_from_args(a).items() if k in option_names("settings")}
-    return {f"settings.{p}.{k}": v for k, v in given.items() for p in sorted(protocols) if option_applies(k, get_protocol(p))}
-
-def _compared(a) -> list:
-    "`--encoders` (or the study file's) followed by those of `--compare-with`: a shipped study's main encoders, or names."
-    base = a.encoders or ((yaml.safe_load(Path(a.config).read_text()) or {}).get("encoders") if a.config else None)
-    if not base: raise CxrStudyError("--compare-with: name your encoders with --encoders (or in the study file)")
-    out = list(base)
-    for item in a.compare_with:
-        try: names = yaml.safe_load(shipped_study(item).read_text())["encoders"]
-        except CxrStudyError: names = [item]  # not a shipped study: an encoder name
-        out += [n for n in names if n not in out]
-    return out
-
-def _int(v, flag):
-    try: return int(v)
-    except ValueError: raise CxrStudyError(f"{flag}: expected an integer or auto, got {v!r}") from None
-
-def cmd_plan(a) -> int:
-    "Print a study's runs, compute and disk."
-    cfg = study_from_args(a)
-    print(format_plan(plan_study(cfg, epochs=getattr(a, "epochs", 30), utilisation=getattr(a, "utilisation", 0.4),
-                                 gpus=getattr(a, "gpus", None)), cfg.name, str(Path(cfg.out).absolute())))
-    for d in sorted({str(s.data_dir) for s in expand_study(cfg)}):  # a plan before the data is prepared: what to run first
-        try: require_index(d, then="the image counts above are the published study's cohort sizes")
-        except CxrStudyError as e: print(f"note: {e}")
-    return 0
-
-# %% ../nbs/api/71_cli.ipynb #467c1f42
-def download_study_weights(cfg) -> None:
-    "Fetch the weights of every encoder of a study into the Hugging Face cache (and the configuration of encoders named by id)."
-    names = sorted({s.encoder for s in expand_study(cfg)} - {*reference_names(), "raw-pixels"})
-    if cfg.pretrained is False: names = [e for e in names if is_encoder_id(e)]  # random init: an id's configuration only
-    if not names: print("--download: the study uses random-init encoders (pretrained: false); nothing to fetch"); return
-    failed = []
-    for e in names:
-        try: print(f"{e}: {download_weights(e, cfg.pretrained) or 'configuration only (pretrained: false)'}")
-        except CxrStudyError as ex: failed.append(e); print(f"{e}: {ex}", file=sys.stderr)  # the others are still fetched
-    if failed: raise CxrStudyError(f"--download: no weights for {', '.join(failed)} (see above); nothing was run")
-
-def cmd_grid(a) -> int:
-    cfg = study_from_args(a)
-    if a.dry_run: return cmd_plan(a)
-    if a.download: download_study_weights(cfg)
-    res = run_study(cfg, submit=a.submit)
-    if cfg.executor.kind == "slurm":
-        if a.submit:
-            ids = sorted({str(j.job_id).split("_")[0] for j in res})
-            print(f"submitted {len(res)} runs as Slurm job(s) {', '.join(ids) or '-'}; logs in {Path(cfg.out).absolute()/'slurm'/'submitit'}. "
-                  "When they finish, run the same command without --executor slurm to summarise and build the report.")
-        else:
-            print(f"wrote {res} and {res.parent/'jobs.json'} (every setting of each run); submit with: sbatch {res}   "
-                  "(or add --submit to submit through submitit)")
-        return 0
-    print(res.to_string(index=False))
-    code = _status_exit(res)
-    for seed in cfg.seeds:
-        out = study_out(cfg, seed)
-        if any(s.complete() for s in expand_study(cfg) if s.out_dir == str(out)):
-            _print_summary(out)
-            if cfg.report.enabled: cmd_report(out, html=cfg.report.html, n_boot=cfg.report.n_boot, n_perm=cfg.report.n_perm)
-    return code
-
-def cmd_run_cell(a) -> int:
-    "Execute one run of a study: what each local worker and each Slurm array task does."
-    notebooks = True
-    if a.spec is not None:
-        try: spec = json.loads(a.spec)
-        except ValueError as e: raise CxrStudyError(f"--spec: not valid JSON ({e})") from None
-    elif a.jobs is not None and a.index is not None:
-        jobs = read_json(a.jobs); runs = jobs["runs"]; notebooks = jobs.get("notebooks", True)
-        if not 0 <= a.index < len(runs): raise CxrStudyError(f"{a.jobs}: no run {a.index} (it holds {len(runs)})")
-        spec = runs[a.index]
-    else: raise CxrStudyError("give --spec JSON, or --jobs FILE with --index I")
-    r = execute_run(RunSpec.from_dict(spec), notebooks if a.notebooks is None else a.notebooks, wait=a.wait)
-    if a.status is not None: write_json(r, a.status)
-    print(f"{r['encoder']} / {r['task']} / {r['protocol']}: {r['status']} {r['message']}".strip())
-    return 1 if r["status"] == "failed" else 0
-
-# %% ../nbs/api/71_cli.ipynb #95ff9ae6
-def _conditions(a, load_before:float) -> dict:
-    "What the demo ran on and with: the machine's cores, its load before the demo started, the versions, the benchmark's size."
-    import os, platform
-    from datetime import datetime, timezone
-    import torch
-    return {"finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "cores": available_cores(),
-            "load_before": round(load_before, 2), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "python": platform.python_version(), "torch": torch.__version__, "cxr_study": cxr_study.__version__,
-            "n_images": a.n_images, "size": a.size, "folds": list(a.folds) if a.folds else None}
-
-def _demo_timings(a, status, before:dict, after:dict, total:float, since:float, load_before:float):
-    "Print where the demo's time went, with the largest process's memory, and write both to <out>/timings.json."
-    import resource
-    out = a.out
-    runs = run_timings(status, out, since)
-    budget = time_budget(runs, before, after, total)
-    peak_mb = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024  # kB on Linux
-    write_json({"total_seconds": round(total, 1), "largest_process_mb": round(peak_mb), "n_runs": len(runs),
-                "conditions": _conditions(a, load_before), "parts": budget.to_dict("records"),
-                "runs": runs.to_dict("records")}, out/"timings.json")
-    print("\nWhere the time went:\n" + budget.to_string(index=False, formatters={"share": "{:.0%}".format}) +
-          f"\nlargest process: {peak_mb:,.0f} MB; written to {out/'timings.json'}")
-
-def cmd_demo(a) -> int:
-    import os
-    t0, load_before = time.time(), os.getloadavg()[0]  # the load of the last minute, before the demo adds to it
-    raw = make_synthetic_benchmark(a.out/"data"/"synthetic", SyntheticCfg(n_images=a.n_images, size=a.size, shortcut=a.shortcut, seed=a.seed))
-    data = a.out/"data"/"prepared"
-    # the synthetic DICOMs are indexed by the same adapters as real data; index-only keeps the DICOM reader in the loop
-    _, problems = prepare_dataset("synthetic", raw, data, index_only=True, log=lambda *_: None)
-    for where, why in problems: print(f"problem: {where}: {why}", file=sys.stderr)
-    before = {"data: synthetic benchmark and its index": time.time() - t0}
-    # the demo is the shipped study file studies/demo.yaml, on this benchmark
-    import yaml
-    abl = [x for x in yaml.safe_load(shipped_study("demo").read_text()).get("ablations") or [] if set(x["encoders"]) <= set(a.encoders)] \
-        if a.encoders else None  # --encoders narrows the ablations to those of the encoders named
-    cfg = load_study(shipped_study("demo"), {"data": str(data), "out": str(a.out), "tasks": a.tasks, "folds": a.folds, "seeds": [a.seed], "ablations": abl,
-                                             "encoders": ["prior", *a.encoders] if a.encoders else None,
-                                             "executor.kind": "inline" if a.executor == "inline" else "local"})
-    st = run_study(cfg)
-    code, after = _status_exit(st), {}
-    if (st.status != "failed").any():
-        t = time.time(); _print_summary(a.out); after["summary tables and figure"] = time.time() - t
-        if a.report:
-            t = time.time(); cmd_report(a.out, html=True, n_boot=a.n_boot, n_perm=a.n_perm)
-            after.update(report_timings(a.out/"report", time.time() - t, since=t))
-    _demo_timings(a, st, before, after, time.time() - t0, since=t0, load_before=load_before)
-    print(f"demo finished in {time.time() - t0:.0f} s")
-    return code
-
-# %% ../nbs/api/71_cli.ipynb #d6d1e5e1
-def run_options_from_args(a:argparse.Namespace) -> dict:
-    "`run`'s run options: its flags, with each `--set NAME=VALUE` over them (a dotted name sets one entry of a nested setting)."
-    opts, fields_by_name = options_from_args(a), {f.name: f for f in fields(RunOptions)}
-    for key, v in parse_sets(getattr(a, "set", None)).items():
-        top, *rest = key.split(".")
-        if top not in option_names():
-            close = difflib.get_close_matches(top, option_names(), n=1)
-            raise CxrStudyError(f"--set {key}: unknown run option{f'; did you mean {close[0]!r}?' if close else ''} "
-                                f"(valid: {', '.join(option_names())})")
-        if not rest: opts[top] = v; continue
-        if fields_by_name[top].metadata["arg"].get("type") is not parse_json: raise CxrStudyError(f"--set {key}: {top} is not a nested setting")
-        opts[top] = d = json.loads(json.dumps(opts.get(top) or {}))  # a copy: the flag's value stays as given
-        for k in rest[:-1]: d = d.setdefault(k, {})
-        d[rest[-1]] = v
-    return opts
-
-def cmd_run(a) -> int:
-    enc = id_resolver().canonical(a.encoder) if is_encoder_id(a.encoder) else a.encoder  # an id as the study file files it
-    spec = RunSpec(enc, a.task, a.protocol, a.data, a.out, a.seed, a.folds, RunOptions(**run_options_from_args(a)))
-    w = spec.options.pretrained
-    if getattr(a, "download", False) and enc not in reference_names() and (w is not False or is_encoder_id(enc)):
-        print(f"{enc}: {download_weights(enc, w) or 'configuration only (pretrained: false)'}")
-    r = run_experiment(spec)
-    print(r["results"].to_string(index=False))
-    return 0
-
-def cmd_encoders(a) -> int:
-    "List the registry, or describe encoders (registered names or ids) before anything runs."
-    import pandas as pd
-    if getattr(a, "describe", None):
-        print("\n\n".join(describe_encoder(n, encoder_profile(n)) for n in a.describe))
-        return 0
-    rows = []
-    for n in list_encoders(tag=a.tag):
-        c = get_encoder_cfg(n); p = c.preprocess
-        rows.append(dict(name=n, arch=c.arch, input=f"{p.size} {p.resize} {p.interpolation}", pooled=c.pooled_dim,
-                         grid=f"{c.grid_size}x{c.grid_size}x{c.grid_dim}", weights=c.weights.source or c.weights.file or "-"))
-    print(pd.DataFrame(rows).to_string(index=False))
-    print("\nany model by id too: timm/<model>[.<tag>], hf-hub:<org>/<name>, open_clip:<arch>[/<tag>] or a local folder; "
-          "cxr-study encoders --describe ID shows what one resolves to")
-    return 0
-
 # %% ../nbs/api/71_cli.ipynb #2e8d72cf
+def _commands():
+    "The command bodies, `cxr_study.commands`: loaded once a command line is parsed, so the parser and `--help` need no torch."
+    return importlib.import_module("cxr_study.commands")  # the one deferred import of the package
+
+def __getattr__(name:str):
+    "A command body by its address in this module (`cxr_study.cli.cmd_grid`, ...), loaded from `cxr_study.commands` on first use."
+    if name.startswith("__"): raise AttributeError(name)
+    try: return getattr(_commands(), name)
+    except AttributeError: raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
 def main(argv:list|None=None) -> int:
-    "Entry point of `cxr-study`."
+    "Entry point of `cxr-study`: parse the command line, then load the command bodies and run the command."
     a = build_parser().parse_args(argv)
-    try:
-        if a.command == "demo": return cmd_demo(a)
-        if a.command == "synthetic":
-            root = cmd_synthetic(a)
-            print(f"{root}\nprepare it with: cxr-study prepare synthetic --root {root} --out <prepared folder>")
-            return 0
-        if a.command == "prepare": return cmd_prepare(a)
-        if a.command == "run": return cmd_run(a)
-        if a.command == "grid": return cmd_grid(a)
-        if a.command == "plan": return cmd_plan(a)
-        if a.command == "run-cell": return cmd_run_cell(a)
-        if a.command == "summarise": _print_summary(a.out); return 0
-        if a.command == "report":
-            cmd_report(a.out, a.html, a.n_boot, a.n_perm, a.force)
-            if a.copy_to:
-                print(f"copied to {copy_report(a.out/'report', a.copy_to)}")
-            return 0
-        if a.command == "encoders": return cmd_encoders(a)
+    try: return _commands().run_command(a)
     except CxrStudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -536,7 +289,6 @@ def main(argv:list|None=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: complete runs are kept; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
 
 # %% ../nbs/api/71_cli.ipynb #5b8adc5c
 #| eval: false

@@ -19,14 +19,15 @@ import numpy as np
 import pandas as pd
 
 from .core import CxrStudyError, file_digest, fingerprint, read_json, read_table, write_json, write_table
+from .declarations import LOGISTIC_CS
 from .metrics import auprc, auprc_rows, auprc_weighted, auroc, auroc_rows, auroc_weighted, sensitivity
 
 # %% auto #0
 __all__ = ['RUN_KEYS', 'PRED_KEYS', 'CLS_COLUMNS', 'SEG_COLUMNS', 'SUBGROUP_COLUMNS', 'EMPTY_MASK_SCORE', 'KINDS', 'METRIC_TABLE',
-           'RUN_FILES', 'LOGISTIC_CS', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric',
-           'paired_metrics', 'get_metric', 'score_fold', 'register_metric', 'unregister_metric', 'registered_metric',
-           'check_predictions', 'check_results', 'name_slug', 'run_path', 'run_name', 'read_run_meta', 'is_complete',
-           'write_run', 'list_runs', 'collect_results', 'kind_dir', 'kind_dirs']
+           'RUN_FILES', 'task_kind', 'require_columns', 'MetricCfg', 'metrics_for', 'main_metric', 'paired_metrics',
+           'get_metric', 'score_fold', 'register_metric', 'unregister_metric', 'registered_metric', 'check_predictions',
+           'check_results', 'name_slug', 'run_path', 'run_name', 'read_run_meta', 'is_complete', 'write_run',
+           'list_runs', 'collect_results', 'kind_dir', 'kind_dirs']
 
 # %% ../nbs/api/00a_results.ipynb #31224c8f
 RUN_KEYS = ("encoder", "weights", "task", "protocol")  # the columns that identify one run
@@ -204,7 +205,6 @@ def check_results(df:pd.DataFrame, # per-fold results of one or more runs
 
 # %% ../nbs/api/00a_results.ipynb #f43d5cbd
 RUN_FILES = ("results.csv", "predictions.parquet", "run.json")  # run.json last: the completion mark
-LOGISTIC_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))  # the classification probe's default C grid, 1e-4..1e2, part of a run's identity
 
 _PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*(@\d+)?")  # a registry key (lowercase, no spaces), at a common size
 

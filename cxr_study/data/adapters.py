@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, csv_lines, csv_records, progress, read_csv_text
+from ..declarations import BLANK_POLICIES, NO_FINDING_POLICIES, UNCERTAIN_POLICIES
 from .index import LABELS, mask_area_pct, size_quartiles
 from .rle import chexmask_rle_encode
 
 # %% auto #0
-__all__ = ['UNCERTAIN_POLICIES', 'BLANK_POLICIES', 'NO_FINDING_POLICIES', 'CHEXMASK_ID_COLUMNS', 'problems_frame',
-           'format_problems', 'read_csv_checked', 'short_rows', 'find_file', 'healthy_rows', 'map_observation',
-           'map_binary', 'drop_conflicting_duplicates', 'default_key', 'identity_key', 'join_label_csv',
-           'join_tube_labels', 'join_heart_masks', 'read_mask_file', 'image_size', 'encode_mask_files', 'outside_root',
-           'finish_index', 'label_counts']
+__all__ = ['CHEXMASK_ID_COLUMNS', 'problems_frame', 'format_problems', 'read_csv_checked', 'short_rows', 'find_file',
+           'healthy_rows', 'map_observation', 'map_binary', 'drop_conflicting_duplicates', 'default_key',
+           'identity_key', 'join_label_csv', 'join_tube_labels', 'join_heart_masks', 'read_mask_file', 'image_size',
+           'encode_mask_files', 'outside_root', 'finish_index', 'label_counts']
 
 # %% ../../nbs/api/08_data.adapters.ipynb #3c91fe73
 def problems_frame(problems:list[tuple[str, str]], # (where, reason) pairs
@@ -79,10 +79,6 @@ def find_file(root:str|Path, # folder to look in
     raise CxrStudyError(f"{root}: no {what} found (looked for {', '.join(names)}, also gzipped)")
 
 # %% ../../nbs/api/08_data.adapters.ipynb #fbd8d295
-UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
-BLANK_POLICIES = ("unknown", "zeros")
-NO_FINDING_POLICIES = ("unknown", "negative")
-
 def healthy_rows(no_finding:pd.Series, # the raw `No Finding` column
                  policy:str="unknown", # one of NO_FINDING_POLICIES
                 ) -> np.ndarray|None: # bool per row under "negative"; None under "unknown"

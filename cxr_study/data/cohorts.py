@@ -11,29 +11,13 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, STUDY_SEED
+from ..declarations import TASKS, TaskCfg
 from .index import size_quartiles
 
 # %% auto #0
-__all__ = ['TASKS', 'TaskCfg', 'get_task', 'build_cohort', 'assign_folds', 'fold_roles', 'split_masks', 'make_cohort']
+__all__ = ['get_task', 'build_cohort', 'assign_folds', 'fold_roles', 'split_masks', 'make_cohort']
 
 # %% ../../nbs/api/06_data.cohorts.ipynb #49bbc9fb
-@dataclass(frozen=True)
-class TaskCfg:
-    "A study task."
-    name:str
-    kind:str # "classification" or "segmentation"
-    label:str # canonical label column (classification) or mask target (segmentation)
-    class_weights:tuple=(1.0, 1.0) # segmentation loss weights for background, foreground
-    one_per_patient:bool=False # keep one image per patient in the cohort
-    display:str=""
-
-TASKS = {t.name: t for t in [
-    TaskCfg("pneumothorax-cls", "classification", "pneumothorax", display="Pneumothorax (cls)"),
-    TaskCfg("cardiomegaly-cls", "classification", "cardiomegaly", one_per_patient=True, display="Cardiomegaly (cls)"),
-    TaskCfg("pneumothorax-seg", "segmentation", "pneumothorax", class_weights=(1.0, 5.0), display="Pneumothorax (seg)"),
-    TaskCfg("heart-seg", "segmentation", "heart", class_weights=(1.0, 1.0), one_per_patient=True, display="Heart (seg)"),
-]}
-
 def get_task(name:str) -> TaskCfg:
     "A task by name, with the list of valid names when unknown."
     if name not in TASKS: raise CxrStudyError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")

@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, read_table, write_table
+from ..declarations import MASK_TARGETS
 from .rle import chexmask_rle_decode, chexmask_rle_encode, is_empty_rle
 
 # %% auto #0
-__all__ = ['LABELS', 'MASK_TARGETS', 'INDEX_COLUMNS', 'empty_index', 'validate_index', 'index_mask', 'mask_area_pct',
-           'size_quartiles', 'write_index', 'read_index', 'resolve_image_path']
+__all__ = ['LABELS', 'INDEX_COLUMNS', 'empty_index', 'validate_index', 'index_mask', 'mask_area_pct', 'size_quartiles',
+           'write_index', 'read_index', 'resolve_image_path']
 
 # %% ../../nbs/api/03_data.index.ipynb #b06a3717
 LABELS = ("pneumothorax", "cardiomegaly")
-MASK_TARGETS = ("pneumothorax", "heart")
 INDEX_COLUMNS = ("image_id", "image_path", "patient_id", "view", "sex", "age", *LABELS, "chest_tube",
                  *[c for t in MASK_TARGETS for c in (f"{t}_mask", f"{t}_mask_height", f"{t}_mask_width")],
                  "ptx_size_pct")

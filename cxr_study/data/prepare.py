@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import CxrStudyError, atomic_path, fingerprint, progress, write_json, write_table
+from ..declarations import DATASETS, PrepareCfg, default_workers
 from .adapters import (default_key, finish_index, identity_key, join_heart_masks, join_tube_labels, label_counts,
                                      outside_root, problems_frame)
 from .chexpert import chexpert_key, index_chexpert
@@ -30,9 +31,8 @@ from .siim_png import index_siim_png
 from .synthetic import index_synthetic
 
 # %% auto #0
-__all__ = ['ADAPTERS', 'AdapterCfg', 'register_adapter', 'get_adapter', 'index_dataset', 'cache_name', 'process_image',
-           'run_images', 'verify_index', 'build_image_cache', 'default_workers', 'PrepareCfg', 'prepare_dataset',
-           'require_index']
+__all__ = ['ADAPTERS', 'AdapterCfg', 'register_adapter', 'get_adapter', 'check_declared_adapters', 'index_dataset', 'cache_name',
+           'process_image', 'run_images', 'verify_index', 'build_image_cache', 'prepare_dataset', 'require_index']
 
 # %% ../../nbs/api/08f_data.prepare.ipynb #364ce1fd
 @dataclass(frozen=True)
@@ -47,12 +47,13 @@ class AdapterCfg:
 ADAPTERS: dict[str, AdapterCfg] = {}
 
 def register_adapter(name:str, # lowercase key
-                     key:Callable=default_key, description:str="", options:tuple=()):
+                     key:Callable=default_key, description:str="", # default: its entry of `DATASETS`
+                     options:tuple=()):
     "Decorator registering `fn(root, opts) -> (index, problems)` as a dataset adapter."
     if name != name.lower() or not re.fullmatch(r"[a-z0-9-]+", name): raise CxrStudyError(f"adapter name {name!r}: use lowercase letters, digits and '-'")
     def deco(fn):
         if name in ADAPTERS: raise CxrStudyError(f"adapter {name!r} is already registered")
-        ADAPTERS[name] = AdapterCfg(name, fn, key, description or (fn.__doc__ or "").strip(), tuple(options))
+        ADAPTERS[name] = AdapterCfg(name, fn, key, description or DATASETS.get(name) or (fn.__doc__ or "").strip(), tuple(options))
         return fn
     return deco
 
@@ -62,28 +63,28 @@ def get_adapter(name:str) -> AdapterCfg:
     return ADAPTERS[name]
 
 # %% ../../nbs/api/08f_data.prepare.ipynb #95147307
-@register_adapter("siim", description="SIIM-ACR, Kaggle DICOM layout (dicom-images-train/ + train-rle.csv)", options=("rle_csv", "images_dir", "workers"))
+@register_adapter("siim", options=("rle_csv", "images_dir", "workers"))
 def _siim(root, opts):
     rle = opts.get("rle_csv") or next((n for n in ("train-rle.csv", "stage_2_train.csv", "train-rle.csv.gz", "stage_2_train.csv.gz")
                                        if (Path(root)/n).exists()), "train-rle.csv")
     return index_siim(root, rle_csv=rle, images_dir=opts.get("images_dir") or "dicom-images-train", workers=opts.get("workers"))
 
-@register_adapter("siim-png", description="SIIM-ACR PNG conversion with mask PNGs (train/ + masks/, or png_images/ + png_masks/)", options=("workers",))
+@register_adapter("siim-png", options=("workers",))
 def _siim_png(root, opts):
     return index_siim_png(root, workers=opts.get("workers") or 4)
 
-@register_adapter("chexpert", key=chexpert_key, description="CheXpert v1.0 / -small (train.csv, valid.csv, either gzipped)", options=("uncertain", "blank", "no_finding", "all_views"))
+@register_adapter("chexpert", key=chexpert_key, options=("uncertain", "blank", "no_finding", "all_views"))
 def _chexpert(root, opts):
     return index_chexpert(root, uncertain=opts.get("uncertain") or "zeros", blank=opts.get("blank") or "unknown",
                           no_finding=opts.get("no_finding") or "unknown", frontal_only=not opts.get("all_views"))
 
-@register_adapter("mimic", description="MIMIC-CXR-JPG (label, metadata and split CSVs; files/pNN/...)", options=("labeler", "uncertain", "blank", "no_finding", "all_views", "mimic_patients"))
+@register_adapter("mimic", options=("labeler", "uncertain", "blank", "no_finding", "all_views", "mimic_patients"))
 def _mimic(root, opts):
     return index_mimic(root, labeler=opts.get("labeler") or "chexpert", uncertain=opts.get("uncertain") or "zeros",
                        blank=opts.get("blank") or "unknown", no_finding=opts.get("no_finding") or "unknown",
                        frontal_only=not opts.get("all_views"), patients=opts.get("mimic_patients"))
 
-@register_adapter("nih", description="NIH ChestX-ray14 (Data_Entry_2017*.csv, images_*/images/)")
+@register_adapter("nih")
 def _nih(root, opts):
     return index_nih(root)
 
@@ -95,7 +96,7 @@ def _parse_labels(pairs):
         canon, col = p.split("=", 1); out[col.strip()] = canon.strip()
     return out or None
 
-@register_adapter("csv", key=identity_key, description="institutional CSV (image path, patient id, labels, optional masks/metadata)",
+@register_adapter("csv", key=identity_key,
                   options=("csv", "image_col", "patient_col", "id_col", "label", "mask_col", "mask_target", "view_col", "sex_col", "age_col", "csv_tube_col", "workers"))
 def _csv(root, opts):
     csv = Path(opts.get("csv") or Path(root)/"index.csv")
@@ -105,9 +106,17 @@ def _csv(root, opts):
                      mask_target=opts.get("mask_target") or "pneumothorax", view_col=opts.get("view_col"), sex_col=opts.get("sex_col"),
                      age_col=opts.get("age_col"), tube_col=opts.get("csv_tube_col"), workers=opts.get("workers") or 4)
 
-@register_adapter("synthetic", key=identity_key, description="the synthetic benchmark (SIIM layout + CheXmask, label and chest-tube CSVs)")
+@register_adapter("synthetic", key=identity_key)
 def _synthetic(root, opts):
     return index_synthetic(root)
+
+# %% ../../nbs/api/08f_data.prepare.ipynb #7a6f0da0
+def check_declared_adapters() -> None:
+    "The built-in adapters are exactly the layouts `DATASETS` declares (what `prepare --help` lists), or a `CxrStudyError`."
+    if sorted(ADAPTERS) != sorted(DATASETS):
+        raise CxrStudyError(f"registered adapters {sorted(ADAPTERS)} differ from the declared layouts {sorted(DATASETS)}")
+
+check_declared_adapters()
 
 # %% ../../nbs/api/08f_data.prepare.ipynb #968baae0
 def index_dataset(name:str, # a registered adapter
@@ -245,48 +254,6 @@ def build_image_cache(idx:pd.DataFrame, # index with absolute image paths
     return validate_index(c[~bad].reset_index(drop=True)), problems
 
 # %% ../../nbs/api/08f_data.prepare.ipynb #db4f786b
-def default_workers() -> int:
-    "Processes for the image pass by default: one per CPU core but one, from 1 to 8."
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-@dataclass(frozen=True)
-class PrepareCfg:
-    "Options of `prepare_dataset` (the `prepare` command's flags, with the same names and defaults)."
-    verify:bool=False # open every image and mask, leave the unreadable ones out (building the cache always does)
-    index_only:bool=False # write the index without building the image cache
-    image_size:int=1024 # side of the square cached images in pixels; 0 keeps each image's size
-    workers:int=field(default_factory=default_workers) # parallel processes for the image pass (and SIIM's DICOM headers)
-    uncertain:str="zeros" # chexpert, mimic: uncertain (-1) labels, one of UNCERTAIN_POLICIES
-    blank:str="unknown" # chexpert, mimic: not-mentioned labels, one of BLANK_POLICIES
-    no_finding:str="unknown" # chexpert, mimic: blank labels where No Finding is 1, one of NO_FINDING_POLICIES
-    all_views:bool=False # chexpert, mimic: keep lateral views too
-    labeler:str="chexpert" # mimic: label file, chexpert or negbio
-    mimic_patients:str|None=None # mimic: MIMIC-IV patients.csv(.gz) for sex and age (None: ROOT/patients.csv(.gz) if present)
-    rle_csv:str|None=None # siim: RLE CSV under the root (None: train-rle.csv, else stage_2_train.csv)
-    images_dir:str|None=None # siim: DICOM folder under the root (None: dicom-images-train)
-    chexmask:str|None=None # CheXmask CSV of this dataset: adds heart masks
-    min_dice_rca:float=0.7 # keep CheXmask masks with Dice RCA (Mean) at least this
-    chexmask_id_col:str|None=None # CheXmask image-id column (None: detected)
-    tubes:str|None=None # chest-tube CSV: image id -> present/absent/unknown
-    tube_id_col:str="ImageId" # its image-id column
-    tube_col:str="ChestTube" # its chest-tube column
-    quartile_edges:tuple|None=None # pneumothorax size quartile edges in %, e.g. (0.37, 0.78, 1.66) (None: from the data)
-    csv:str|None=None # csv: the CSV (None: ROOT/index.csv)
-    image_col:str="image_path" # csv: image path column
-    patient_col:str="patient_id" # csv: patient id column
-    id_col:str|None=None # csv: image id column (None: the image path)
-    label:list|None=None # csv: ["CANONICAL=COLUMN", ...], e.g. ["cardiomegaly=Cardiomegaly"]
-    mask_col:str|None=None # csv: mask file column
-    mask_target:str="pneumothorax" # csv: what its masks show, one of MASK_TARGETS
-    view_col:str|None=None # csv: view column
-    sex_col:str|None=None # csv: sex column
-    age_col:str|None=None # csv: age column
-    csv_tube_col:str|None=None # csv: chest-tube column
-
-    def options(self) -> dict:
-        "The adapter and join options, as `index_dataset` takes them (and `prepare.json` records them)."
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("verify", "index_only", "image_size", "quartile_edges")}
-
 def _prepare_cfg(cfg:PrepareCfg|None, options:dict) -> PrepareCfg:
     "`cfg` (default: the defaults) with `options` set over it; an unknown option is an error that lists the known ones."
     cfg = PrepareCfg() if cfg is None else cfg

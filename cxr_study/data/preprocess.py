@@ -13,11 +13,12 @@ import pandas as pd
 import torch
 
 from ..core import CxrStudyError
+from ..declarations import MASK_RULES
 from .index import index_mask
 from .readers import to_uint8
 
 # %% auto #0
-__all__ = ['MASK_RULES', 'PreprocessCfg', 'preprocess_image', 'preprocess_mask', 'load_masks']
+__all__ = ['PreprocessCfg', 'preprocess_image', 'preprocess_mask', 'load_masks']
 
 # %% ../../nbs/api/07_data.preprocess.ipynb #9f3e2288
 _PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
@@ -79,7 +80,6 @@ def preprocess_image(img:np.ndarray, # float (H, W) in [0, 1], or uint8 (H, W)
     std = torch.tensor(pcfg.std, dtype=torch.float32)[:, None, None]
     return (x - mean) / std
 
-MASK_RULES = ("bilinear", "study") # how a ground-truth mask is resized; "bilinear" is the default
 
 def preprocess_mask(mask:np.ndarray, # bool (H, W)
                     pcfg:PreprocessCfg, # the encoder's contract: same geometry as its images

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import CxrStudyError, STUDY_SEED, epoch_line, get_device, threads_for_now
+from ..declarations import SegProbeCfg
 from ..metrics import auroc
 from ..results import LOGISTIC_CS
 
 # %% auto #0
-__all__ = ['KNN_KS', 'KNN_TEMPERATURE', 'LOSS_CHUNK_PX', 'fit_logistic_probe', 'knn_vote_weights', 'fit_knn_probe', 'SegProbeCfg',
+__all__ = ['KNN_KS', 'KNN_TEMPERATURE', 'LOSS_CHUNK_PX', 'fit_logistic_probe', 'knn_vote_weights', 'fit_knn_probe',
            'EarlyStopping', 'SegProbe', 'upsample_matrix', 'loss_terms', 'upsampled_ce', 'UpsampledCE', 'area_matrix',
            'fit_seg_probe', 'predict_seg', 'prior_scores', 'prior_masks']
 
@@ -85,25 +86,6 @@ def _fit_knn(X_train, y_train, X_val, y_val, ks, temperature:float) -> dict:
     return {"model": best[2], "k": best[1], "val_auroc": scores}
 
 # %% ../../nbs/api/30_heads.probes.ipynb #eaf1ea5b
-@dataclass(frozen=True)
-class SegProbeCfg:
-    "Training settings of the segmentation probe."
-    lr:float=1e-4
-    weight_decay:float=1e-2
-    batch_size:int=16
-    max_epochs:int=500
-    patience:int=5
-    min_delta:float=1e-4
-    loss_size:int|None=None # compute the loss at this size against area-averaged masks (None: the mask size)
-    seed:int=STUDY_SEED
-
-    def __post_init__(self):
-        "Settings no fit can use (those torch's AdamW refuses, an empty batch) fail here, named, before any work."
-        bad = [f"{what} must be {rule}, got {v!r}" for what, v, ok, rule in (
-            ("learning rate (lr)", self.lr, self.lr >= 0, "0 or more"), ("weight_decay", self.weight_decay, self.weight_decay >= 0, "0 or more"),
-            ("batch_size", self.batch_size, self.batch_size >= 1, "1 or more")) if not ok]
-        if bad: raise CxrStudyError("segmentation probe: " + "; ".join(bad))
-
 class EarlyStopping:
     "The best validation loss so far and a copy of the weights at it; `step` says when to stop."
     def __init__(self, patience:int=5, # epochs without an improvement before stopping

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core import CxrStudyError
-from ..data.preprocess import MASK_RULES
-from ..heads.probes import SegProbeCfg
-from ..results import LOGISTIC_CS
+from ..declarations import LOGISTIC_CS, MASK_RULES, SegProbeCfg
 
 # %% auto #0
 __all__ = ['run_option', 'parse_json', 'parse_pretrained', 'check_keys', 'cfg_keys', 'RunOptions', 'option_applies',

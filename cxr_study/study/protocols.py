@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from ..core import CxrStudyError, STUDY_SEED, fingerprint
+from ..declarations import PROTOCOL_NAMES, REFERENCE_NAMES
 from ..results import name_slug
 from ..data.cohorts import TASKS, TaskCfg, make_cohort
 from ..data.preprocess import PreprocessCfg, load_masks
@@ -28,7 +29,8 @@ from .options import RunOptions, cfg_keys
 # %% auto #0
 __all__ = ['PROTOCOLS', 'RunContext', 'Prepared', 'Fold', 'FoldFit', 'Protocol', 'register_protocol', 'get_protocol',
            'protocol_names', 'reference_names', 'run_protocol', 'applies', 'Prior', 'LinearProbe', 'study_cohorts',
-           'study_images', 'MultiscaleProbe', 'checkpoint_dir', 'remove_checkpoints', 'FineTune', 'E2E']
+           'study_images', 'MultiscaleProbe', 'checkpoint_dir', 'remove_checkpoints', 'FineTune', 'E2E',
+           'check_declared_protocols']
 
 # %% ../../nbs/api/70_study.protocols.ipynb #b6d82397
 @dataclass
@@ -289,3 +291,12 @@ class E2E(FineTune):
     def build(self, run): return build_segformer(run.task.kind, run.encoder, run.opts.pretrained, (run.opts.adapt or {}).get("config"), seed=run.seed)
 
 register_protocol(FineTune()); register_protocol(E2E());
+
+# %% ../../nbs/api/70_study.protocols.ipynb #f39b7b8c
+def check_declared_protocols() -> None:
+    "The built-in protocols and references are those `PROTOCOL_NAMES` and `REFERENCE_NAMES` declare, in order, or a `CxrStudyError`."
+    if (tuple(protocol_names()), tuple(reference_names())) != (PROTOCOL_NAMES, REFERENCE_NAMES):
+        raise CxrStudyError(f"registered protocols {protocol_names()} and references {reference_names()} differ from the declared "
+                            f"{list(PROTOCOL_NAMES)} and {list(REFERENCE_NAMES)}")
+
+check_declared_protocols()
