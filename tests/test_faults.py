@@ -276,7 +276,9 @@ def test_damaged_files_are_found_and_redone(study, tmp_path):
     pred = run_path(out, "raw-pixels", "heart-seg", "linear-probe") / "predictions.parquet"
     b = bytearray(pred.read_bytes()); b[len(b) // 2] ^= 0x10; pred.write_bytes(bytes(b))            # one bit flipped
     meta = run_path(out, "prior", "cardiomegaly-cls", "linear-probe") / "run.json"
-    meta.write_text(re.sub(r'"seconds": [0-9.]+', '"seconds": 0.5', meta.read_text(), count=1))      # valid JSON, another value
+    bump = lambda m: f'"seconds": {float(m.group(1)) + 1.5}'                                          # always another value
+    changed = re.sub(r'"seconds": ([0-9.]+)', bump, meta.read_text(), count=1)
+    assert changed != meta.read_text(); meta.write_text(changed)                                       # valid JSON, another value
     grid = next((out / "cache").glob("raw-pixels-*")) / "grid.npy"
     grid.write_bytes(grid.read_bytes()[:-100])                                                        # cut short
     r = subprocess.run(_grid(study["cfg"], out, report=False), capture_output=True, text=True, env=_env(), timeout=600)
