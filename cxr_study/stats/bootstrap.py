@@ -106,8 +106,9 @@ def _cluster_counts(clusters:Sequence|None, n:int, strata:Sequence|None, n_boot:
     for start in range(0, n_boot, chunk):
         counts = buf[:min(chunk, n_boot - start)]
         for g, r, a, b in zip(groups, rngs, [0] + ends, ends):
-            for i in range(len(counts)):  # replicate by replicate: the same draws as one block of them, in the cache
-                counts[i, a:b] = np.bincount(r.integers(0, g.size, g.size), minlength=g.size)
+            for s in range(0, len(counts), 32):  # 32 replicates' draws in one call: the same numbers as one call each, a third faster
+                for i, d in enumerate(r.integers(0, g.size, (min(32, len(counts) - s), g.size)), s):
+                    counts[i, a:b] = np.bincount(d, minlength=g.size)
         yield counts, inv
 
 def cluster_bootstrap_weights(clusters:Sequence|None, # (n,) cluster id per image (patient_id); None = each image its own
