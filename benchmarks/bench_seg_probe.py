@@ -164,6 +164,7 @@ def run(repeats: int = benchlib.MIN_REPEATS, quick: bool = False, train: int | N
         notes.append(f"{name} settings: one epoch of fit_seg_probe {epoch_s * 1e3:.1f} ms (fit set-up included); its FLOP bound "
                      f"{bound * 1e3:.2f} ms ({epoch_flops(train, val, channels, grid, loss) / 1e6:.0f} MFLOP at the measured "
                      f"{rate / 1e9:.0f} GFLOP/s of a 2048 x 2048 float32 matrix product): {bound / epoch_s:.0%} of the bound")
+        print("  " + notes[-1], flush=True)
         mem = epoch_bytes(train, val, channels, grid) / bw
         notes.append(f"{name} settings: its memory bound {mem * 1e3:.1f} ms ({epoch_bytes(train, val, channels, grid) / 1e6:.0f} MB of "
                      f"float32 grids read, the training grids twice, at the measured {bw / 1e9:.1f} GB/s of a one-thread matrix-vector "
@@ -172,7 +173,7 @@ def run(repeats: int = benchlib.MIN_REPEATS, quick: bool = False, train: int | N
         notes.append(f"{name} settings: the same probe in every repeat: validation losses within "
                      f"{max(g[0] for g in res['gaps']):.1e} (relative), test Dice {res['gaps'][0][1]:.4f} (autograd) and "
                      f"{res['gaps'][0][2]:.4f} (library) on {val} held-out images")
-        print("  " + notes[-2], flush=True)
+        print("  " + notes[-1], flush=True)
     return benchlib.result(TITLE, f"python benchmarks/bench_seg_probe.py --epochs {epochs} --repeats {repeats}",
                            {"train": train, "val": val, "channels": channels, "grid": grid, "epochs": epochs, "study_epochs": study_epochs,
                             "mask_size": int(M.shape[-1]), "gemm_gflops": round(rate / 1e9, 1), "mv_gb_per_s": round(bw / 1e9, 1), "torch_threads": torch.get_num_threads()},
