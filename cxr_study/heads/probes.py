@@ -285,10 +285,10 @@ class _AdamW:
 class _Projections:
     "Each image's grid (h w, C) times the weights, and its transpose times the loss gradient, read where it lies: no copy of a batch."
     def __init__(self, Z:torch.Tensor, theta:torch.Tensor, batch_size:int, numpy:bool|None=None): # numpy: default on the CPU
-        self.n, hw, C = len(Z), Z.shape[1] * Z.shape[2], Z.shape[-1]
+        hw, C = Z.shape[1] * Z.shape[2], Z.shape[-1]
         self.d, self.acc = Z.new_empty((batch_size, hw)), Z.new_empty((batch_size, C))
         self.cpu, self.v = Z.device.type == "cpu" if numpy is None else numpy, theta[:C]
-        if self.cpu:  # numpy's matrix-vector call costs a fraction of torch's: a third of the epoch's time at the demo's grids
+        if self.cpu:  # numpy's matrix-vector call costs a fraction of torch's; these products were half of an epoch at the demo's grids
             self.Z, self.vn, self.dn, self.an = list(Z.numpy().reshape(len(Z), hw, C)), self.v.numpy(), self.d.numpy(), self.acc.numpy()
         else: self.Z = Z.view(len(Z), hw, C).unbind(0)
 
