@@ -196,7 +196,7 @@ class UpsampledCE(torch.autograd.Function):
 def _channels_last(G, dev) -> torch.Tensor:
     "Grids (n, C, h, w), fp16 or float32, as float32 laid out (n, h, w, C): layout and type change in one pass."
     G = torch.as_tensor(np.asarray(G)); shape = (G.shape[0], *G.shape[2:], G.shape[1])
-    # on the CPU in numpy's memory: numpy asks the kernel for huge pages, and a fresh buffer's first touch costs a third as much
+    # on the CPU in numpy's memory: numpy asks the kernel for huge pages, and a fresh buffer's first touch costs under half as much
     Z = torch.from_numpy(np.empty(shape, np.float32)) if dev.type == "cpu" else torch.empty(shape, device=dev)
     return Z.copy_(G.permute(0, 2, 3, 1))
 
