@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core import CxrStudyError, STUDY_SEED, get_device, threads_for_now
+from ..core import CxrStudyError, get_device, threads_for_now
+from ..declarations import SegProbeCfg
 from .probes import UpsampledCE, _batches, _predict_batches, _train_epochs, loss_terms, upsample_matrix
 
 # %% auto #0
@@ -20,22 +21,15 @@ __all__ = ['MultiscaleCfg', 'default_layers', 'resample_grids', 'MultiscaleProbe
 
 # %% ../../nbs/api/31_heads.multiscale.ipynb #5ed3d804
 @dataclass(frozen=True)
-class MultiscaleCfg:
-    "Layers, head and training settings of the multi-scale probe (training fields as `SegProbeCfg`)."
+class MultiscaleCfg(SegProbeCfg):
+    "Layers and head of the multi-scale probe; its training settings are `SegProbeCfg`'s fields, with their checks."
     layers:tuple|None=None # layer names from the encoder's `cfg.layers` (None: `default_layers`)
     grid_size:int|None=None # common grid size (None: the largest grid among the layers)
     decoder:str="linear" # "linear" (concat + 1x1 conv) or "light" (projections + small MLP decoder)
     hidden:int=64 # width of the light decoder
-    lr:float=1e-4
-    weight_decay:float=1e-2
-    batch_size:int=16
-    max_epochs:int=500
-    patience:int=5
-    min_delta:float=1e-4
-    loss_size:int|None=None # loss at this size against area-averaged masks (None: the mask size)
-    seed:int=STUDY_SEED
 
     def __post_init__(self):
+        super().__post_init__()
         if self.decoder not in ("linear", "light"): raise CxrStudyError(f"MultiscaleCfg.decoder must be 'linear' or 'light', got {self.decoder!r}")
 
 def default_layers(layers:tuple, # an encoder's `cfg.layers`, shallow to deep
