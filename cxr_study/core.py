@@ -24,13 +24,13 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'THREAD_VARS', 'WAIT_QUIETLY', 'CxrStudyError', 'seed_everything',
-           'fingerprint', 'file_digest', 'atomic_path', 'remove_stale_temporaries', 'write_json', 'read_json',
-           'clean_notebook', 'write_clean_notebook', 'file_lock', 'write_table', 'read_table', 'csv_records',
-           'csv_lines', 'read_csv_text', 'expand_path', 'get_device', 'visible_devices', 'worker_devices',
-           'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads', 'runnable_elsewhere',
-           'free_cores', 'blas_controller', 'threads_for_now', 'progress_off', 'progress', 'status_to', 'status_unit',
-           'say_status', 'epoch_line', 'shipped_file']
+__all__ = ['STUDY_SEED', 'NBDEV_NB_KEYS', 'NBDEV_CELL_KEYS', 'KERNEL_START_TIMEOUT', 'THREAD_VARS', 'WAIT_QUIETLY',
+           'CxrStudyError', 'seed_everything', 'fingerprint', 'file_digest', 'atomic_path', 'remove_stale_temporaries',
+           'write_json', 'read_json', 'clean_notebook', 'write_clean_notebook', 'file_lock', 'write_table',
+           'read_table', 'csv_records', 'csv_lines', 'read_csv_text', 'expand_path', 'get_device', 'visible_devices',
+           'worker_devices', 'cgroup_cpu_limit', 'available_cores', 'thread_count', 'thread_env', 'steady_threads',
+           'runnable_elsewhere', 'free_cores', 'blas_controller', 'threads_for_now', 'progress_off', 'progress',
+           'status_to', 'status_unit', 'say_status', 'epoch_line', 'shipped_file']
 
 # %% ../nbs/api/00_core.ipynb #f859c35b
 class CxrStudyError(Exception):
@@ -146,6 +146,7 @@ def read_json(path:str|Path) -> Any:
 # %% ../nbs/api/00_core.ipynb #9b100314
 NBDEV_NB_KEYS = ("kernelspec", "jekyll", "jupytext", "doc", "widgets") # notebook metadata nbdev_clean keeps
 NBDEV_CELL_KEYS = ("hide_input", "tags") # cell metadata it keeps (tags: settings.ini's allowed_cell_metadata_keys)
+KERNEL_START_TIMEOUT = 600 # seconds a notebook's new kernel may take to answer (papermill's default, 60, is too short on a busy node)
 
 def _no_addresses(text):
     "Reprs without their memory address (`<object at 0x7f...>` -> `<object>`), as nbdev_clean's clean_ids does."

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..core import CxrStudyError, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, shipped_file, write_clean_notebook, write_json, write_table
+from ..core import CxrStudyError, KERNEL_START_TIMEOUT, STUDY_SEED, atomic_path, file_digest, file_lock, progress, read_json, shipped_file, write_clean_notebook, write_json, write_table
 from ..results import (RUN_KEYS, collect_results, get_metric, kind_dirs, list_runs, main_metric, metrics_for, paired_metrics, read_run_meta,
                        task_kind)
 from .summary import (ROLES, TABLE_CSS, banner_html, display_frame, html_table, model_role, protocol_name, row_label,
@@ -757,7 +757,7 @@ def _execute(template:Path, out:Path, params:dict):
     import nbformat
     import papermill as pm
     pm.execute_notebook(str(template), str(out), parameters=params, kernel_name="python3", progress_bar=False, log_output=False,
-                        cwd=str(out.parent), extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+                        cwd=str(out.parent), extra_arguments=["--IPKernelApp.log_level=CRITICAL"], start_timeout=KERNEL_START_TIMEOUT)
     nb = nbformat.read(out, as_version=4)
     for c in nb.cells:  # papermill's injected parameters are for rerunning the notebook, not for reading the page
         if "injected-parameters" in c.metadata.get("tags", []) and not c.source.startswith("#| include: false"):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from ..core import (CxrStudyError, STUDY_SEED, atomic_path, available_cores, file_lock, progress, visible_devices, worker_devices, read_json, read_table,
+from ..core import (CxrStudyError, KERNEL_START_TIMEOUT, STUDY_SEED, atomic_path, available_cores, file_lock, progress, visible_devices, worker_devices, read_json, read_table,
                             remove_stale_temporaries, steady_threads, thread_env, write_json)
 from ..results import name_slug, run_path
 from ..data.cohorts import get_task
@@ -66,7 +66,7 @@ def _execute_notebook(spec:RunSpec, kernel:"WarmKernel|None"=None):
         try:
             if kernel is not None: kernel.prepare(rp)
             pm.execute_notebook(str(experiment_template()), str(tmp), parameters=params, kernel_name="python3",
-                                progress_bar=False, log_output=False, cwd=str(rp), **how)
+                                progress_bar=False, log_output=False, cwd=str(rp), start_timeout=KERNEL_START_TIMEOUT, **how)
         except Exception as e: failed = e  # the notebook, with its error, still goes into place
     if failed is not None: raise failed
 
@@ -115,13 +115,13 @@ class WarmKernel:
         self.km = AsyncKernelManager(kernel_name=self.kernel_name)
         run_sync(self.km.start_kernel)(cwd=str(cwd), extra_arguments=["--IPKernelApp.log_level=CRITICAL", "--HistoryManager.hist_file=:memory:"])
         self.kc = self.km.client(); self.kc.start_channels()
-        run_sync(self.kc.wait_for_ready)(timeout=120)
+        run_sync(self.kc.wait_for_ready)(timeout=KERNEL_START_TIMEOUT)
 
     def prepare(self, cwd:Path):
         "An empty namespace in `cwd`, execution count 1, for the next notebook (the kernel started, again if it died)."
         from jupyter_core.utils import run_sync
         if self.km is None or not run_sync(self.km.is_alive)(): self.close(); self._start(cwd)
-        reply = run_sync(self.kc.execute_interactive)(_RESET.format(cwd=str(cwd)), silent=True, store_history=False, timeout=120)
+        reply = run_sync(self.kc.execute_interactive)(_RESET.format(cwd=str(cwd)), silent=True, store_history=False, timeout=KERNEL_START_TIMEOUT)
         if reply["content"]["status"] != "ok": raise CxrStudyError(f"the notebook kernel could not be reset: {reply['content'].get('evalue')}")
 
     def close(self):
@@ -149,7 +149,7 @@ def _warm_engine():
     class WarmEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
-                                     start_timeout=60, execution_timeout=None, **kw):
+                                     start_timeout=KERNEL_START_TIMEOUT, execution_timeout=None, **kw):
             warm = kw["warm"]
             client = PapermillNotebookClient(nb_man, km=warm.km, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
                                              log=logger, log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
