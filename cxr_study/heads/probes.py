@@ -193,21 +193,29 @@ class UpsampledCE(torch.autograd.Function):
         return ctx.saved_tensors[0] * out, None, None, None, None, None
 
 # %% ../../nbs/api/30_heads.probes.ipynb #bab824e0
-def _channels_last(G, dev) -> torch.Tensor:
-    "Grids (n, C, h, w), fp16 or float32, as float32 laid out (n, h, w, C): layout and type change in one pass."
-    G = torch.as_tensor(np.asarray(G)); shape = (G.shape[0], *G.shape[2:], G.shape[1])
+def _grid_mean(G, dev, chunk:int=16) -> torch.Tensor: # (C,)
+    "Per-channel mean of grids (n, C, h, w), fp16 or float32, in float32 a few images at a time."
+    G = torch.as_tensor(np.asarray(G)); (n, C), hw = G.shape[:2], G[0, 0].numel()
+    ones = torch.ones(hw, device=dev)  # matrix-vector products: far faster than a reduction
+    return sum((c.to(dev, torch.float32).view(len(c), C, hw) @ ones).sum(0) for c in G.split(chunk)) / max(n * hw, 1)
+
+def _centred_channels_last(G, mean:torch.Tensor, dev, squares:bool=False, chunk:int=4) -> tuple: # Z, its (C,) sums of squares (None unless asked)
+    "Grids (n, C, h, w), fp16 or float32, as float32 `Z` laid out (n, h, w, C) less `mean`: layout, type and centring in one pass, a few images at a time."
+    G = torch.as_tensor(np.asarray(G)); shape, C = (G.shape[0], *G.shape[2:], G.shape[1]), G.shape[1]
     # on the CPU in numpy's memory: numpy asks the kernel for huge pages, and a fresh buffer's first touch costs under half as much
     Z = torch.from_numpy(np.empty(shape, np.float32)) if dev.type == "cpu" else torch.empty(shape, device=dev)
-    return Z.copy_(G.permute(0, 2, 3, 1))
+    ss = torch.zeros(C, device=dev) if squares else None
+    for i in range(0, len(G), chunk):  # each chunk is squared while it is still in cache
+        z = Z[i:i + chunk].copy_(G[i:i + chunk].to(dev).permute(0, 2, 3, 1)).sub_(mean)
+        if squares: ss += z.view(-1, C).square().sum(0)
+    return Z, ss
 
-def _standardise_(Z:torch.Tensor, Zv:torch.Tensor, chunk:int=1024) -> tuple[torch.Tensor, torch.Tensor]: # mean, std
-    "Standardise channels-last grids in place with the per-channel mean and unbiased std (+1e-6) of the training grids `Z`."
-    X = Z.view(-1, Z.shape[-1])
-    mean = X.new_ones(len(X)) @ X / len(X)  # a matrix-vector product: far faster than a reduction across rows
-    ss = sum((c * c).sum(0) for c in (c.sub_(mean) for c in X.split(chunk)))  # centred and squared a cache-sized chunk at a time
-    std = (ss / max(len(X) - 1, 1)).sqrt_().add_(1e-6)
-    X.div_(std); Zv.sub_(mean).div_(std)
-    return mean, std
+def _centred_grids(G, Gv, dev) -> tuple: # Z, Zv, mean, std
+    "Training and validation grids as float32 (n, h, w, C) centred with the training grids' per-channel mean; that mean and their unbiased std (+1e-6)."
+    mean = _grid_mean(G, dev)
+    (Z, ss), (Zv, _) = _centred_channels_last(G, mean, dev, squares=True), _centred_channels_last(Gv, mean, dev)
+    n = Z[..., 0].numel()
+    return Z, Zv, mean, (ss / max(n - 1, 1)).sqrt_().add_(1e-6)
 
 def area_matrix(n_in:int, # side of the mask
                 n_out:int, # side of the area-averaged mask
@@ -223,7 +231,7 @@ def area_matrix(n_in:int, # side of the mask
 def _grid_terms(M, loss_size, class_weights, grid:tuple, dev, chunk:int=8) -> dict:
     "What each image's loss needs: U, its per-pixel weights (soft `A`, or hard labels `M` with `w`; both None when all equal `a`), Uh.T B Uw at the grid (Bg), the normaliser."
     w0, w1 = (float(w) for w in class_weights)
-    Mn = np.asarray(M, bool); M = torch.as_tensor(Mn).to(dev)
+    M = torch.as_tensor(np.asarray(M, bool)).to(dev)
     hard, (H, W) = loss_size is None or loss_size == M.shape[-1], M.shape[1:]
     L = (H, W) if hard else (loss_size, loss_size)
     Uh, Uw = U = upsample_matrix(grid[0], L[0], dev), upsample_matrix(grid[1], L[1], dev)
@@ -231,12 +239,15 @@ def _grid_terms(M, loss_size, class_weights, grid:tuple, dev, chunk:int=8) -> di
     Kh, Kw = (Uh, Uw) if hard else (Ah.T @ Uh, Aw.T @ Uw)  # mask to grid in two products: Uh.T (Ah m Aw.T) Uw = Kh.T m Kw
     A = torch.empty((len(M), *L), device=dev) if w0 != w1 and not hard else None
     Bg, buf = torch.empty((len(M), *grid), device=dev), torch.empty((chunk, H, W), device=dev)
+    Kw1 = torch.cat([Kw, torch.ones(W, 1, device=dev)], 1)  # a column of ones: the same product counts each row's foreground pixels
+    fg = torch.empty(len(M), device=dev)
     for i in range(0, len(M), chunk):  # the masks as float a few at a time, in one buffer that stays in cache
         m = buf[:len(M[i:i + chunk])].copy_(M[i:i + chunk].view(torch.uint8))  # as bytes: a conversion six times faster than from bool
-        torch.mul(Kh.T @ (m @ Kw), w1, out=Bg[i:i + chunk])  # the loss's term B d, summed over its pixels, is <d, Uh.T B Uw>
+        mk = m @ Kw1
+        torch.mul(Kh.T @ mk[..., :-1], w1, out=Bg[i:i + chunk])  # the loss's term B d, summed over its pixels, is <d, Uh.T B Uw>
+        torch.sum(mk[..., -1], -1, out=fg[i:i + chunk])  # foreground pixels (exact in float32 below 2^24)
         if A is not None: torch.add((Ah @ (m @ Aw.T)).mul_(w1 - w0), w0, out=A[i:i + chunk])  # soft targets p (`_targets`): A = w0 (1 - p) + w1 p
     n_px = L[0] * L[1]
-    fg = torch.as_tensor(np.count_nonzero(Mn.reshape(len(Mn), -1), axis=1), dtype=torch.float32, device=dev)
     norm = fg.mul_(w1 - w0).add_(w0 * n_px) if hard else torch.full((len(M),), float(n_px), device=dev)  # A's sum, or the pixels
     return {"U": U, "A": A, "M": M if hard and w0 != w1 else None, "w": (w0, w1), "a": w0, "Bg": Bg, "norm": norm}
 
@@ -283,20 +294,23 @@ class _AdamW:
         self.p.addcdiv_(self.m, denom, value=-(self.lr / (1 - b1 ** self.t)))
 
 class _Projections:
-    "Each image's grid (h w, C) times the weights, and its transpose times the loss gradient, read where it lies: no copy of a batch."
-    def __init__(self, Z:torch.Tensor, theta:torch.Tensor, batch_size:int, numpy:bool|None=None): # numpy: default on the CPU
+    "Each image's centred grid (h w, C) times the weights over the channels' std, and its transpose times the loss gradient, read where it lies: no copy of a batch."
+    # the standardisation's division is folded into the weights: (z / std) v = z (v / std); the grids are not written a second time
+    def __init__(self, Z:torch.Tensor, theta:torch.Tensor, scale:torch.Tensor, # Z (n, h, w, C) centred grids; scale (C,): 1 / std
+                 batch_size:int, numpy:bool|None=None): # numpy: default on the CPU
         hw, C = Z.shape[1] * Z.shape[2], Z.shape[-1]
         self.d, self.acc = Z.new_empty((batch_size, hw)), Z.new_empty((batch_size, C))
-        self.cpu, self.v = Z.device.type == "cpu" if numpy is None else numpy, theta[:C]
+        self.cpu, self.v, self.scale, self.vs = Z.device.type == "cpu" if numpy is None else numpy, theta[:C], scale, Z.new_empty(C)
         if self.cpu:  # numpy's matrix-vector call costs a fraction of torch's; these products were half of an epoch at the demo's grids
-            self.Z, self.vn, self.dn, self.an = list(Z.numpy().reshape(len(Z), hw, C)), self.v.numpy(), self.d.numpy(), self.acc.numpy()
+            self.Z, self.vn, self.dn, self.an = list(Z.numpy().reshape(len(Z), hw, C)), self.vs.numpy(), self.d.numpy(), self.acc.numpy()
         else: self.Z = Z.view(len(Z), hw, C).unbind(0)
 
     def forward(self, rows:list) -> torch.Tensor: # (len(rows), h w): the images' logit differences without the bias
+        torch.mul(self.v, self.scale, out=self.vs)
         if self.cpu:
             for k, j in enumerate(rows): np.dot(self.Z[j], self.vn, out=self.dn[k])
         else:
-            for k, j in enumerate(rows): torch.mv(self.Z[j], self.v, out=self.d[k])
+            for k, j in enumerate(rows): torch.mv(self.Z[j], self.vs, out=self.d[k])
         return self.d[:len(rows)]
 
     def backward(self, rows:list, g:torch.Tensor) -> torch.Tensor: # (C,): the sum of the images' grids transposed times g
@@ -305,7 +319,7 @@ class _Projections:
             for k, j in enumerate(rows): np.dot(gn[k], self.Z[j], out=self.an[k])
         else:
             for k, j in enumerate(rows): torch.mv(self.Z[j].T, g[k], out=self.acc[k])
-        return self.acc[:len(rows)].sum(0)
+        return self.acc[:len(rows)].sum(0).mul_(self.scale)
 
 def _fit_epoch(theta:torch.Tensor, opt:_AdamW, P:_Projections, t:dict, order:torch.Tensor, batch_size:int) -> float:
     "One epoch of AdamW steps on theta = (v, c), the logit difference's weights and bias; the training loss (batches weighted by images)."
@@ -321,12 +335,13 @@ def _fit_epoch(theta:torch.Tensor, opt:_AdamW, P:_Projections, t:dict, order:tor
     return tot.item() / len(order)
 
 @torch.no_grad()
-def _val_loss(theta:torch.Tensor, Zv, t:dict, chunk:int=64) -> float:
-    "The validation loss: each chunk's loss weighted by its images."
+def _val_loss(theta:torch.Tensor, Zv, t:dict, scale:torch.Tensor, chunk:int=64) -> float:
+    "The validation loss of centred grids `Zv` (scale: 1 / std, as `_Projections`): each chunk's loss weighted by its images."
     C, tot = Zv.shape[-1], 0.0
+    v = theta[:C] * scale
     for i in range(0, len(Zv), chunk):
         rows = torch.arange(i, min(i + chunk, len(Zv)), device=Zv.device)
-        loss, _ = _grid_loss(Zv[i:i + len(rows)] @ theta[:C] + theta[C], t, rows, grad=False)
+        loss, _ = _grid_loss(Zv[i:i + len(rows)] @ v + theta[C], t, rows, grad=False)
         tot += (loss / t["norm"][rows].sum()).item() * len(rows)
     return tot / len(Zv)
 
@@ -368,8 +383,8 @@ def fit_seg_probe(G_train:np.ndarray, M_train:np.ndarray, # (n, C, h, w) grids, 
 def _fit_seg(G_train, M_train, G_val, M_val, class_weights, cfg:SegProbeCfg, dev) -> tuple[SegProbe, dict]:
     "`fit_seg_probe` on `dev`, in the threads it was given."
     torch.manual_seed(cfg.seed)
-    Z, Zv = _channels_last(G_train, dev), _channels_last(G_val, dev)  # cached fp16 grids become float32 once, not per batch
-    probe = SegProbe(Z.shape[-1], *_standardise_(Z, Zv)).to(dev)
+    Z, Zv, mean, std = _centred_grids(G_train, G_val, dev)  # cached fp16 grids become float32 once, not per batch
+    probe = SegProbe(Z.shape[-1], mean, std).to(dev)
     t, tv = (_grid_terms(M, cfg.loss_size, class_weights, Z.shape[1:3], dev) for M in (M_train, M_val))
     (w, b), C = probe.conv.parameters(), Z.shape[-1]
     theta = torch.cat([w[1, :, 0, 0] - w[0, :, 0, 0], (b[1] - b[0]).view(1)]).detach()
@@ -377,12 +392,13 @@ def _fit_seg(G_train, M_train, G_val, M_val, class_weights, cfg:SegProbeCfg, dev
     # AdamW on the two rows moves them by opposite steps: on their difference it is AdamW with twice the rate, half the decay
     opt = _AdamW(theta, lr=2 * cfg.lr, weight_decay=cfg.weight_decay / 2)
     steps = -(-len(Z) // cfg.batch_size)
-    proj = _Projections(Z, theta, cfg.batch_size)
+    scale = 1 / std
+    proj = _Projections(Z, theta, scale, cfg.batch_size)
     def fit_epoch(rng):
         loss = _fit_epoch(theta, opt, proj, t, torch.as_tensor(rng.permutation(len(Z)), device=dev), cfg.batch_size)
         total.mul_((1 - cfg.lr * cfg.weight_decay) ** steps); _set_rows(probe, theta, total)
         return loss
-    hist = _train_epochs(probe, fit_epoch, lambda: _val_loss(theta, Zv, tv), cfg, "segmentation probe")
+    hist = _train_epochs(probe, fit_epoch, lambda: _val_loss(theta, Zv, tv, scale), cfg, "segmentation probe")
     return probe, hist
 
 def _predict_batches(n:int, # images
