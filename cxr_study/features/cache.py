@@ -229,10 +229,12 @@ def _compute_chunks(enc:Encoder, images:EncoderImages, parts:Path, todo:list, n_
     # one loader for every chunk still to do; no batch crosses a chunk boundary
     plan = {s: [list(range(b, min(b + batch_size, s + chunk_size, n_images))) for b in range(s, min(s + chunk_size, n_images), batch_size)]
             for s in todo}
-    workers = min(default_workers(dev) if num_workers is None else num_workers, sum(len(v) for v in plan.values()))
+    workers = default_workers(dev) if num_workers is None else num_workers
     # each batch is read in parts, one per worker, side by side: the model's first batch is ready in a fraction of one reader's time
     per = -(-batch_size // workers) if workers else batch_size
-    batches_in = iter(torch.utils.data.DataLoader(_Reads(images), batch_sampler=[b[i:i + per] for v in plan.values() for b in v for i in range(0, len(b), per)],
+    reads = [b[i:i + per] for v in plan.values() for b in v for i in range(0, len(b), per)]
+    workers = min(workers, len(reads))
+    batches_in = iter(torch.utils.data.DataLoader(_Reads(images), batch_sampler=reads,
                                                   num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                                                   worker_init_fn=_yield_to_model if dev.type == "cpu" else None))
     try:

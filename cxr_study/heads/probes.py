@@ -197,7 +197,7 @@ def _grid_mean(G, dev, chunk:int=16) -> torch.Tensor: # (C,)
     "Per-channel mean of grids (n, C, h, w), fp16 or float32, in float32 a few images at a time."
     G = torch.as_tensor(np.asarray(G)); (n, C), hw = G.shape[:2], G[0, 0].numel()
     ones = torch.ones(hw, device=dev)  # matrix-vector products: far faster than a reduction
-    return sum((c.to(dev, torch.float32).view(len(c), C, hw) @ ones).sum(0) for c in G.split(chunk)) / max(n * hw, 1)
+    return sum(((c.to(dev, torch.float32).view(len(c), C, hw) @ ones).sum(0) for c in G.split(chunk)), torch.zeros(C, device=dev)) / max(n * hw, 1)
 
 def _centred_channels_last(G, mean:torch.Tensor, dev, squares:bool=False, chunk:int=4) -> tuple: # Z, its (C,) sums of squares (None unless asked)
     "Grids (n, C, h, w), fp16 or float32, as float32 `Z` laid out (n, h, w, C) less `mean`: layout, type and centring in one pass, a few images at a time."
