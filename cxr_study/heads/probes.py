@@ -195,7 +195,7 @@ class UpsampledCE(torch.autograd.Function):
 # %% ../../nbs/api/30_heads.probes.ipynb #bab824e0
 def _grid_mean(G, dev, chunk:int=16) -> torch.Tensor: # (C,)
     "Per-channel mean of grids (n, C, h, w), fp16 or float32, in float32 a few images at a time."
-    G = torch.as_tensor(np.asarray(G)); (n, C), hw = G.shape[:2], G[0, 0].numel()
+    G = torch.as_tensor(np.asarray(G)); (n, C), hw = G.shape[:2], int(np.prod(G.shape[2:]))
     ones = torch.ones(hw, device=dev)  # matrix-vector products: far faster than a reduction
     return sum(((c.to(dev, torch.float32).view(len(c), C, hw) @ ones).sum(0) for c in G.split(chunk)), torch.zeros(C, device=dev)) / max(n * hw, 1)
 
